@@ -1,0 +1,183 @@
+//! The XEP-0235 `<oauth xmlns='urn:xmpp:oauth:0'/>` element: parse (with the profile's
+//! structure rules) and write, and finding it in a stanza.
+
+use minidom::Element;
+
+use crate::error::StructureError;
+use crate::ns;
+use crate::params::{Collector, Form, OAuthParams, clip};
+
+/// XML white space (XML 1.0 §2.3 `S`), trimmed from parameter text.
+fn trim_xml(text: &str) -> &str {
+    text.trim_matches([' ', '\t', '\r', '\n'])
+}
+
+/// Whether `element` is an `<oauth/>` in the current namespace or one of its aliases.
+pub fn is_oauth(element: &Element) -> bool {
+    element.name() == "oauth" && ns::OAUTH_ALIASES.iter().any(|n| element.has_ns(*n))
+}
+
+impl OAuthParams {
+    /// Parses an `<oauth/>` element with every structure rule of the profile: namespace
+    /// aliases, trimmed text, duplicated / missing / unsupported parameters, `oauth_version`
+    /// 1.0, known signature method, timestamp digits.
+    ///
+    /// ```
+    /// let xml = "<oauth xmlns='urn:xmpp:oauth:0'><oauth_consumer_key>k</oauth_consumer_key>\
+    ///   <oauth_nonce>n</oauth_nonce><oauth_signature>s</oauth_signature>\
+    ///   <oauth_signature_method>PLAINTEXT</oauth_signature_method>\
+    ///   <oauth_timestamp>1218137833</oauth_timestamp><oauth_token>t</oauth_token></oauth>";
+    /// let params = oauth_xmpp::OAuthParams::from_element(&xml.parse().unwrap()).unwrap();
+    /// assert_eq!(params.nonce, "n");
+    /// ```
+    pub fn from_element(element: &Element) -> Result<Self, StructureError> {
+        Self::parse_element(element, true)
+    }
+
+    /// Like [`OAuthParams::from_element`], but `oauth_signature` may be missing or empty:
+    /// for a signer that fills it in.
+    pub fn from_unsigned_element(element: &Element) -> Result<Self, StructureError> {
+        Self::parse_element(element, false)
+    }
+
+    fn parse_element(element: &Element, signature_required: bool) -> Result<Self, StructureError> {
+        if !is_oauth(element) {
+            return Err(StructureError::NotOAuth);
+        }
+        if element.texts().any(|t| !trim_xml(t).is_empty()) {
+            return Err(StructureError::UnexpectedText);
+        }
+        let mut collector = Collector::new(Form::Stanza);
+        for child in element.children() {
+            if child.ns() != element.ns() || child.children().next().is_some() {
+                return Err(StructureError::UnsupportedParameter(clip(child.name())));
+            }
+            collector.add(child.name(), trim_xml(&child.text()).to_owned())?;
+        }
+        collector.finish(signature_required)
+    }
+
+    /// Writes the element in `urn:xmpp:oauth:0`, children in alphabetical order, the
+    /// signature raw (not escaped). [`OAuthParams::from_element`] of the result gives back
+    /// the same value.
+    pub fn to_element(&self) -> Element {
+        let mut children: Vec<(&str, &str)> = self.signed_pairs();
+        children.push(("oauth_signature", self.signature.as_str()));
+        children.sort_unstable();
+        let mut oauth = Element::builder("oauth", ns::OAUTH).build();
+        for (name, value) in children {
+            oauth.append_child(Element::builder(name, ns::OAUTH).append(value).build());
+        }
+        oauth
+    }
+}
+
+/// Finds the `<oauth/>` element of a stanza: a child of the stanza (message, presence) or
+/// of one of its children (e.g. `<pubsub/>` in an IQ, XEP-0235 §"Access Request Format").
+///
+/// `Ok(None)` when there is none; two of them are a [`StructureError::DuplicatedParameter`].
+pub fn find_oauth(stanza: &Element) -> Result<Option<&Element>, StructureError> {
+    let mut found = None;
+    let candidates = stanza
+        .children()
+        .flat_map(|child| std::iter::once(child).chain(child.children()));
+    for element in candidates.filter(|e| is_oauth(e)) {
+        if found.replace(element).is_some() {
+            return Err(StructureError::DuplicatedParameter("oauth".into()));
+        }
+    }
+    Ok(found)
+}
+
+/// The `<oauth/>` element [`find_oauth`] finds, mutably.
+pub(crate) fn find_oauth_mut(stanza: &mut Element) -> Option<&mut Element> {
+    let (outer, inner) = stanza.children().enumerate().find_map(|(i, child)| {
+        if is_oauth(child) {
+            Some((i, None))
+        } else {
+            child.children().position(is_oauth).map(|j| (i, Some(j)))
+        }
+    })?;
+    let child = stanza.children_mut().nth(outer)?;
+    match inner {
+        None => Some(child),
+        Some(j) => child.children_mut().nth(j),
+    }
+}
+
+/// What the stanza form of the base string needs from a stanza: its name, its addresses and
+/// the parameters of its `<oauth/>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StanzaRequest {
+    /// The stanza's element name (`iq`, `message`, `presence`).
+    pub qname: String,
+    /// The `from` address as the receiver sees it (the sender's full JID).
+    pub from: String,
+    /// The `to` address.
+    pub to: String,
+    /// The parameters of its `<oauth/>` element.
+    pub params: OAuthParams,
+}
+
+impl StanzaRequest {
+    /// Reads a stanza. `Ok(None)` when it carries no `<oauth/>` (for a protected node that
+    /// is [`crate::VerifyError::TokenRequired`]).
+    pub fn from_stanza(stanza: &Element) -> Result<Option<Self>, StructureError> {
+        Self::read(stanza, true)
+    }
+
+    /// Like [`StanzaRequest::from_stanza`], but the signature may be missing or empty.
+    pub fn from_unsigned_stanza(stanza: &Element) -> Result<Option<Self>, StructureError> {
+        Self::read(stanza, false)
+    }
+
+    fn read(stanza: &Element, signature_required: bool) -> Result<Option<Self>, StructureError> {
+        let Some(oauth) = find_oauth(stanza)? else {
+            return Ok(None);
+        };
+        let params = OAuthParams::parse_element(oauth, signature_required)?;
+        let address = |name: &'static str| {
+            stanza
+                .attr(name)
+                .map(str::to_owned)
+                .ok_or(StructureError::MissingAddress(name))
+        };
+        Ok(Some(Self {
+            qname: stanza.name().to_owned(),
+            from: address("from")?,
+            to: address("to")?,
+            params,
+        }))
+    }
+
+    /// The normalized parameters (RFC 5849 §3.4.1.3.2) of the `<oauth/>` element.
+    pub fn normalized_parameters(&self) -> String {
+        crate::params::normalize(self.params.signed_pairs())
+    }
+
+    /// The signature base string with the full `from` JID (XEP-0235).
+    pub fn base_string(&self) -> String {
+        crate::base_string::stanza(
+            &self.qname,
+            &self.from,
+            &self.to,
+            &self.normalized_parameters(),
+        )
+    }
+
+    /// The signature base string with the bare `from` JID (Fire Eagle-era clients).
+    pub fn bare_jid_base_string(&self) -> String {
+        let bare = crate::base_string::bare_jid(&self.from);
+        crate::base_string::stanza(&self.qname, bare, &self.to, &self.normalized_parameters())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trim_is_xml_whitespace_only() {
+        assert_eq!(trim_xml("\n\t a\u{a0} \r\n"), "a\u{a0}");
+    }
+}
