@@ -16,7 +16,11 @@ import sys
 import timeit
 import warnings
 
-from oauthlib.oauth1.rfc5849 import signature, utils
+try:
+    import oauthlib
+    from oauthlib.oauth1.rfc5849 import signature, utils
+except ImportError:
+    sys.exit('%s: oauthlib is missing: run scripts/setup-venv and use .venv/bin/python' % sys.argv[0])
 
 PARAMS = [
     ('oauth_consumer_key', '0685bd9184jfhq22'),
@@ -67,7 +71,7 @@ def main():
     print('oauthlib_verify_ns %.0f' % ns)
     print('oauthlib %s checks the XEP-0235 example signature in %.1f µs per check '
           '(best of %d x %d, Python %s)' % (
-              __import__('oauthlib').__version__, ns / 1000, args.repeat, args.number,
+              oauthlib.__version__, ns / 1000, args.repeat, args.number,
               sys.version.split()[0]))
     return 0
 

@@ -42,13 +42,20 @@ import xml.etree.ElementTree as ET
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlparse
 from xml.sax.saxutils import escape as xml_escape, quoteattr
 
-from oauthlib.oauth1 import Client
-from oauthlib.oauth1.rfc5849 import parameters, signature, utils
+try:
+    from oauthlib.oauth1 import Client
+    from oauthlib.oauth1.rfc5849 import parameters, signature, utils
+except ImportError:
+    sys.exit('%s: oauthlib is missing: run scripts/setup-venv and use .venv/bin/python' % sys.argv[0])
 
 DEFAULT_SEED = 20080807  # XEP-0235 0.4 date; any fixed value will do
 HMAC = 'HMAC-SHA1'
 PLAINTEXT = 'PLAINTEXT'
 FORM = 'application/x-www-form-urlencoded'
+# oauth-xmpp refuses protocol parameter values longer than this many (decoded UTF-8) bytes
+# (oauth_xmpp::params::MAX_PARAMETER_LEN, a documented limit that oauthlib does not have):
+# oauth_* values, including PLAINTEXT signatures, are kept within it, and a few hit it exactly.
+MAX_OAUTH_VALUE_BYTES = 1024
 
 # ---------------------------------------------------------------- character pools
 
@@ -147,11 +154,29 @@ def gen_value(rng, *, xml=False, allow_empty=True, allow_pct=True, long_ok=True)
     return v
 
 
+def utf8_len(s):
+    return len(s.encode('utf-8'))
+
+
+def fit(v, limit=MAX_OAUTH_VALUE_BYTES):
+    """v cut to at most `limit` UTF-8 bytes (whole characters)."""
+    while utf8_len(v) > limit:
+        v = v[:-1]
+    return v
+
+
 def gen_token_like(rng, *, xml=False, allow_pct=True):
     """Consumer key / token / nonce / verifier: usually plain, sometimes tricky."""
-    if rng.random() < 0.55:
+    r = rng.random()
+    if r < 0.55:
         return rand_chars(rng, rng.randint(8, 32), [(ALNUM, 1)])
-    return gen_value(rng, xml=xml, allow_empty=False, allow_pct=allow_pct, long_ok=True)
+    if r < 0.56:  # exactly MAX_OAUTH_VALUE_BYTES bytes, multi-byte characters included
+        v = fit(rand_chars(rng, 400, [(ALNUM, 1), (NA2, 1), (NA3, 1), (NA4, 1)]), MAX_OAUTH_VALUE_BYTES - 3)
+        return v + 'z' * (MAX_OAUTH_VALUE_BYTES - utf8_len(v))
+    v = fit(gen_value(rng, xml=xml, allow_empty=False, allow_pct=allow_pct, long_ok=True))
+    if xml:  # the cut may have left trailing whitespace
+        v = v.rstrip() or 'v'
+    return v
 
 
 def gen_secret(rng):
@@ -161,6 +186,16 @@ def gen_secret(rng):
     if r < 0.9:
         return gen_value(rng, allow_empty=True)
     return rand_chars(rng, rng.randint(1, 40), [(RESERVED, 2), (NA2, 1), (NA3, 1), (NA4, 1), (ALNUM, 2)])
+
+
+def fit_plaintext_secrets(cs, ts):
+    """Shorten the secrets until the PLAINTEXT signature fits MAX_OAUTH_VALUE_BYTES."""
+    while len(utils.escape(cs) + '&' + utils.escape(ts)) > MAX_OAUTH_VALUE_BYTES:
+        if len(cs) >= len(ts):
+            cs = cs[:-1]
+        else:
+            ts = ts[:-1]
+    return cs, ts
 
 
 def gen_timestamp(rng):
@@ -303,6 +338,8 @@ def gen_http_plan(rng):
     p['consumer_secret'] = gen_secret(rng)
     has_token = any(k == 'oauth_token' for k, _ in oauth)
     p['token_secret'] = gen_secret(rng) if has_token else ''
+    if p['method_sig'] == PLAINTEXT:
+        p['consumer_secret'], p['token_secret'] = fit_plaintext_secrets(p['consumer_secret'], p['token_secret'])
     return p
 
 
@@ -371,6 +408,12 @@ class GeneratorError(Exception):
     pass
 
 
+def check_limits(cid, oauth_pairs):
+    for k, v in oauth_pairs:
+        if utf8_len(v) > MAX_OAUTH_VALUE_BYTES:
+            raise GeneratorError('%s: %s is %d bytes long' % (cid, k, utf8_len(v)))
+
+
 def check_http_consistency(cid, p, collected, normalized):
     intended = list(p['query_pairs']) + list(p['body_pairs']) + list(p['oauth'])
     if sorted(collected) != sorted(intended):
@@ -426,6 +469,7 @@ def gen_http_case(rng, cid, stats):
     if (normalized, base, sig2) != (normalized0, base0, sig):
         raise GeneratorError('%s: signature placement changed the base string' % cid)
     check_http_consistency(cid, p, collected, normalized)
+    check_limits(cid, p['oauth'] + [('oauth_signature', sig)])
     ok = client_cross_check(p, sig)
     if ok is False:
         raise GeneratorError('%s: oauthlib Client signs this request differently' % cid)
@@ -438,7 +482,9 @@ def gen_http_case(rng, cid, stats):
 
 def tamper_signature(rng, sig, method_sig):
     if method_sig == PLAINTEXT:
-        return 'x' + sig
+        if len(sig) < MAX_OAUTH_VALUE_BYTES:
+            return 'x' + sig
+        return ('x' if sig[0] != 'x' else 'y') + sig[1:]
     i = rng.randrange(0, min(26, len(sig)))  # not the last data char: its low bits are padding
     c = rng.choice([ch for ch in ALNUM if ch != sig[i]])
     return sig[:i] + c + sig[i + 1:]
@@ -448,6 +494,8 @@ def tweak(rng, v, digits=False):
     if digits:
         i = rng.randrange(len(v))
         return v[:i] + str((int(v[i]) + 1) % 10) + v[i + 1:]
+    if utf8_len(v) >= MAX_OAUTH_VALUE_BYTES:  # stay within the limit: change the last character
+        return v[:-1] + ('x' if v[-1] != 'x' else 'y')
     return v + rng.choice('xyz')
 
 
@@ -471,6 +519,7 @@ def tamper_http(rng, cid, p, sig):
         else:
             oauth = [(k, tweak(rng, v, digits=(k == 'oauth_timestamp')) if k == t else v) for k, v in oauth]
             p['oauth'] = oauth
+    check_limits(cid, oauth + [('oauth_signature', sent_sig)])
     req = build_http(p, oauth + [('oauth_signature', sent_sig)])
     collected, normalized, base, expect_sig = oauthlib_http(p, *req)
     check_http_consistency(cid, p, collected, normalized)
@@ -504,6 +553,8 @@ def gen_stanza_plan(rng):
     p['oauth'] = oauth
     p['consumer_secret'] = gen_secret(rng)
     p['token_secret'] = gen_secret(rng)
+    if p['method_sig'] == PLAINTEXT:
+        p['consumer_secret'], p['token_secret'] = fit_plaintext_secrets(p['consumer_secret'], p['token_secret'])
     p['id'] = rand_chars(rng, rng.randint(3, 10), [(ALNUM, 1)])
     p['shuffle'] = rng.random() < 0.4
     p['pretty'] = rng.random() < 0.3
@@ -576,6 +627,7 @@ def gen_stanza_case(rng, cid):
     pairs = p['oauth'] + [('oauth_signature', sig)]
     xml = build_stanza(p, pairs)
     check_stanza_roundtrip(cid, p, xml, pairs, normalized)
+    check_limits(cid, pairs)
     case = {'input': stanza_input(cid, p, xml),
             'expected': {'normalized': normalized, 'base_string': base, 'signature': sig, 'verified': True}}
     return case, p, sig
@@ -596,6 +648,7 @@ def tamper_stanza(rng, cid, p, sig):
                           for k, v in p['oauth']]
     normalized, base, expect_sig = oauthlib_stanza(p, p['oauth'])
     pairs = p['oauth'] + [('oauth_signature', sent_sig)]
+    check_limits(cid, pairs)
     xml = build_stanza(p, pairs)
     check_stanza_roundtrip(cid, p, xml, pairs, normalized)
     if expect_sig == sent_sig:

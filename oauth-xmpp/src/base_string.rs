@@ -2,7 +2,7 @@
 //! XEP-0235 (v0.7 §"Signature Generation Algorithm", as the project profile reads it).
 
 use crate::encode::percent_encode_into;
-use crate::params::normalize;
+use crate::params::{OAuthParams, normalize};
 use crate::uri::{UriError, base_string_uri};
 
 /// RFC 5849 §3.4.1.1: `METHOD "&" enc(base string URI) "&" enc(normalized parameters)`.
@@ -51,6 +51,22 @@ pub fn stanza(qname: &str, from: &str, to: &str, normalized: &str) -> String {
     percent_encode_into(&mut out, to);
     out.push('&');
     percent_encode_into(&mut out, normalized);
+    out
+}
+
+/// [`stanza`] for the parameters of an `<oauth/>` element, written in one pass (the
+/// verifier's hot path).
+pub fn stanza_for(qname: &str, from: &str, to: &str, params: &OAuthParams) -> String {
+    let mut out = String::with_capacity(qname.len() + 3 * (from.len() + to.len()) + 320);
+    for c in qname.chars() {
+        out.push(c.to_ascii_lowercase());
+    }
+    out.push('&');
+    percent_encode_into(&mut out, from);
+    out.push_str("%26");
+    percent_encode_into(&mut out, to);
+    out.push('&');
+    params.write_normalized_encoded(&mut out);
     out
 }
 

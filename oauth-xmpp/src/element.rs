@@ -9,7 +9,7 @@ use crate::params::{Collector, Form, OAuthParams, clip};
 
 /// XML white space (XML 1.0 §2.3 `S`), trimmed from parameter text.
 fn trim_xml(text: &str) -> &str {
-    text.trim_matches([' ', '\t', '\r', '\n'])
+    text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
 /// Whether `element` is an `<oauth/>` in the current namespace or one of its aliases.
@@ -41,18 +41,26 @@ impl OAuthParams {
     }
 
     fn parse_element(element: &Element, signature_required: bool) -> Result<Self, StructureError> {
-        if !is_oauth(element) {
-            return Err(StructureError::NotOAuth);
-        }
+        // The namespace it is in (compared without allocating: `Element::ns` clones).
+        let namespace = match ns::OAUTH_ALIASES.iter().find(|n| element.has_ns(**n)) {
+            Some(namespace) if element.name() == "oauth" => *namespace,
+            _ => return Err(StructureError::NotOAuth),
+        };
         if element.texts().any(|t| !trim_xml(t).is_empty()) {
             return Err(StructureError::UnexpectedText);
         }
         let mut collector = Collector::new(Form::Stanza);
         for child in element.children() {
-            if child.ns() != element.ns() || child.children().next().is_some() {
+            if !child.has_ns(namespace) || child.children().next().is_some() {
                 return Err(StructureError::UnsupportedParameter(clip(child.name())));
             }
-            collector.add(child.name(), trim_xml(&child.text()).to_owned())?;
+            let mut texts = child.texts();
+            let value = match (texts.next(), texts.next()) {
+                (None, _) => String::new(),
+                (Some(only), None) => trim_xml(only).to_owned(),
+                _ => trim_xml(&child.text()).to_owned(),
+            };
+            collector.add(child.name(), value)?;
         }
         collector.finish(signature_required)
     }
@@ -157,18 +165,13 @@ impl StanzaRequest {
 
     /// The signature base string with the full `from` JID (XEP-0235).
     pub fn base_string(&self) -> String {
-        crate::base_string::stanza(
-            &self.qname,
-            &self.from,
-            &self.to,
-            &self.normalized_parameters(),
-        )
+        crate::base_string::stanza_for(&self.qname, &self.from, &self.to, &self.params)
     }
 
     /// The signature base string with the bare `from` JID (Fire Eagle-era clients).
     pub fn bare_jid_base_string(&self) -> String {
         let bare = crate::base_string::bare_jid(&self.from);
-        crate::base_string::stanza(&self.qname, bare, &self.to, &self.normalized_parameters())
+        crate::base_string::stanza_for(&self.qname, bare, &self.to, &self.params)
     }
 }
 

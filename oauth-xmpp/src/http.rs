@@ -125,9 +125,8 @@ pub fn parse_authorization(params: &str) -> Result<Vec<(String, String)>, Struct
                 .split_once('"')
                 .ok_or(malformed("a quoted value is not closed"))?
         } else {
-            after
-                .split_once(',')
-                .map_or((after.trim_end(), ""), |(v, a)| (v.trim_end(), a))
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim_end(), &after[end..])
         };
         let after = after.trim_start_matches([' ', '\t']);
         if !after.is_empty() && !after.starts_with(',') {

@@ -109,24 +109,41 @@ impl OAuthParams {
     /// The parameters that enter the signature base string: every `oauth_*` parameter that
     /// was sent, except `oauth_signature` (RFC 5849 §3.4.1.3.1), as `(name, value)`.
     pub fn signed_pairs(&self) -> Vec<(&'static str, &str)> {
-        let mut out = Vec::with_capacity(8);
-        if let Some(callback) = &self.callback {
-            out.push(("oauth_callback", callback.as_str()));
+        self.signed_pairs_iter().collect()
+    }
+
+    /// [`OAuthParams::signed_pairs`] without allocating. Names are distinct and come in
+    /// alphabetical order, which is the normalized order (RFC 5849 §3.4.1.3.2).
+    pub(crate) fn signed_pairs_iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("oauth_callback", self.callback.as_deref()),
+            ("oauth_consumer_key", Some(self.consumer_key.as_str())),
+            ("oauth_nonce", Some(self.nonce.as_str())),
+            (
+                "oauth_signature_method",
+                Some(self.signature_method.as_str()),
+            ),
+            ("oauth_timestamp", Some(self.timestamp.as_str())),
+            ("oauth_token", self.token.as_deref()),
+            ("oauth_verifier", self.verifier.as_deref()),
+            ("oauth_version", self.version.then_some("1.0")),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+    }
+
+    /// Appends `enc(normalized parameters)` to `out` (the last part of both base strings),
+    /// in one pass: the pairs are already in normalized order and their names need no
+    /// encoding.
+    pub(crate) fn write_normalized_encoded(&self, out: &mut String) {
+        for (i, (name, value)) in self.signed_pairs_iter().enumerate() {
+            if i > 0 {
+                out.push_str("%26");
+            }
+            out.push_str(name);
+            out.push_str("%3D");
+            crate::encode::percent_encode_twice_into(out, value);
         }
-        out.push(("oauth_consumer_key", self.consumer_key.as_str()));
-        out.push(("oauth_nonce", self.nonce.as_str()));
-        out.push(("oauth_signature_method", self.signature_method.as_str()));
-        out.push(("oauth_timestamp", self.timestamp.as_str()));
-        if let Some(token) = &self.token {
-            out.push(("oauth_token", token.as_str()));
-        }
-        if let Some(verifier) = &self.verifier {
-            out.push(("oauth_verifier", verifier.as_str()));
-        }
-        if self.version {
-            out.push(("oauth_version", "1.0"));
-        }
-        out
     }
 }
 
@@ -145,6 +162,7 @@ pub(crate) enum Name {
 }
 
 impl Name {
+    #[cfg(test)]
     const ALL: [Name; 9] = [
         Name::ConsumerKey,
         Name::Token,
@@ -171,6 +189,22 @@ impl Name {
         }
     }
 
+    /// The name `name` stands for, if it is a protocol parameter.
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name.strip_prefix("oauth_")? {
+            "consumer_key" => Name::ConsumerKey,
+            "token" => Name::Token,
+            "signature_method" => Name::SignatureMethod,
+            "signature" => Name::Signature,
+            "timestamp" => Name::Timestamp,
+            "nonce" => Name::Nonce,
+            "version" => Name::Version,
+            "callback" => Name::Callback,
+            "verifier" => Name::Verifier,
+            _ => return None,
+        })
+    }
+
     fn allowed_in(self, form: Form) -> bool {
         form == Form::Http || !matches!(self, Name::Callback | Name::Verifier)
     }
@@ -194,17 +228,15 @@ impl Collector {
     /// Adds one `oauth_*` parameter. Unknown names and names not allowed in this form are
     /// unsupported; a second occurrence is duplicated.
     pub(crate) fn add(&mut self, name: &str, value: String) -> Result<(), StructureError> {
-        let Some(slot) = Name::ALL
-            .iter()
-            .position(|n| n.as_str() == name && n.allowed_in(self.form))
-        else {
+        let Some(parsed) = Name::parse(name).filter(|n| n.allowed_in(self.form)) else {
             return Err(StructureError::UnsupportedParameter(clip(name)));
         };
+        let slot = parsed as usize;
         if self.slots[slot].is_some() {
             return Err(StructureError::DuplicatedParameter(clip(name)));
         }
         if value.len() > MAX_PARAMETER_LEN {
-            return Err(StructureError::ParameterTooLong(Name::ALL[slot].as_str()));
+            return Err(StructureError::ParameterTooLong(parsed.as_str()));
         }
         self.slots[slot] = Some(value);
         Ok(())
@@ -331,6 +363,28 @@ mod tests {
         ("oauth_timestamp", "1218137833"),
         ("oauth_token", "t"),
     ];
+
+    #[test]
+    fn names_parse_back_and_index_their_slot() {
+        for (i, name) in Name::ALL.into_iter().enumerate() {
+            assert_eq!(Name::parse(name.as_str()), Some(name));
+            assert_eq!(name as usize, i);
+        }
+        assert_eq!(Name::parse("oauth_"), None);
+        assert_eq!(Name::parse("consumer_key"), None);
+    }
+
+    #[test]
+    fn one_pass_encoding_matches_normalize_then_encode() {
+        let mut params = collect(Form::Http, &STANZA).unwrap();
+        params.callback = Some("http://a.example/cb?x=1&y=%20".into());
+        params.verifier = Some("v v".into());
+        params.version = true;
+        params.nonce = "é+~".into();
+        let mut out = String::new();
+        params.write_normalized_encoded(&mut out);
+        assert_eq!(out, percent_encode(&normalize(params.signed_pairs())));
+    }
 
     #[test]
     fn normalize_sorts_pairs_not_joined_strings() {

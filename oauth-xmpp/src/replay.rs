@@ -1,7 +1,7 @@
 //! Replay protection: the clock, the timestamp window and the nonce store (RFC 5849 §3.3).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::StoreError;
@@ -57,6 +57,48 @@ pub struct NonceKey<'a> {
     pub nonce: &'a str,
 }
 
+impl NonceKey<'_> {
+    /// Appends one string that identifies the key unambiguously, for stores that keep a
+    /// single column or map key: each text part is prefixed with its length in bytes, so no
+    /// value (not even one holding separators) can be confused with another.
+    ///
+    /// ```
+    /// let key = oauth_xmpp::replay::NonceKey { consumer_key: "ck", token: "", timestamp: 7, nonce: "n:1" };
+    /// let mut out = String::new();
+    /// key.write_canonical(&mut out);
+    /// assert_eq!(out, "2:ck0:7:3:n:1");
+    /// ```
+    pub fn write_canonical(&self, out: &mut String) {
+        for part in [self.consumer_key, self.token] {
+            push_decimal(out, part.len() as u64);
+            out.push(':');
+            out.push_str(part);
+        }
+        push_decimal(out, self.timestamp);
+        out.push(':');
+        push_decimal(out, self.nonce.len() as u64);
+        out.push(':');
+        out.push_str(self.nonce);
+    }
+}
+
+/// Appends `n` in decimal (without the formatting machinery: this is on the hot path).
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(&digits[at..]) {
+        out.push_str(text);
+    }
+}
+
 /// The answer of [`NonceStore::check_and_record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceOutcome {
@@ -92,39 +134,30 @@ impl<N: NonceStore + ?Sized> NonceStore for &N {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct OwnedKey {
-    consumer_key: Box<str>,
-    token: Box<str>,
-    timestamp: u64,
-    nonce: Box<str>,
-}
-
-impl From<&NonceKey<'_>> for OwnedKey {
-    fn from(k: &NonceKey<'_>) -> Self {
-        Self {
-            consumer_key: k.consumer_key.into(),
-            token: k.token.into(),
-            timestamp: k.timestamp,
-            nonce: k.nonce.into(),
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Entries {
-    expiry: HashMap<OwnedKey, u64>,
-    by_expiry: BTreeSet<(u64, OwnedKey)>,
+    /// Recorded keys (in [`NonceKey::write_canonical`] form) and when each expires. An
+    /// entry whose expiry has passed counts as absent.
+    live: HashMap<Arc<str>, u64>,
+    /// The same keys in the order they were recorded. Purging pops from the front while
+    /// the front has expired; an expired key behind a live one waits (it is already
+    /// treated as absent), so memory stays bounded by traffic × (window + skew).
+    order: VecDeque<(u64, Arc<str>)>,
+    /// Reused buffer for the canonical form of the key being checked.
+    scratch: String,
 }
 
 impl Entries {
     fn purge(&mut self, now: u64) {
-        while let Some(first) = self.by_expiry.first() {
-            if first.0 >= now {
+        while let Some((expires_at, _)) = self.order.front() {
+            if *expires_at >= now {
                 break;
             }
-            if let Some((_, key)) = self.by_expiry.pop_first() {
-                self.expiry.remove(&key);
+            if let Some((expires_at, key)) = self.order.pop_front() {
+                // Only if it was not recorded again (after expiring) with a later expiry.
+                if self.live.get(&key) == Some(&expires_at) {
+                    self.live.remove(&key);
+                }
             }
         }
     }
@@ -146,14 +179,18 @@ impl MemoryNonceStore {
     /// A store that holds at most `capacity` live nonces.
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(Entries::default()),
+            entries: Mutex::new(Entries {
+                live: HashMap::with_capacity(capacity.min(16)),
+                order: VecDeque::with_capacity(capacity.min(16)),
+                scratch: String::with_capacity(128),
+            }),
             capacity,
         }
     }
 
     /// How many nonces are recorded now (expired ones included until the next call).
     pub fn len(&self) -> usize {
-        self.lock().expiry.len()
+        self.lock().live.len()
     }
 
     /// Whether no nonce is recorded.
@@ -183,17 +220,34 @@ impl NonceStore for MemoryNonceStore {
         expires_at: u64,
         now: u64,
     ) -> Result<NonceOutcome, StoreError> {
-        let mut entries = self.lock();
+        let mut guard = self.lock();
+        let entries = &mut *guard;
         entries.purge(now);
-        let owned = OwnedKey::from(key);
-        if entries.expiry.contains_key(&owned) {
-            return Ok(NonceOutcome::Replayed);
+        entries.scratch.clear();
+        entries
+            .scratch
+            .reserve(key.consumer_key.len() + key.token.len() + key.nonce.len() + 48);
+        key.write_canonical(&mut entries.scratch);
+        match entries.live.get_mut(entries.scratch.as_str()) {
+            Some(expiry) if *expiry >= now => return Ok(NonceOutcome::Replayed),
+            Some(expiry) => {
+                // Recorded once, expired, not yet purged: record it again.
+                *expiry = expires_at;
+                let key = entries.live.get_key_value(entries.scratch.as_str());
+                if let Some((key, _)) = key {
+                    let key = Arc::clone(key);
+                    entries.order.push_back((expires_at, key));
+                }
+                return Ok(NonceOutcome::Fresh);
+            }
+            None => {}
         }
-        if entries.expiry.len() >= self.capacity {
+        if entries.live.len() >= self.capacity {
             return Ok(NonceOutcome::Full);
         }
-        entries.by_expiry.insert((expires_at, owned.clone()));
-        entries.expiry.insert(owned, expires_at);
+        let owned: Arc<str> = Arc::from(entries.scratch.as_str());
+        entries.order.push_back((expires_at, Arc::clone(&owned)));
+        entries.live.insert(owned, expires_at);
         Ok(NonceOutcome::Fresh)
     }
 }
@@ -226,6 +280,25 @@ mod tests {
             store.check_and_record(&key("b"), 1300, 1100).unwrap(),
             NonceOutcome::Fresh
         );
+    }
+
+    #[test]
+    fn an_expired_entry_behind_a_live_one_counts_as_absent() {
+        let store = MemoryNonceStore::default();
+        store.check_and_record(&key("long"), 2000, 1000).unwrap();
+        store.check_and_record(&key("short"), 1300, 1000).unwrap();
+        // At 1400 "short" has expired but sits behind "long" in the queue.
+        assert_eq!(
+            store.check_and_record(&key("short"), 1700, 1400).unwrap(),
+            NonceOutcome::Fresh
+        );
+        assert_eq!(
+            store.check_and_record(&key("short"), 1700, 1500).unwrap(),
+            NonceOutcome::Replayed
+        );
+        // Once "long" expires, the purge drops both, the stale queue entry harmlessly.
+        store.check_and_record(&key("x"), 3000, 2001).unwrap();
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

@@ -74,30 +74,82 @@ pub fn check(
     consumer_secret: &Secret,
     token_secret: &Secret,
 ) -> Option<usize> {
-    let key = signing_key(consumer_secret, token_secret);
-    let decoded = match form {
-        Form::Stanza if presented.contains('%') => {
-            percent_decode_str(presented, "oauth_signature").ok()
-        }
-        _ => None,
-    };
+    let checker = Checker::new(method, presented, form, consumer_secret, token_secret);
     match method {
-        SignatureMethod::Plaintext => {
-            let raw: bool = key.as_bytes().ct_eq(presented.as_bytes()).into();
-            let alt: bool = decoded
-                .as_deref()
-                .is_some_and(|d| key.as_bytes().ct_eq(d.as_bytes()).into());
-            (raw || alt).then_some(0)
-        }
-        SignatureMethod::HmacSha1 => {
-            let presented = decoded.as_deref().unwrap_or(presented);
-            let digest = BASE64.decode(presented.trim()).ok()?;
-            let mac = keyed(&key);
-            base_strings.iter().position(|base| {
+        SignatureMethod::Plaintext => checker.matches("").then_some(0),
+        SignatureMethod::HmacSha1 => base_strings.iter().position(|base| checker.matches(base)),
+    }
+}
+
+/// A presented signature, prepared once to be checked against one or more base strings
+/// (the verifier tries the full-JID base string first and builds the bare-JID one only
+/// when that fails).
+pub struct Checker {
+    inner: Prepared,
+}
+
+enum Prepared {
+    /// PLAINTEXT: whether the key matched, decided at once.
+    Plaintext(bool),
+    /// HMAC-SHA1: the keyed MAC and the presented digest (`None` when it is not 20 bytes
+    /// of base64, which never matches).
+    Hmac(HmacSha1, Option<[u8; 20]>),
+}
+
+impl Checker {
+    /// Prepares `presented` for `method` with the two secrets; see [`check`] for the rules.
+    pub fn new(
+        method: SignatureMethod,
+        presented: &str,
+        form: Form,
+        consumer_secret: &Secret,
+        token_secret: &Secret,
+    ) -> Self {
+        let key = signing_key(consumer_secret, token_secret);
+        let decoded = match form {
+            Form::Stanza if presented.contains('%') => {
+                percent_decode_str(presented, "oauth_signature").ok()
+            }
+            _ => None,
+        };
+        let inner = match method {
+            SignatureMethod::Plaintext => {
+                let raw: bool = key.as_bytes().ct_eq(presented.as_bytes()).into();
+                let alt: bool = decoded
+                    .as_deref()
+                    .is_some_and(|d| key.as_bytes().ct_eq(d.as_bytes()).into());
+                Prepared::Plaintext(raw || alt)
+            }
+            SignatureMethod::HmacSha1 => {
+                let presented = decoded.as_deref().unwrap_or(presented).trim();
+                let mut digest = [0u8; 20];
+                // Room for more than 20 bytes, so that a longer value is not a match.
+                let mut buffer = [0u8; 64];
+                let digest = (presented.len() <= 88)
+                    .then(|| BASE64.decode_slice(presented, &mut buffer).ok())
+                    .flatten()
+                    .filter(|&n| n == 20)
+                    .map(|_| {
+                        digest.copy_from_slice(&buffer[..20]);
+                        digest
+                    });
+                Prepared::Hmac(keyed(&key), digest)
+            }
+        };
+        Self { inner }
+    }
+
+    /// Whether the presented signature is the one of `base_string` (for PLAINTEXT, whether
+    /// it is the key; `base_string` is not used). Constant-time in the digest.
+    pub fn matches(&self, base_string: &str) -> bool {
+        match &self.inner {
+            Prepared::Plaintext(matched) => *matched,
+            Prepared::Hmac(_, None) => false,
+            Prepared::Hmac(mac, Some(digest)) => {
                 let mut mac = mac.clone();
-                mac.update(base.as_bytes());
-                mac.verify_slice(&digest).is_ok()
-            })
+                mac.update(base_string.as_bytes());
+                mac.verify_slice(digest).is_ok()
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use minidom::Element;
 
-use crate::credentials::{CredentialStore, Scope, TokenKind};
+use crate::credentials::{CredentialStore, Scope, TokenKind, TokenRecord};
 use crate::element::StanzaRequest;
 use crate::error::{StructureError, VerifyError};
 use crate::http::HttpRequest;
@@ -192,13 +192,18 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
     /// is tried over the full `from` JID, then the bare one if the settings allow.
     pub fn verify_stanza_request(&self, request: &StanzaRequest) -> Result<Verified, VerifyError> {
         let full = request.base_string();
-        let bare = (self.config.accept_bare_jid_signatures
+        // The bare-JID base string is built only if the full one does not match.
+        let bare = || request.bare_jid_base_string();
+        let alternate = (self.config.accept_bare_jid_signatures
             && crate::base_string::bare_jid(&request.from) != request.from)
-            .then(|| request.bare_jid_base_string());
-        let mut candidates = vec![full.as_str()];
-        candidates.extend(bare.as_deref());
-        let (verified, index) =
-            self.check(&request.params, TokenUse::Access, &candidates, Form::Stanza)?;
+            .then_some(&bare as &dyn Fn() -> String);
+        let (verified, index) = self.check(
+            &request.params,
+            TokenUse::Access,
+            &full,
+            alternate,
+            Form::Stanza,
+        )?;
         Ok(Verified {
             signed_over: if index == 0 {
                 SignedOver::FullJid
@@ -217,17 +222,19 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
     ) -> Result<Verified, VerifyError> {
         let collected = request.collect()?;
         let base = request.base_string(&collected)?;
-        self.check(&collected.params, token_use, &[&base], Form::Http)
+        self.check(&collected.params, token_use, &base, None, Form::Http)
             .map(|(verified, _)| verified)
     }
 
-    /// Checks 2–6 of the profile, in order. Returns the proof and the index of the base
-    /// string that matched.
+    /// Checks 2–6 of the profile, in order. The signature is tried over `base_string`, then
+    /// over what `alternate` builds, if given. Returns the proof and the index of the base
+    /// string that matched (0 or 1).
     fn check(
         &self,
         params: &OAuthParams,
         token_use: TokenUse,
-        base_strings: &[&str],
+        base_string: &str,
+        alternate: Option<&dyn Fn() -> String>,
         form: Form,
     ) -> Result<(Verified, usize), VerifyError> {
         if params.signature_method == SignatureMethod::Plaintext && !self.config.allow_plaintext {
@@ -281,14 +288,22 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
                 if record.consumer_key != params.consumer_key {
                     return Err(VerifyError::TokenOfOtherConsumer);
                 }
+                let TokenRecord {
+                    secret,
+                    kind,
+                    owner,
+                    scope,
+                    expires_at,
+                    ..
+                } = record;
                 let token = VerifiedToken {
                     token: value.to_owned(),
-                    kind: record.kind,
-                    owner: record.owner.clone(),
-                    scope: record.scope.clone(),
-                    expires_at: record.expires_at,
+                    kind,
+                    owner,
+                    scope,
+                    expires_at,
                 };
-                (Some(token), record.secret.clone())
+                (Some(token), secret)
             }
         };
         // 4. The timestamp window.
@@ -301,18 +316,25 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
             });
         }
         // 5. The signature.
-        let index = signature::check(
+        let checker = signature::Checker::new(
             params.signature_method,
-            base_strings,
             &params.signature,
             form,
             &consumer.secret,
             &token_secret,
-        )
-        .ok_or(VerifyError::InvalidSignature {
-            method: params.signature_method,
-            bare_jid_tried: base_strings.len() > 1,
-        })?;
+        );
+        let index = if checker.matches(base_string) {
+            0
+        } else if params.signature_method == SignatureMethod::HmacSha1
+            && alternate.is_some_and(|build| checker.matches(&build()))
+        {
+            1
+        } else {
+            return Err(VerifyError::InvalidSignature {
+                method: params.signature_method,
+                bare_jid_tried: alternate.is_some(),
+            });
+        };
         // 6. The nonce, recorded only now that the signature is known to be good.
         let key = NonceKey {
             consumer_key: &params.consumer_key,
