@@ -87,3 +87,9 @@ pub use verify::{SignedOver, TokenUse, Verified, VerifiedToken, Verifier, Verifi
 
 /// Re-exported so users build and read stanzas with the same minidom version.
 pub use minidom;
+
+/// The examples of the repository's README, compiled and run as doctests so that they stay
+/// true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
