@@ -1,0 +1,107 @@
+//! Settings: a TOML file, overridden by environment variables, overridden by the command
+//! line (the environment and command line are read by clap in `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Every setting of the server, with its default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The SQLite file.
+    pub database: PathBuf,
+    /// Where `serve` listens. Loopback by default: put a TLS-terminating proxy in front.
+    pub listen: SocketAddr,
+    /// The URL consumers use to reach the server (scheme, host, port, no path), when it
+    /// differs from what the `Host` header says (behind a proxy). Signatures are checked
+    /// against it.
+    pub public_url: Option<String>,
+    /// The `realm` of `WWW-Authenticate` answers.
+    pub realm: String,
+    /// The timestamp window, in seconds either way.
+    pub window_secs: u64,
+    /// How long temporary credentials live, in seconds.
+    pub temporary_lifetime_secs: u64,
+    /// How long an owner stays signed in on the web pages, in seconds.
+    pub session_lifetime_secs: u64,
+    /// Whether consumers may sign with PLAINTEXT (only sensible over TLS).
+    pub allow_plaintext: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database: PathBuf::from("authz.sqlite"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            realm: "authz-server".into(),
+            window_secs: oauth_xmpp::replay::DEFAULT_WINDOW_SECS,
+            temporary_lifetime_secs: 600,
+            session_lifetime_secs: 3600,
+            allow_plaintext: true,
+        }
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading it failed.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML for these settings.
+    #[error("the config file {path} is not valid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, from the TOML parser (with line and column).
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; settings it leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_file_keeps_defaults_and_unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authz.toml");
+        std::fs::write(
+            &path,
+            "database = \"/var/lib/authz/authz.sqlite\"\nwindow_secs = 120\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.database,
+            PathBuf::from("/var/lib/authz/authz.sqlite")
+        );
+        assert_eq!(config.window_secs, 120);
+        assert_eq!(config.listen, Config::default().listen);
+        std::fs::write(&path, "databse = \"x\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `databse`"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! # authz-server
+//!
+//! The service provider's side of OAuth 1.0a (RFC 5849 §2): it registers consumer
+//! applications, lets an owner (an account of the service, e.g. `alice`) grant a consumer
+//! access to her nodes through an authorize page, and issues the access tokens that
+//! consumers present over XMPP (XEP-0235) to the pubsub guard.
+//!
+//! - [`store`]: the SQLite token store, also opened by the guard; it implements the
+//!   credential lookup and nonce store traits of `oauth-xmpp`, and keeps the change log
+//!   the guard follows.
+//! - [`web`]: the HTTP endpoints (request token, authorize, access token) and the owner's
+//!   pages, every signed request checked by `oauth-xmpp`'s verifier.
+//! - [`config`]: settings from a TOML file, the environment and the command line.
+
+pub mod config;
+pub mod random;
+pub mod store;
+pub mod web;
+
+pub use store::{Store, StoreError};

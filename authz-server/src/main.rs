@@ -1,0 +1,416 @@
+//! `authz-server`: the OAuth 1.0a service provider and its admin CLI.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use authz_server::config::Config;
+use authz_server::store::{self, RevokeBy, Store};
+use authz_server::web::{AppState, router};
+use clap::{Args, Parser, Subcommand};
+use oauth_xmpp::{Scope, Secret};
+
+/// The OAuth 1.0a authorization server: consumer keys, the token flow, the owner's
+/// authorize page, and the token store the pubsub guard reads.
+///
+/// Settings come from the config file (`--config`), then the environment, then the command
+/// line, each overriding the one before.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// A TOML config file (keys: database, listen, public_url, realm, window_secs,
+    /// temporary_lifetime_secs, session_lifetime_secs, allow_plaintext).
+    #[arg(long, env = "AUTHZ_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The SQLite file [default: authz.sqlite].
+    #[arg(long, env = "AUTHZ_DATABASE", global = true)]
+    database: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP endpoints and the owner's pages.
+    Serve(ServeArgs),
+    /// Owners: the accounts that grant access to their nodes.
+    #[command(subcommand)]
+    Owner(OwnerCommand),
+    /// Consumers: the applications that ask for access.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
+    /// Access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the change log (grants, revocations, expiries) the guard follows:
+    /// `seq<TAB>kind<TAB>token id<TAB>consumer<TAB>owner<TAB>at`.
+    Changes {
+        /// Only entries after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]; port 0 picks a free one (the line
+    /// `listening on http://…` on standard output says which).
+    #[arg(long, env = "AUTHZ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The URL consumers use to reach this server (when behind a proxy), e.g.
+    /// `https://auth.example.com`.
+    #[arg(long, env = "AUTHZ_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Timestamp window in seconds either way [default: 300].
+    #[arg(long, env = "AUTHZ_WINDOW")]
+    window: Option<u64>,
+    /// Lifetime of temporary credentials in seconds [default: 600].
+    #[arg(long, env = "AUTHZ_TEMPORARY_LIFETIME")]
+    temporary_lifetime: Option<u64>,
+    /// Refuse PLAINTEXT signatures.
+    #[arg(long)]
+    no_plaintext: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum OwnerCommand {
+    /// Add an owner; the password is read from the first line of standard input.
+    Add {
+        /// Account name (a-z A-Z 0-9 - _ .).
+        name: String,
+    },
+    /// List owners.
+    List,
+    /// Remove an owner, revoking every token she granted.
+    Remove {
+        /// Account name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumerCommand {
+    /// Register an application; prints its key and secret (the secret is shown only now).
+    Add {
+        /// The name owners see on the authorize page.
+        #[arg(long)]
+        name: String,
+        /// Its XMPP address.
+        #[arg(long)]
+        jid: Option<String>,
+        /// Its callback URL.
+        #[arg(long)]
+        callback: Option<String>,
+    },
+    /// List applications.
+    List,
+    /// Show one application.
+    Show {
+        /// Consumer key.
+        key: String,
+    },
+    /// Revoke an application and every token it holds.
+    Revoke {
+        /// Consumer key.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// List access tokens.
+    List {
+        /// Only this owner's.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only this consumer's.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Revoke access tokens: one by id, or all of an owner or of a consumer.
+    Revoke {
+        /// The token's id (from `token list`).
+        #[arg(long, conflicts_with_all = ["owner", "consumer"])]
+        id: Option<i64>,
+        /// Every token of this owner.
+        #[arg(long, conflicts_with = "consumer")]
+        owner: Option<String>,
+        /// Every token of this consumer.
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Issue an access token without the web flow (service-to-service setups); prints the
+    /// token and its secret.
+    Grant {
+        /// The owner granting access.
+        #[arg(long)]
+        owner: String,
+        /// The consumer key.
+        #[arg(long)]
+        consumer: String,
+        /// Nodes: space-separated names, prefixes ending in `/`, or `*`.
+        #[arg(long)]
+        scope: String,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("authz-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn date(secs: u64) -> String {
+    secs.to_string()
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(db) = cli.database {
+        config.database = db;
+    }
+    let open = |config: &Config| Store::open(&config.database).map_err(|e| e.to_string());
+    let now = store::now();
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: String| {
+        // A closed stdout (e.g. `| head`) is not an error worth reporting.
+        let _ = writeln!(out, "{line}");
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            if args.public_url.is_some() {
+                config.public_url = args.public_url;
+            }
+            if let Some(w) = args.window {
+                config.window_secs = w;
+            }
+            if let Some(t) = args.temporary_lifetime {
+                config.temporary_lifetime_secs = t;
+            }
+            if args.no_plaintext {
+                config.allow_plaintext = false;
+            }
+            serve(config)
+        }
+        Command::Owner(cmd) => {
+            let store = open(&config)?;
+            match cmd {
+                OwnerCommand::Add { name } => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+                        format!("cannot read the password from standard input: {e}")
+                    })?;
+                    let password = Secret::new(line.trim_end_matches(['\r', '\n']));
+                    store
+                        .add_owner(&name, &password, now)
+                        .map_err(|e| e.to_string())?;
+                    say(format!("owner {name} added"));
+                }
+                OwnerCommand::List => {
+                    for o in store.owners().map_err(|e| e.to_string())? {
+                        say(format!(
+                            "{}\tlive tokens: {}\tcreated: {}",
+                            o.name,
+                            o.live_tokens,
+                            date(o.created_at)
+                        ));
+                    }
+                }
+                OwnerCommand::Remove { name } => {
+                    let n = store.remove_owner(&name, now).map_err(|e| e.to_string())?;
+                    say(format!("owner {name} removed; {n} token(s) revoked"));
+                }
+            }
+            Ok(())
+        }
+        Command::Consumer(cmd) => {
+            let store = open(&config)?;
+            match cmd {
+                ConsumerCommand::Add {
+                    name,
+                    jid,
+                    callback,
+                } => {
+                    let (key, secret) = store
+                        .add_consumer(&name, jid.as_deref(), callback.as_deref(), now)
+                        .map_err(|e| e.to_string())?;
+                    say(format!("consumer_key={key}"));
+                    say(format!("consumer_secret={}", secret.expose()));
+                }
+                ConsumerCommand::List => {
+                    for c in store.consumers().map_err(|e| e.to_string())? {
+                        let status = if c.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        say(format!("{}\t{}\t{status}", c.key, c.name));
+                    }
+                }
+                ConsumerCommand::Show { key } => {
+                    let c = store
+                        .consumer(&key)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("no consumer with key {key}"))?;
+                    say(format!("key: {}", c.key));
+                    say(format!("name: {}", c.name));
+                    say(format!("jid: {}", c.jid.as_deref().unwrap_or("-")));
+                    say(format!(
+                        "callback: {}",
+                        c.callback.as_deref().unwrap_or("-")
+                    ));
+                    say(format!("created: {}", date(c.created_at)));
+                    say(format!(
+                        "revoked: {}",
+                        c.revoked_at.map_or("no".to_owned(), date)
+                    ));
+                }
+                ConsumerCommand::Revoke { key } => {
+                    let n = store
+                        .revoke_consumer(&key, now)
+                        .map_err(|e| e.to_string())?;
+                    say(format!("consumer {key} revoked; {n} token(s) revoked"));
+                }
+            }
+            Ok(())
+        }
+        Command::Changes { since } => {
+            let store = open(&config)?;
+            for c in store
+                .changes_since(since, usize::MAX >> 1)
+                .map_err(|e| e.to_string())?
+            {
+                say(format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    c.seq,
+                    c.kind.as_str(),
+                    c.token_id.map_or("-".to_owned(), |i| i.to_string()),
+                    c.consumer_key.as_deref().unwrap_or("-"),
+                    c.owner.as_deref().unwrap_or("-"),
+                    c.at
+                ));
+            }
+            Ok(())
+        }
+        Command::Token(cmd) => {
+            let store = open(&config)?;
+            match cmd {
+                TokenCommand::List { owner, consumer } => {
+                    for t in store
+                        .access_tokens(owner.as_deref(), consumer.as_deref())
+                        .map_err(|e| e.to_string())?
+                    {
+                        let status = match (t.revoked_at, t.expires_at) {
+                            (Some(_), _) => "revoked",
+                            (None, Some(at)) if at <= now => "expired",
+                            _ => "live",
+                        };
+                        say(format!(
+                            "{}\t{}\towner={}\tconsumer={}\tscope={}\t{status}",
+                            t.id, t.token, t.owner, t.consumer_key, t.scope
+                        ));
+                    }
+                }
+                TokenCommand::Revoke {
+                    id,
+                    owner,
+                    consumer,
+                } => {
+                    let by = match (id, owner, consumer) {
+                        (Some(id), _, _) => RevokeBy::Id(id),
+                        (_, Some(owner), _) => RevokeBy::Owner(owner),
+                        (_, _, Some(consumer)) => RevokeBy::Consumer(consumer),
+                        _ => return Err("say which: --id, --owner or --consumer".into()),
+                    };
+                    let n = store.revoke_tokens(&by, now).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err("no live token matched".into());
+                    }
+                    say(format!("{n} token(s) revoked"));
+                }
+                TokenCommand::Grant {
+                    owner,
+                    consumer,
+                    scope,
+                    expires_in,
+                } => {
+                    let grant = store
+                        .grant(
+                            &owner,
+                            &consumer,
+                            &Scope::parse(&scope),
+                            expires_in.map(|s| now.saturating_add(s)),
+                            now,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    say(format!("id={}", grant.id));
+                    say(format!("oauth_token={}", grant.token));
+                    say(format!("oauth_token_secret={}", grant.secret.expose()));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AUTHZ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let store = Arc::new(Store::open(&config.database).map_err(|e| e.to_string())?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, database = %config.database.display(), "serving");
+        // Log token expiries into the change log once a second, for the guard.
+        let sweeper = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = sweeper.log_expiries(store::now()) {
+                    tracing::warn!(error = %e, "logging expiries failed");
+                }
+            }
+        });
+        let app = router(AppState {
+            store,
+            config: Arc::new(config),
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| format!("server failed: {e}"))
+    })
+}

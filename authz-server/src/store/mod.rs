@@ -1,0 +1,933 @@
+//! The token store: one SQLite file (WAL, `busy_timeout`, mode 0600) holding owners,
+//! consumers, temporary credentials, access tokens, the nonces of the replay check, owner
+//! sessions and an append-only change log.
+//!
+//! The authorization server writes it; the pubsub guard opens the same file, looks up
+//! credentials through [`oauth_xmpp::CredentialStore`], records nonces through
+//! [`oauth_xmpp::replay::NonceStore`] and follows [`Store::changes_since`]. Every write is one
+//! `BEGIN IMMEDIATE` transaction, so two processes on the file are safe.
+
+mod model;
+mod oauth;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use oauth_xmpp::{Scope, Secret};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+pub use model::{
+    AccessToken, Change, ChangeKind, Consumer, Grant, Owner, RevokeBy, Session, TemporaryState,
+    TemporaryToken,
+};
+
+use crate::random;
+
+/// What can go wrong with the store, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (I/O, a locked file past the busy timeout, corruption…).
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Creating or opening the file failed.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was written by a newer version of this program.
+    #[error("the database is at schema version {found}; this program knows up to {known}")]
+    TooNew {
+        /// The file's version.
+        found: i64,
+        /// This program's newest.
+        known: i64,
+    },
+    /// Something named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something to create exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// A request the current state does not allow (e.g. a used temporary token).
+    #[error("{0}")]
+    Refused(String),
+    /// The OS random generator failed.
+    #[error("the OS random generator failed: {0}")]
+    Random(String),
+    /// Hashing a password failed.
+    #[error("password hashing failed: {0}")]
+    Password(String),
+}
+
+/// A `Result` of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How long a writer waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An open store. Cheap to share behind an `Arc`; calls are serialized on one connection.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Seconds since 1970, from the system clock.
+pub fn now() -> u64 {
+    oauth_xmpp::replay::Clock::now(&oauth_xmpp::replay::SystemClock)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating it, mode 0600, if missing) the store at `path` and runs the pending
+    /// migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        create_private(&path)?;
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let store = Self {
+            conn: Mutex::new(conn),
+            path,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file it is on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (committed when `f` succeeds).
+    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let known = schema::MIGRATIONS.len() as i64;
+        self.write(|tx| {
+            let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if found > known {
+                return Err(StoreError::TooNew { found, known });
+            }
+            for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The schema version of the file.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    // ----- owners -----
+
+    /// Adds an owner with `password` (hashed with Argon2id).
+    pub fn add_owner(&self, name: &str, password: &Secret, now: u64) -> Result<()> {
+        validate_name(name)?;
+        if password.expose().len() < 8 {
+            return Err(StoreError::Refused(
+                "the password must be at least 8 characters".into(),
+            ));
+        }
+        let hash = hash_password(password)?;
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO owners (name, password_hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO NOTHING",
+                params![name, hash, to_i64(now)],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Exists(format!(
+                    "the owner {name} exists already"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `password` is the owner's. Unknown owners take as long as known ones.
+    pub fn check_password(&self, name: &str, password: &Secret) -> Result<bool> {
+        let hash: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT password_hash FROM owners WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(verify_password(hash.as_deref(), password))
+    }
+
+    /// Every owner, by name.
+    pub fn owners(&self) -> Result<Vec<Owner>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT o.name, o.created_at,
+                    (SELECT COUNT(*) FROM access_tokens t
+                      WHERE t.owner = o.name AND t.revoked_at IS NULL)
+             FROM owners o ORDER BY o.name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Owner {
+                name: r.get(0)?,
+                created_at: to_u64(r.get(1)?),
+                live_tokens: to_u64(r.get(2)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes an owner: revokes her tokens (logged), ends her sessions, deletes her.
+    /// Returns how many tokens were revoked.
+    pub fn remove_owner(&self, name: &str, now: u64) -> Result<usize> {
+        self.write(|tx| {
+            let revoked = revoke_in(tx, &RevokeBy::Owner(name.to_owned()), now)?;
+            tx.execute("DELETE FROM sessions WHERE owner = ?1", [name])?;
+            tx.execute(
+                "UPDATE temporary_tokens SET state = 'denied' WHERE owner = ?1 AND state = 'approved'",
+                [name],
+            )?;
+            if tx.execute("DELETE FROM owners WHERE name = ?1", [name])? == 0 {
+                return Err(StoreError::NotFound(format!("no owner named {name}")));
+            }
+            Ok(revoked)
+        })
+    }
+
+    // ----- consumers -----
+
+    /// Registers a consumer application. Returns its key and secret (shown once).
+    pub fn add_consumer(
+        &self,
+        name: &str,
+        jid: Option<&str>,
+        callback: Option<&str>,
+        now: u64,
+    ) -> Result<(String, Secret)> {
+        if name.trim().is_empty() {
+            return Err(StoreError::Refused(
+                "a consumer needs a name (shown to owners)".into(),
+            ));
+        }
+        let key = random::token(16)?;
+        let secret = Secret::new(random::token(32)?);
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO consumers (key, secret, name, jid, callback, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    key,
+                    secret.expose(),
+                    name.trim(),
+                    jid,
+                    callback,
+                    to_i64(now)
+                ],
+            )?;
+            Ok(())
+        })?;
+        Ok((key, secret))
+    }
+
+    /// Every consumer, oldest first.
+    pub fn consumers(&self) -> Result<Vec<Consumer>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("{CONSUMER_SELECT} ORDER BY created_at, key"))?;
+        let rows = stmt.query_map([], consumer_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One consumer.
+    pub fn consumer(&self, key: &str) -> Result<Option<Consumer>> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("{CONSUMER_SELECT} WHERE key = ?1"),
+                [key],
+                consumer_row,
+            )
+            .optional()?)
+    }
+
+    /// Revokes a consumer and every access token issued to it (all logged). Returns how
+    /// many tokens were revoked.
+    pub fn revoke_consumer(&self, key: &str, now: u64) -> Result<usize> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE consumers SET revoked_at = ?2 WHERE key = ?1 AND revoked_at IS NULL",
+                params![key, to_i64(now)],
+            )?;
+            if changed == 0 {
+                let exists: bool = tx
+                    .query_row("SELECT 1 FROM consumers WHERE key = ?1", [key], |_| {
+                        Ok(true)
+                    })
+                    .optional()?
+                    .is_some();
+                return Err(if exists {
+                    StoreError::Refused(format!("the consumer {key} is already revoked"))
+                } else {
+                    StoreError::NotFound(format!("no consumer with key {key}"))
+                });
+            }
+            log(
+                tx,
+                now,
+                ChangeKind::ConsumerRevoked,
+                None,
+                None,
+                Some(key),
+                None,
+            )?;
+            revoke_in(tx, &RevokeBy::Consumer(key.to_owned()), now)
+        })
+    }
+
+    // ----- temporary credentials -----
+
+    /// Issues temporary credentials (RFC 5849 §2.1) for `consumer_key`, good for
+    /// `lifetime` seconds.
+    pub fn create_temporary(
+        &self,
+        consumer_key: &str,
+        callback: &str,
+        scope: &Scope,
+        lifetime: u64,
+        now: u64,
+    ) -> Result<(String, Secret)> {
+        let token = random::token(16)?;
+        let secret = Secret::new(random::token(32)?);
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO temporary_tokens
+                   (token, secret, consumer_key, callback, scope, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    token,
+                    secret.expose(),
+                    consumer_key,
+                    callback,
+                    scope.to_string(),
+                    to_i64(now),
+                    to_i64(now.saturating_add(lifetime))
+                ],
+            )?;
+            // Old temporary credentials are of no use to anyone: keep the table small.
+            tx.execute(
+                "DELETE FROM temporary_tokens WHERE expires_at < ?1",
+                [to_i64(now.saturating_sub(86_400))],
+            )?;
+            Ok(())
+        })?;
+        Ok((token, secret))
+    }
+
+    /// Temporary credentials with their consumer's name.
+    pub fn temporary(&self, token: &str) -> Result<Option<TemporaryToken>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT t.token, t.consumer_key, c.name, t.callback, t.scope, t.state,
+                        t.expires_at, t.owner
+                 FROM temporary_tokens t JOIN consumers c ON c.key = t.consumer_key
+                 WHERE t.token = ?1",
+                [token],
+                |r| {
+                    Ok(TemporaryToken {
+                        token: r.get(0)?,
+                        consumer_key: r.get(1)?,
+                        consumer_name: r.get(2)?,
+                        callback: r.get(3)?,
+                        scope: Scope::parse(&r.get::<_, String>(4)?),
+                        state: TemporaryState::parse(&r.get::<_, String>(5)?),
+                        expires_at: to_u64(r.get(6)?),
+                        owner: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The owner approves pending temporary credentials for `scope` (which must be inside
+    /// the requested one). Returns the verifier.
+    pub fn approve(&self, token: &str, owner: &str, scope: &Scope, now: u64) -> Result<String> {
+        let verifier = random::token(16)?;
+        self.write(|tx| {
+            let (state, requested, expires_at) = pending_in(tx, token)?;
+            check_pending(&state, expires_at, now)?;
+            if !Scope::parse(&requested).covers(scope) {
+                return Err(StoreError::Refused(format!(
+                    "the scope \"{scope}\" is wider than the requested \"{requested}\""
+                )));
+            }
+            if scope.entries().is_empty() {
+                return Err(StoreError::Refused("the scope is empty".into()));
+            }
+            tx.execute(
+                "UPDATE temporary_tokens SET state = 'approved', owner = ?2, scope = ?3,
+                        verifier = ?4 WHERE token = ?1",
+                params![token, owner, scope.to_string(), verifier],
+            )?;
+            Ok(())
+        })?;
+        Ok(verifier)
+    }
+
+    /// The owner denies pending temporary credentials.
+    pub fn deny(&self, token: &str, now: u64) -> Result<()> {
+        self.write(|tx| {
+            let (state, _, expires_at) = pending_in(tx, token)?;
+            check_pending(&state, expires_at, now)?;
+            tx.execute(
+                "UPDATE temporary_tokens SET state = 'denied' WHERE token = ?1",
+                [token],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Exchanges approved temporary credentials and their verifier for an access token
+    /// (RFC 5849 §2.3), once. The caller has verified the request's signature.
+    pub fn exchange(&self, token: &str, verifier: &str, now: u64) -> Result<Grant> {
+        let access = random::token(16)?;
+        let secret = Secret::new(random::token(32)?);
+        self.write(|tx| {
+            let row: Option<TemporaryRow> = tx
+                .query_row(
+                    "SELECT state, consumer_key, scope, owner, verifier, expires_at
+                     FROM temporary_tokens WHERE token = ?1",
+                    [token],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((state, consumer_key, scope, owner, expected, expires_at)) = row else {
+                return Err(StoreError::NotFound("unknown temporary token".into()));
+            };
+            match TemporaryState::parse(&state) {
+                TemporaryState::Approved => {}
+                TemporaryState::Used => {
+                    return Err(StoreError::Refused(
+                        "the temporary token was already exchanged for an access token".into(),
+                    ));
+                }
+                TemporaryState::Denied => {
+                    return Err(StoreError::Refused("the owner denied access".into()));
+                }
+                TemporaryState::Pending => {
+                    return Err(StoreError::Refused(
+                        "the owner has not approved the temporary token yet".into(),
+                    ));
+                }
+            }
+            if to_u64(expires_at) <= now {
+                return Err(StoreError::Refused(
+                    "the temporary token has expired".into(),
+                ));
+            }
+            let (Some(owner), Some(expected)) = (owner, expected) else {
+                return Err(StoreError::Refused(
+                    "the temporary token has no owner".into(),
+                ));
+            };
+            let same: bool =
+                subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), verifier.as_bytes()).into();
+            if !same {
+                return Err(StoreError::Refused("oauth_verifier does not match".into()));
+            }
+            tx.execute(
+                "UPDATE temporary_tokens SET state = 'used' WHERE token = ?1",
+                [token],
+            )?;
+            let scope = Scope::parse(&scope);
+            insert_grant(
+                tx,
+                &access,
+                &secret,
+                &consumer_key,
+                &owner,
+                &scope,
+                None,
+                now,
+            )
+        })
+        .map(|(id, consumer_key, owner, scope)| Grant {
+            id,
+            token: access,
+            secret,
+            consumer_key,
+            owner,
+            scope,
+        })
+    }
+
+    // ----- access tokens -----
+
+    /// Issues an access token without the web flow (service-to-service setups).
+    pub fn grant(
+        &self,
+        owner: &str,
+        consumer_key: &str,
+        scope: &Scope,
+        expires_at: Option<u64>,
+        now: u64,
+    ) -> Result<Grant> {
+        if scope.entries().is_empty() {
+            return Err(StoreError::Refused("the scope is empty".into()));
+        }
+        let access = random::token(16)?;
+        let secret = Secret::new(random::token(32)?);
+        self.write(|tx| {
+            let owner_exists = tx
+                .query_row("SELECT 1 FROM owners WHERE name = ?1", [owner], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !owner_exists {
+                return Err(StoreError::NotFound(format!("no owner named {owner}")));
+            }
+            let revoked: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT revoked_at FROM consumers WHERE key = ?1",
+                    [consumer_key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match revoked {
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "no consumer with key {consumer_key}"
+                    )));
+                }
+                Some(Some(_)) => {
+                    return Err(StoreError::Refused(format!(
+                        "the consumer {consumer_key} is revoked"
+                    )));
+                }
+                Some(None) => {}
+            }
+            insert_grant(
+                tx,
+                &access,
+                &secret,
+                consumer_key,
+                owner,
+                scope,
+                expires_at,
+                now,
+            )
+        })
+        .map(|(id, consumer_key, owner, scope)| Grant {
+            id,
+            token: access,
+            secret,
+            consumer_key,
+            owner,
+            scope,
+        })
+    }
+
+    /// Access tokens, optionally only an owner's and/or a consumer's, oldest first.
+    pub fn access_tokens(
+        &self,
+        owner: Option<&str>,
+        consumer_key: Option<&str>,
+    ) -> Result<Vec<AccessToken>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT t.id, t.token, t.consumer_key, c.name, t.owner, t.scope, t.created_at,
+                    t.expires_at, t.revoked_at
+             FROM access_tokens t JOIN consumers c ON c.key = t.consumer_key
+             WHERE (?1 IS NULL OR t.owner = ?1) AND (?2 IS NULL OR t.consumer_key = ?2)
+             ORDER BY t.id",
+        )?;
+        let rows = stmt.query_map(params![owner, consumer_key], |r| {
+            Ok(AccessToken {
+                id: r.get(0)?,
+                token: r.get(1)?,
+                consumer_key: r.get(2)?,
+                consumer_name: r.get(3)?,
+                owner: r.get(4)?,
+                scope: Scope::parse(&r.get::<_, String>(5)?),
+                created_at: to_u64(r.get(6)?),
+                expires_at: r.get::<_, Option<i64>>(7)?.map(to_u64),
+                revoked_at: r.get::<_, Option<i64>>(8)?.map(to_u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes live access tokens (logged, one change each). Returns how many.
+    pub fn revoke_tokens(&self, by: &RevokeBy, now: u64) -> Result<usize> {
+        self.write(|tx| revoke_in(tx, by, now))
+    }
+
+    /// Appends an `expired` change for every access token whose expiry has passed and was
+    /// not logged yet. Either process may call it; each expiry is logged once.
+    pub fn log_expiries(&self, now: u64) -> Result<usize> {
+        self.write(|tx| {
+            let expired: Vec<(i64, String, String, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, token, consumer_key, owner FROM access_tokens
+                     WHERE expires_at IS NOT NULL AND expires_at <= ?1
+                       AND expiry_logged = 0 AND revoked_at IS NULL",
+                )?;
+                let rows = stmt.query_map([to_i64(now)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (id, token, consumer, owner) in &expired {
+                tx.execute(
+                    "UPDATE access_tokens SET expiry_logged = 1 WHERE id = ?1",
+                    [id],
+                )?;
+                log(
+                    tx,
+                    now,
+                    ChangeKind::TokenExpired,
+                    Some(*id),
+                    Some(token),
+                    Some(consumer),
+                    Some(owner),
+                )?;
+            }
+            Ok(expired.len())
+        })
+    }
+
+    // ----- the change log -----
+
+    /// Changes after `seq`, oldest first, at most `limit`.
+    pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, kind, token_id, token, consumer_key, owner FROM changes
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![seq, to_i64(limit as u64)], |r| {
+            Ok(Change {
+                seq: r.get(0)?,
+                at: to_u64(r.get(1)?),
+                kind: ChangeKind::parse(&r.get::<_, String>(2)?),
+                token_id: r.get(3)?,
+                token: r.get(4)?,
+                consumer_key: r.get(5)?,
+                owner: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest sequence number (0 when the log is empty).
+    pub fn last_change(&self) -> Result<i64> {
+        Ok(self
+            .lock()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    // ----- owner sessions (the web pages) -----
+
+    /// Starts a signed-in session for `owner`, good for `lifetime` seconds.
+    pub fn create_session(&self, owner: &str, lifetime: u64, now: u64) -> Result<Session> {
+        let session = Session {
+            id: random::token(32)?,
+            owner: owner.to_owned(),
+            csrf: random::token(16)?,
+        };
+        self.write(|tx| {
+            tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [to_i64(now)])?;
+            tx.execute(
+                "INSERT INTO sessions (id, owner, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    session.id,
+                    session.owner,
+                    session.csrf,
+                    to_i64(now.saturating_add(lifetime))
+                ],
+            )?;
+            Ok(())
+        })?;
+        Ok(session)
+    }
+
+    /// The live session with this id.
+    pub fn session(&self, id: &str, now: u64) -> Result<Option<Session>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, owner, csrf FROM sessions WHERE id = ?1 AND expires_at > ?2",
+                params![id, to_i64(now)],
+                |r| {
+                    Ok(Session {
+                        id: r.get(0)?,
+                        owner: r.get(1)?,
+                        csrf: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Ends a session.
+    pub fn delete_session(&self, id: &str) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+}
+
+/// state, consumer key, scope, owner, verifier, expiry.
+type TemporaryRow = (String, String, String, Option<String>, Option<String>, i64);
+
+const CONSUMER_SELECT: &str =
+    "SELECT key, name, jid, callback, created_at, revoked_at FROM consumers";
+
+fn consumer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Consumer> {
+    Ok(Consumer {
+        key: r.get(0)?,
+        name: r.get(1)?,
+        jid: r.get(2)?,
+        callback: r.get(3)?,
+        created_at: to_u64(r.get(4)?),
+        revoked_at: r.get::<_, Option<i64>>(5)?.map(to_u64),
+    })
+}
+
+fn pending_in(tx: &rusqlite::Transaction<'_>, token: &str) -> Result<(String, String, i64)> {
+    tx.query_row(
+        "SELECT state, scope, expires_at FROM temporary_tokens WHERE token = ?1",
+        [token],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound("unknown temporary token".into()))
+}
+
+fn check_pending(state: &str, expires_at: i64, now: u64) -> Result<()> {
+    if TemporaryState::parse(state) != TemporaryState::Pending {
+        return Err(StoreError::Refused(
+            "this request was already answered".into(),
+        ));
+    }
+    if to_u64(expires_at) <= now {
+        return Err(StoreError::Refused(
+            "this request has expired: ask the application to start again".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_grant(
+    tx: &rusqlite::Transaction<'_>,
+    token: &str,
+    secret: &Secret,
+    consumer_key: &str,
+    owner: &str,
+    scope: &Scope,
+    expires_at: Option<u64>,
+    now: u64,
+) -> Result<(i64, String, String, Scope)> {
+    tx.execute(
+        "INSERT INTO access_tokens (token, secret, consumer_key, owner, scope, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            token,
+            secret.expose(),
+            consumer_key,
+            owner,
+            scope.to_string(),
+            to_i64(now),
+            expires_at.map(to_i64)
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    log(
+        tx,
+        now,
+        ChangeKind::Granted,
+        Some(id),
+        Some(token),
+        Some(consumer_key),
+        Some(owner),
+    )?;
+    Ok((id, consumer_key.to_owned(), owner.to_owned(), scope.clone()))
+}
+
+fn revoke_in(tx: &rusqlite::Transaction<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
+    use rusqlite::types::Value;
+    let (clause, values): (&str, Vec<Value>) = match by {
+        RevokeBy::Id(id) => ("id = ?1", vec![(*id).into()]),
+        RevokeBy::Token(token) => ("token = ?1", vec![token.clone().into()]),
+        RevokeBy::Owner(owner) => ("owner = ?1", vec![owner.clone().into()]),
+        RevokeBy::Consumer(key) => ("consumer_key = ?1", vec![key.clone().into()]),
+        RevokeBy::OwnerAndId(owner, id) => (
+            "owner = ?1 AND id = ?2",
+            vec![owner.clone().into(), (*id).into()],
+        ),
+    };
+    let sql = format!(
+        "SELECT id, token, consumer_key, owner FROM access_tokens
+         WHERE revoked_at IS NULL AND {clause}"
+    );
+    let rows: Vec<(i64, String, String, String)> = {
+        let mut stmt = tx.prepare(&sql)?;
+        let mapped = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        mapped.collect::<Result<_, _>>()?
+    };
+    for (id, token, consumer, owner) in &rows {
+        tx.execute(
+            "UPDATE access_tokens SET revoked_at = ?2 WHERE id = ?1",
+            params![id, to_i64(now)],
+        )?;
+        log(
+            tx,
+            now,
+            ChangeKind::TokenRevoked,
+            Some(*id),
+            Some(token),
+            Some(consumer),
+            Some(owner),
+        )?;
+    }
+    Ok(rows.len())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log(
+    tx: &rusqlite::Transaction<'_>,
+    now: u64,
+    kind: ChangeKind,
+    token_id: Option<i64>,
+    token: Option<&str>,
+    consumer_key: Option<&str>,
+    owner: Option<&str>,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO changes (at, kind, token_id, token, consumer_key, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            to_i64(now),
+            kind.as_str(),
+            token_id,
+            token,
+            consumer_key,
+            owner
+        ],
+    )?;
+    Ok(())
+}
+
+/// Owner names: what an account name of the service may be (they appear in node names
+/// such as `/location/alice`).
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(format!(
+            "owner names are 1 to 64 of a-z A-Z 0-9 - _ . (got {name:?})"
+        )))
+    }
+}
+
+fn hash_password(password: &Secret) -> Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt_bytes = random::bytes::<16>()?;
+    let salt =
+        SaltString::encode_b64(&salt_bytes).map_err(|e| StoreError::Password(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| StoreError::Password(e.to_string()))
+}
+
+/// Checks `password` against `hash`; with no hash, spends the same time on a dummy one.
+fn verify_password(hash: Option<&str>, password: &Secret) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    // A fixed Argon2id hash of a random string, so unknown owners cost the same.
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                         3kmiPgyDwqTRqRVaUpiSdCLRPXONLBXYAF04qvzX8Sg";
+    let parsed = PasswordHash::new(hash.unwrap_or(DUMMY));
+    let Ok(parsed) = parsed else {
+        return false;
+    };
+    let ok = argon2::Argon2::default()
+        .verify_password(password.expose().as_bytes(), &parsed)
+        .is_ok();
+    ok && hash.is_some()
+}
+
+/// Creates `path` with mode 0600 if it does not exist (SQLite gives its `-wal` and `-shm`
+/// files the same mode).
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(|_| ())
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests;

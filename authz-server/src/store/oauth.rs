@@ -1,0 +1,110 @@
+//! The store as `oauth-xmpp` sees it: the credential lookup and the nonce store of the
+//! verifier, shared by the authorization server and the guard.
+
+use oauth_xmpp::replay::{NonceKey, NonceOutcome, NonceStore};
+use oauth_xmpp::{ConsumerRecord, CredentialStore, Scope, Secret, TokenKind, TokenRecord};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, TemporaryState, to_i64, to_u64};
+
+fn store_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> oauth_xmpp::StoreError {
+    oauth_xmpp::StoreError::new(e)
+}
+
+impl CredentialStore for Store {
+    fn consumer(
+        &self,
+        consumer_key: &str,
+    ) -> Result<Option<ConsumerRecord>, oauth_xmpp::StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT secret, revoked_at IS NOT NULL FROM consumers WHERE key = ?1",
+                [consumer_key],
+                |r| {
+                    Ok(ConsumerRecord {
+                        secret: Secret::new(r.get::<_, String>(0)?),
+                        revoked: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(store_error)
+    }
+
+    fn token(&self, token: &str) -> Result<Option<TokenRecord>, oauth_xmpp::StoreError> {
+        let conn = self.lock();
+        let access = conn
+            .query_row(
+                "SELECT secret, consumer_key, owner, scope, expires_at, revoked_at IS NOT NULL
+                 FROM access_tokens WHERE token = ?1",
+                [token],
+                |r| {
+                    Ok(TokenRecord {
+                        secret: Secret::new(r.get::<_, String>(0)?),
+                        consumer_key: r.get(1)?,
+                        kind: TokenKind::Access,
+                        owner: Some(r.get(2)?),
+                        scope: Scope::parse(&r.get::<_, String>(3)?),
+                        expires_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
+                        revoked: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(store_error)?;
+        if access.is_some() {
+            return Ok(access);
+        }
+        conn.query_row(
+            "SELECT secret, consumer_key, owner, scope, expires_at, state
+             FROM temporary_tokens WHERE token = ?1",
+            [token],
+            |r| {
+                let state = TemporaryState::parse(&r.get::<_, String>(5)?);
+                Ok(TokenRecord {
+                    secret: Secret::new(r.get::<_, String>(0)?),
+                    consumer_key: r.get(1)?,
+                    kind: TokenKind::Temporary,
+                    owner: r.get(2)?,
+                    scope: Scope::parse(&r.get::<_, String>(3)?),
+                    expires_at: Some(to_u64(r.get(4)?)),
+                    // Used or denied temporary credentials are dead.
+                    revoked: matches!(state, TemporaryState::Used | TemporaryState::Denied),
+                })
+            },
+        )
+        .optional()
+        .map_err(store_error)
+    }
+}
+
+impl NonceStore for Store {
+    /// One statement, atomic across processes: insert the key, or take it over if its
+    /// earlier record has expired; a row changed means the nonce is fresh.
+    fn check_and_record(
+        &self,
+        key: &NonceKey<'_>,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<NonceOutcome, oauth_xmpp::StoreError> {
+        let mut canonical = String::new();
+        key.write_canonical(&mut canonical);
+        let conn = self.lock();
+        let changed = conn
+            .execute(
+                "INSERT INTO nonces (key, expires_at) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at
+                 WHERE nonces.expires_at < ?3",
+                params![canonical, to_i64(expires_at), to_i64(now)],
+            )
+            .map_err(store_error)?;
+        // Keep the table bounded by traffic × window (an index seek when nothing expired).
+        conn.execute("DELETE FROM nonces WHERE expires_at < ?1", [to_i64(now)])
+            .map_err(store_error)?;
+        Ok(if changed == 1 {
+            NonceOutcome::Fresh
+        } else {
+            NonceOutcome::Replayed
+        })
+    }
+}

@@ -1,0 +1,281 @@
+use oauth_xmpp::replay::{NonceKey, NonceOutcome, NonceStore};
+use oauth_xmpp::{CredentialStore, Scope, Secret, TokenKind};
+
+use super::*;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("authz.sqlite")).unwrap();
+    (dir, store)
+}
+
+fn seeded(store: &Store) -> String {
+    store
+        .add_owner("alice", &Secret::new("correct horse"), 100)
+        .unwrap();
+    store.add_consumer("FindMeNow", None, None, 100).unwrap().0
+}
+
+#[test]
+fn file_is_private_and_migrations_run_once() {
+    let (dir, store) = open();
+    assert_eq!(
+        store.schema_version().unwrap(),
+        schema::MIGRATIONS.len() as i64
+    );
+    drop(store);
+    let again = Store::open(dir.path().join("authz.sqlite")).unwrap();
+    assert_eq!(
+        again.schema_version().unwrap(),
+        schema::MIGRATIONS.len() as i64
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("authz.sqlite"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let (dir, store) = open();
+    store
+        .lock()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    drop(store);
+    let err = Store::open(dir.path().join("authz.sqlite")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the database is at schema version 99; this program knows up to {}",
+            schema::MIGRATIONS.len()
+        )
+    );
+}
+
+#[test]
+fn passwords_are_hashed_and_checked() {
+    let (_dir, store) = open();
+    seeded(&store);
+    assert!(
+        store
+            .check_password("alice", &Secret::new("correct horse"))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .check_password("alice", &Secret::new("wrong horse!"))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .check_password("bob", &Secret::new("correct horse"))
+            .unwrap()
+    );
+    let hash: String = store
+        .lock()
+        .query_row("SELECT password_hash FROM owners", [], |r| r.get(0))
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(matches!(
+        store.add_owner("alice", &Secret::new("another one"), 1),
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        store.add_owner("al ice", &Secret::new("another one"), 1),
+        Err(StoreError::Refused(_))
+    ));
+}
+
+#[test]
+fn the_flow_issues_one_access_token_per_verifier() {
+    let (_dir, store) = open();
+    let consumer = seeded(&store);
+    let (temp, _secret) = store
+        .create_temporary(
+            &consumer,
+            "oob",
+            &Scope::parse("/location/alice /photos/alice/"),
+            600,
+            1000,
+        )
+        .unwrap();
+    assert_eq!(
+        store.token(&temp).unwrap().unwrap().kind,
+        TokenKind::Temporary
+    );
+    // Narrowing is allowed, widening is not.
+    assert!(matches!(
+        store.approve(&temp, "alice", &Scope::parse("*"), 1001),
+        Err(StoreError::Refused(_))
+    ));
+    let verifier = store
+        .approve(&temp, "alice", &Scope::parse("/location/alice"), 1001)
+        .unwrap();
+    assert!(matches!(
+        store.exchange(&temp, "wrong", 1002),
+        Err(StoreError::Refused(_))
+    ));
+    let grant = store.exchange(&temp, &verifier, 1002).unwrap();
+    assert_eq!(
+        (grant.owner.as_str(), grant.scope.to_string().as_str()),
+        ("alice", "/location/alice")
+    );
+    let err = store.exchange(&temp, &verifier, 1003).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the temporary token was already exchanged for an access token"
+    );
+    assert!(
+        store.token(&temp).unwrap().unwrap().revoked,
+        "used temporary credentials are dead"
+    );
+    let record = store.token(&grant.token).unwrap().unwrap();
+    assert_eq!(
+        (record.kind, record.owner.as_deref()),
+        (TokenKind::Access, Some("alice"))
+    );
+}
+
+#[test]
+fn expired_temporary_credentials_cannot_be_approved() {
+    let (_dir, store) = open();
+    let consumer = seeded(&store);
+    let (temp, _) = store
+        .create_temporary(&consumer, "oob", &Scope::all(), 600, 1000)
+        .unwrap();
+    let err = store
+        .approve(&temp, "alice", &Scope::all(), 1600)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "this request has expired: ask the application to start again"
+    );
+}
+
+#[test]
+fn revocations_and_expiries_are_logged_once_in_order() {
+    let (_dir, store) = open();
+    let consumer = seeded(&store);
+    let a = store
+        .grant(
+            "alice",
+            &consumer,
+            &Scope::parse("/location/alice"),
+            None,
+            10,
+        )
+        .unwrap();
+    let b = store
+        .grant(
+            "alice",
+            &consumer,
+            &Scope::parse("/photos/alice/"),
+            Some(50),
+            10,
+        )
+        .unwrap();
+    assert_eq!(store.revoke_tokens(&RevokeBy::Id(a.id), 20).unwrap(), 1);
+    assert_eq!(
+        store.revoke_tokens(&RevokeBy::Id(a.id), 21).unwrap(),
+        0,
+        "already revoked"
+    );
+    assert_eq!(store.log_expiries(60).unwrap(), 1);
+    assert_eq!(store.log_expiries(61).unwrap(), 0);
+    let kinds: Vec<(ChangeKind, Option<i64>)> = store
+        .changes_since(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.token_id))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ChangeKind::Granted, Some(a.id)),
+            (ChangeKind::Granted, Some(b.id)),
+            (ChangeKind::TokenRevoked, Some(a.id)),
+            (ChangeKind::TokenExpired, Some(b.id)),
+        ]
+    );
+    let last = store.last_change().unwrap();
+    assert!(store.changes_since(last, 10).unwrap().is_empty());
+}
+
+#[test]
+fn revoking_a_consumer_revokes_its_tokens() {
+    let (_dir, store) = open();
+    let consumer = seeded(&store);
+    store
+        .grant("alice", &consumer, &Scope::all(), None, 10)
+        .unwrap();
+    assert_eq!(store.revoke_consumer(&consumer, 20).unwrap(), 1);
+    assert!(
+        store
+            .consumer(&consumer)
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    let kinds: Vec<ChangeKind> = store
+        .changes_since(1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![ChangeKind::ConsumerRevoked, ChangeKind::TokenRevoked]
+    );
+    assert!(matches!(
+        store.grant("alice", &consumer, &Scope::all(), None, 30),
+        Err(StoreError::Refused(_))
+    ));
+}
+
+#[test]
+fn nonces_are_shared_between_two_connections_on_one_file() {
+    let (dir, store) = open();
+    let other = Store::open(dir.path().join("authz.sqlite")).unwrap();
+    let key = NonceKey {
+        consumer_key: "c",
+        token: "t",
+        timestamp: 1000,
+        nonce: "n",
+    };
+    assert_eq!(
+        store.check_and_record(&key, 1300, 1000).unwrap(),
+        NonceOutcome::Fresh
+    );
+    assert_eq!(
+        other.check_and_record(&key, 1300, 1001).unwrap(),
+        NonceOutcome::Replayed
+    );
+    drop(store);
+    let reopened = Store::open(dir.path().join("authz.sqlite")).unwrap();
+    assert_eq!(
+        reopened.check_and_record(&key, 1300, 1002).unwrap(),
+        NonceOutcome::Replayed,
+        "a restart does not forget"
+    );
+    assert_eq!(
+        reopened.check_and_record(&key, 1700, 1400).unwrap(),
+        NonceOutcome::Fresh,
+        "expired"
+    );
+}
+
+#[test]
+fn sessions_expire() {
+    let (_dir, store) = open();
+    seeded(&store);
+    let s = store.create_session("alice", 60, 100).unwrap();
+    assert_eq!(store.session(&s.id, 159).unwrap().unwrap().owner, "alice");
+    assert_eq!(store.session(&s.id, 160).unwrap(), None);
+}

@@ -1,0 +1,365 @@
+//! The token flow over loopback against the built server, and its error paths.
+
+use oauth_xmpp::sign::{Credentials, Signer};
+use oauth_xmpp::{Secret, SignatureMethod};
+
+use crate::{Answer, Server, cli, http, temp_db};
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    key: String,
+    secret: String,
+}
+
+fn setup() -> Setup {
+    let (dir, db) = temp_db();
+    let (ok, _, err) = cli(&db, &["owner", "add", "alice"], "correct horse\n");
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&db, &["consumer", "add", "--name", "FindMeNow"], "");
+    assert!(ok, "{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .to_owned()
+    };
+    Setup {
+        key: field("consumer_key="),
+        secret: field("consumer_secret="),
+        _dir: dir,
+        db,
+    }
+}
+
+fn signer(
+    key: &str,
+    secret: &str,
+    token: Option<(&str, &str)>,
+    method: SignatureMethod,
+) -> Signer<oauth_xmpp::replay::SystemClock, impl Fn() -> String> {
+    let credentials = Credentials {
+        consumer_key: key.into(),
+        consumer_secret: Secret::new(secret),
+        token: token.map(|(t, _)| t.to_owned()),
+        token_secret: Secret::new(token.map_or("", |(_, s)| s)),
+    };
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let nonce = move || {
+        format!(
+            "n{}-{}",
+            std::process::id(),
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + rand_offset()
+        )
+    };
+    Signer::new(credentials, oauth_xmpp::replay::SystemClock, nonce).with_method(method)
+}
+
+fn rand_offset() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        .into()
+}
+
+fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
+    let url = format!("{}/oauth/request_token", server.base);
+    let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
+        .sign_http(
+            "POST",
+            &url,
+            &[("scope", scope)],
+            &[("oauth_callback", "http://127.0.0.1:9/cb")],
+        )
+        .unwrap();
+    let body = format!("scope={}", oauth_xmpp::encode::percent_encode(scope));
+    let a = http(
+        &server.addr,
+        "POST",
+        "/oauth/request_token",
+        &[("Authorization", &auth), FORM],
+        &body,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.get("oauth_callback_confirmed"), "true");
+    (a.get("oauth_token"), a.get("oauth_token_secret"))
+}
+
+/// Signs in as alice and answers the authorize page; returns the redirect.
+fn answer(server: &Server, token: &str, decision: &str) -> Answer {
+    let next = format!("/oauth/authorize?oauth_token={token}");
+    let login = http(
+        &server.addr,
+        "POST",
+        "/login",
+        &[FORM],
+        &format!(
+            "name=alice&password=correct%20horse&next={}",
+            oauth_xmpp::encode::percent_encode(&next)
+        ),
+    );
+    assert_eq!(login.status, 303, "{login:?}");
+    assert_eq!(login.header("Location"), Some(next.as_str()));
+    let cookie = login
+        .header("Set-Cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http(&server.addr, "GET", &next, &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("Authorize <span class=\"app\">FindMeNow</span>?"),
+        "{}",
+        page.body
+    );
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    http(
+        &server.addr,
+        "POST",
+        "/oauth/authorize",
+        &[("Cookie", &cookie), FORM],
+        &format!("oauth_token={token}&csrf={csrf}&scope=%2Flocation%2Falice&decision={decision}"),
+    )
+}
+
+fn access_token(server: &Server, s: &Setup, temp: (&str, &str), verifier: &str) -> Answer {
+    let url = format!("{}/oauth/access_token", server.base);
+    let auth = signer(&s.key, &s.secret, Some(temp), SignatureMethod::HmacSha1)
+        .sign_http("POST", &url, &[], &[("oauth_verifier", verifier)])
+        .unwrap();
+    http(
+        &server.addr,
+        "POST",
+        "/oauth/access_token",
+        &[("Authorization", &auth)],
+        "",
+    )
+}
+
+fn verifier_of(location: &str) -> String {
+    location
+        .split("oauth_verifier=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
+    let s = setup();
+    let server = Server::start(&s.db, &[]);
+    let (token, secret) = request_token(&server, &s, "/location/alice /photos/alice/");
+    let approved = answer(&server, &token, "approve");
+    assert_eq!(approved.status, 303);
+    let location = approved.header("Location").unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!(
+            "http://127.0.0.1:9/cb?oauth_token={token}&oauth_verifier="
+        )),
+        "{location}"
+    );
+    let verifier = verifier_of(&location);
+    let access = access_token(&server, &s, (&token, &secret), &verifier);
+    assert_eq!(access.status, 200, "{access:?}");
+    assert_eq!(access.get("oauth_token").len(), 22);
+    assert_eq!(access.get("oauth_token_secret").len(), 43);
+
+    let again = access_token(&server, &s, (&token, &secret), &verifier);
+    assert_eq!(
+        (again.status, again.get("oauth_problem").as_str()),
+        (401, "token_used")
+    );
+    assert!(
+        again
+            .header("WWW-Authenticate")
+            .unwrap()
+            .starts_with("OAuth realm=\"authz-server\"")
+    );
+
+    let (ok, list, _) = cli(&s.db, &["token", "list", "--owner", "alice"], "");
+    assert!(ok);
+    let line = list.lines().next().unwrap();
+    assert!(
+        line.ends_with("owner=alice\tconsumer=".to_owned().as_str())
+            || line.contains(&format!("consumer={}\tscope=/location/alice\tlive", s.key)),
+        "{line}"
+    );
+    let id = line.split('\t').next().unwrap();
+    let (ok, _, err) = cli(&s.db, &["token", "revoke", "--id", id], "");
+    assert!(ok, "{err}");
+    let (_, changes, _) = cli(&s.db, &["changes"], "");
+    let kinds: Vec<&str> = changes
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .collect();
+    assert_eq!(kinds, ["granted", "token-revoked"], "{changes}");
+}
+
+#[test]
+fn error_paths_have_their_status_and_problem() {
+    let s = setup();
+    let server = Server::start(&s.db, &["--temporary-lifetime", "2"]);
+    let url = format!("{}/oauth/request_token", server.base);
+    let post = |auth: &str| {
+        http(
+            &server.addr,
+            "POST",
+            "/oauth/request_token",
+            &[("Authorization", auth)],
+            "",
+        )
+    };
+    let extra = [("oauth_callback", "oob")];
+
+    // Bad signature.
+    let auth = signer(&s.key, "wrong", None, SignatureMethod::HmacSha1)
+        .sign_http("POST", &url, &[], &extra)
+        .unwrap();
+    let a = post(&auth);
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "signature_invalid"),
+        "{a:?}"
+    );
+    // Unknown consumer.
+    let auth = signer("nobody", &s.secret, None, SignatureMethod::HmacSha1)
+        .sign_http("POST", &url, &[], &extra)
+        .unwrap();
+    let a = post(&auth);
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "consumer_key_unknown")
+    );
+    // Replayed nonce: the same signed request twice.
+    let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
+        .sign_http("POST", &url, &[], &extra)
+        .unwrap();
+    assert_eq!(post(&auth).status, 200);
+    let a = post(&auth);
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "nonce_used")
+    );
+    // No callback.
+    let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
+        .sign_http("POST", &url, &[], &[])
+        .unwrap();
+    let a = post(&auth);
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (400, "parameter_absent")
+    );
+    // PLAINTEXT works too.
+    let auth = signer(&s.key, &s.secret, None, SignatureMethod::Plaintext)
+        .sign_http("POST", &url, &[], &extra)
+        .unwrap();
+    assert_eq!(post(&auth).status, 200);
+
+    // Wrong verifier, then a denied (revoked) temporary token.
+    let (token, secret) = request_token(&server, &s, "/location/alice");
+    let approved = answer(&server, &token, "approve");
+    let a = access_token(&server, &s, (&token, &secret), "not-the-verifier");
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "verifier_invalid")
+    );
+    assert_eq!(
+        access_token(
+            &server,
+            &s,
+            (&token, &secret),
+            &verifier_of(approved.header("Location").unwrap())
+        )
+        .status,
+        200
+    );
+    let (token, secret) = request_token(&server, &s, "/location/alice");
+    let denied = answer(&server, &token, "deny");
+    assert_eq!(
+        denied.header("Location").unwrap(),
+        format!("http://127.0.0.1:9/cb?oauth_token={token}&oauth_problem=permission_denied")
+    );
+    let a = access_token(&server, &s, (&token, &secret), "x");
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "token_revoked")
+    );
+
+    // Expired temporary credentials (the server was started with a 2 s lifetime).
+    let (token, secret) = request_token(&server, &s, "/location/alice");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let a = access_token(&server, &s, (&token, &secret), "x");
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "token_expired")
+    );
+
+    // A revoked consumer.
+    let (ok, _, _) = cli(&s.db, &["consumer", "revoke", &s.key], "");
+    assert!(ok);
+    let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
+        .sign_http("POST", &url, &[], &extra)
+        .unwrap();
+    let a = post(&auth);
+    assert_eq!(
+        (a.status, a.get("oauth_problem").as_str()),
+        (401, "consumer_key_rejected")
+    );
+}
+
+#[test]
+fn the_store_survives_a_restart() {
+    let s = setup();
+    let (ok, out, _) = cli(
+        &s.db,
+        &[
+            "token",
+            "grant",
+            "--owner",
+            "alice",
+            "--consumer",
+            &s.key,
+            "--scope",
+            "/location/alice",
+        ],
+        "",
+    );
+    assert!(ok);
+    let server = Server::start(&s.db, &[]);
+    drop(server);
+    let _again = Server::start(&s.db, &[]);
+    let (_, list, _) = cli(&s.db, &["token", "list"], "");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("oauth_token="))
+        .unwrap();
+    assert!(list.contains(token) && list.contains("\tlive"), "{list}");
+}
+
+#[test]
+fn cli_errors_are_one_line_and_non_zero() {
+    let s = setup();
+    let (ok, _, err) = cli(&s.db, &["consumer", "revoke", "nope"], "");
+    assert!(!ok);
+    assert_eq!(err, "authz-server: no consumer with key nope\n");
+    let (ok, _, err) = cli(&s.db, &["owner", "add", "alice"], "another password\n");
+    assert!(!ok);
+    assert_eq!(err, "authz-server: the owner alice exists already\n");
+}

@@ -1,0 +1,142 @@
+//! Independent peers: requests-oauthlib's `OAuth1Session` does the three-legged flow, and
+//! headless Chromium drives the authorize page. Both need what `scripts/test` sets up (the
+//! `.venv`, and Chromium with chromedriver).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{Server, cli, temp_db};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn python() -> PathBuf {
+    let python = repo().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-venv (scripts/test does)",
+        python.display()
+    );
+    python
+}
+
+fn consumer(db: &std::path::Path) -> (String, String) {
+    assert!(cli(db, &["owner", "add", "alice"], "correct horse\n").0);
+    let (_, out, _) = cli(db, &["consumer", "add", "--name", "FindMeNow"], "");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .to_owned()
+    };
+    (field("consumer_key="), field("consumer_secret="))
+}
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python()).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn requests_oauthlib_completes_the_three_legged_flow_hmac_and_plaintext() {
+    let (_dir, db) = temp_db();
+    let (key, secret) = consumer(&db);
+    let server = Server::start(&db, &[]);
+    let script = repo().join("authz-server/tests/py/three_legged.py");
+    for method in ["HMAC-SHA1", "PLAINTEXT"] {
+        // `--name=value`: keys and secrets may start with `-`.
+        let result = run(&[
+            script.to_str().unwrap(),
+            &format!("--base={}", server.base),
+            &format!("--consumer-key={key}"),
+            &format!("--consumer-secret={secret}"),
+            "--owner=alice",
+            "--password=correct horse",
+            &format!("--method={method}"),
+            "--scope=/location/alice /photos/alice/",
+        ]);
+        let token = result["access_token"].as_str().unwrap();
+        let (_, list, _) = cli(&db, &["token", "list"], "");
+        assert!(
+            list.contains(&format!(
+                "{token}\towner=alice\tconsumer={key}\tscope=/location/alice /photos/alice/\tlive"
+            )),
+            "{method}: {list}"
+        );
+    }
+}
+
+#[test]
+fn headless_chromium_signs_in_and_approves() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromedriver").exists(),
+        "chromedriver is missing: run scripts/setup-chromium (scripts/test does)"
+    );
+    let (_dir, db) = temp_db();
+    let (key, secret) = consumer(&db);
+    let server = Server::start(&db, &[]);
+    // The request token, signed by our own signer.
+    let url = format!("{}/oauth/request_token", server.base);
+    let signer = oauth_xmpp::sign::Signer::new(
+        oauth_xmpp::sign::Credentials {
+            consumer_key: key,
+            consumer_secret: secret.as_str().into(),
+            token: None,
+            token_secret: "".into(),
+        },
+        oauth_xmpp::replay::SystemClock,
+        || "browser-test-nonce".to_owned(),
+    );
+    let auth = signer
+        .sign_http(
+            "POST",
+            &url,
+            &[],
+            &[("oauth_callback", "http://127.0.0.1:9/callback")],
+        )
+        .unwrap();
+    let a = crate::http(
+        &server.addr,
+        "POST",
+        "/oauth/request_token",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let token = a.get("oauth_token");
+    let shot = repo().join("target/authorize-page.png");
+    let result = run(&[
+        repo()
+            .join("authz-server/tests/py/browser_authorize.py")
+            .to_str()
+            .unwrap(),
+        "--authorize-url",
+        &format!("{}/oauth/authorize?oauth_token={token}", server.base),
+        "--owner",
+        "alice",
+        "--password",
+        "correct horse",
+        "--screenshot",
+        shot.to_str().unwrap(),
+        "--expect-callback",
+        "http://127.0.0.1:9/callback",
+    ]);
+    assert_eq!(result["oauth_token"], token.as_str());
+    assert_eq!(result["oauth_verifier"].as_str().unwrap().len(), 22);
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 1000,
+        "screenshot saved for review at {}",
+        shot.display()
+    );
+}
