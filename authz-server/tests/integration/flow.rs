@@ -363,3 +363,86 @@ fn cli_errors_are_one_line_and_non_zero() {
     assert!(!ok);
     assert_eq!(err, "authz-server: the owner alice exists already\n");
 }
+
+#[test]
+fn revoking_on_the_owners_page_appears_in_the_change_log_at_once() {
+    let s = setup();
+    let (ok, out, _) = cli(
+        &s.db,
+        &[
+            "token",
+            "grant",
+            "--owner",
+            "alice",
+            "--consumer",
+            &s.key,
+            "--scope",
+            "/location/alice",
+        ],
+        "",
+    );
+    assert!(ok);
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("id="))
+        .unwrap()
+        .to_owned();
+    let server = Server::start(&s.db, &[]);
+    let login = http(
+        &server.addr,
+        "POST",
+        "/login",
+        &[FORM],
+        "name=alice&password=correct%20horse&next=%2Fapps",
+    );
+    let cookie = login
+        .header("Set-Cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http(&server.addr, "GET", "/apps", &[("Cookie", &cookie)], "");
+    assert!(
+        page.body.contains(&format!("id=\"revoke-{id}\"")),
+        "{}",
+        page.body
+    );
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A form without the session's CSRF token is refused.
+    let forged = http(
+        &server.addr,
+        "POST",
+        "/apps/revoke",
+        &[("Cookie", &cookie), FORM],
+        &format!("csrf=x&id={id}"),
+    );
+    assert_eq!(forged.status, 403);
+    let done = http(
+        &server.addr,
+        "POST",
+        "/apps/revoke",
+        &[("Cookie", &cookie), FORM],
+        &format!("csrf={csrf}&id={id}"),
+    );
+    assert_eq!((done.status, done.header("Location")), (303, Some("/apps")));
+    let (_, changes, _) = cli(&s.db, &["changes"], "");
+    let last = changes.lines().last().unwrap();
+    assert!(
+        last.starts_with("2\ttoken-revoked\t") && last.contains("\talice\t"),
+        "{changes}"
+    );
+    let page = http(&server.addr, "GET", "/apps", &[("Cookie", &cookie)], "");
+    assert!(
+        page.body
+            .contains("You have not authorized any application.")
+    );
+}
