@@ -324,24 +324,27 @@ fn error_paths_have_their_status_and_problem() {
     );
 }
 
+/// `token grant` of alice's `/location/alice` to the consumer; returns the CLI's output.
+fn grant(s: &Setup) -> String {
+    let args = [
+        "token",
+        "grant",
+        "--owner",
+        "alice",
+        "--consumer",
+        &s.key,
+        "--scope",
+        "/location/alice",
+    ];
+    let (ok, out, err) = cli(&s.db, &args, "");
+    assert!(ok, "{err}");
+    out
+}
+
 #[test]
 fn the_store_survives_a_restart() {
     let s = setup();
-    let (ok, out, _) = cli(
-        &s.db,
-        &[
-            "token",
-            "grant",
-            "--owner",
-            "alice",
-            "--consumer",
-            &s.key,
-            "--scope",
-            "/location/alice",
-        ],
-        "",
-    );
-    assert!(ok);
+    let out = grant(&s);
     let server = Server::start(&s.db, &[]);
     drop(server);
     let _again = Server::start(&s.db, &[]);
@@ -367,21 +370,7 @@ fn cli_errors_are_one_line_and_non_zero() {
 #[test]
 fn revoking_on_the_owners_page_appears_in_the_change_log_at_once() {
     let s = setup();
-    let (ok, out, _) = cli(
-        &s.db,
-        &[
-            "token",
-            "grant",
-            "--owner",
-            "alice",
-            "--consumer",
-            &s.key,
-            "--scope",
-            "/location/alice",
-        ],
-        "",
-    );
-    assert!(ok);
+    let out = grant(&s);
     let id = out
         .lines()
         .find_map(|l| l.strip_prefix("id="))
