@@ -170,10 +170,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn date(secs: u64) -> String {
-    secs.to_string()
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let mut config = match &cli.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
@@ -226,9 +222,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     for o in store.owners().map_err(|e| e.to_string())? {
                         say(format!(
                             "{}\tlive tokens: {}\tcreated: {}",
-                            o.name,
-                            o.live_tokens,
-                            date(o.created_at)
+                            o.name, o.live_tokens, o.created_at
                         ));
                     }
                 }
@@ -275,10 +269,10 @@ fn run(cli: Cli) -> Result<(), String> {
                         "callback: {}",
                         c.callback.as_deref().unwrap_or("-")
                     ));
-                    say(format!("created: {}", date(c.created_at)));
+                    say(format!("created: {}", c.created_at));
                     say(format!(
                         "revoked: {}",
-                        c.revoked_at.map_or("no".to_owned(), date)
+                        c.revoked_at.map_or("no".to_owned(), |at| at.to_string())
                     ));
                 }
                 ConsumerCommand::Revoke { key } => {

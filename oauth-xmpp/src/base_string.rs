@@ -42,14 +42,7 @@ pub fn http_from_parts(method: &str, base_uri: &str, normalized: &str) -> String
 /// assert_eq!(base, "iq&travelbot%40findmenow.tld%2Fbot%26feeds.worldgps.tld&oauth_consumer_key%3D0685bd9184jfhq22");
 /// ```
 pub fn stanza(qname: &str, from: &str, to: &str, normalized: &str) -> String {
-    let mut out =
-        String::with_capacity(qname.len() + 3 * (from.len() + to.len()) + 2 * normalized.len() + 8);
-    out.push_str(&qname.to_ascii_lowercase());
-    out.push('&');
-    percent_encode_into(&mut out, from);
-    out.push_str("%26");
-    percent_encode_into(&mut out, to);
-    out.push('&');
+    let mut out = stanza_prefix(qname, from, to, 2 * normalized.len());
     percent_encode_into(&mut out, normalized);
     out
 }
@@ -57,16 +50,20 @@ pub fn stanza(qname: &str, from: &str, to: &str, normalized: &str) -> String {
 /// [`stanza`] for the parameters of an `<oauth/>` element, written in one pass (the
 /// verifier's hot path).
 pub fn stanza_for(qname: &str, from: &str, to: &str, params: &OAuthParams) -> String {
-    let mut out = String::with_capacity(qname.len() + 3 * (from.len() + to.len()) + 320);
-    for c in qname.chars() {
-        out.push(c.to_ascii_lowercase());
-    }
+    let mut out = stanza_prefix(qname, from, to, 320);
+    params.write_normalized_encoded(&mut out);
+    out
+}
+
+/// `qname "&" enc(from "&" to) "&"`, with room for `rest` more bytes.
+fn stanza_prefix(qname: &str, from: &str, to: &str, rest: usize) -> String {
+    let mut out = String::with_capacity(qname.len() + 3 * (from.len() + to.len()) + rest + 8);
+    out.extend(qname.chars().map(|c| c.to_ascii_lowercase()));
     out.push('&');
     percent_encode_into(&mut out, from);
     out.push_str("%26");
     percent_encode_into(&mut out, to);
     out.push('&');
-    params.write_normalized_encoded(&mut out);
     out
 }
 

@@ -111,8 +111,11 @@ pub struct TokenRecord {
     pub scope: Scope,
     /// When it stops being valid (seconds since 1970), if ever.
     pub expires_at: Option<u64>,
-    /// Whether it was revoked.
+    /// Whether it was revoked (or, for temporary credentials, denied by the owner).
     pub revoked: bool,
+    /// Whether temporary credentials were already exchanged for an access token: they
+    /// are good for one use (RFC 5849 §2.3).
+    pub used: bool,
 }
 
 /// Looks up consumers and tokens for the verifier.
@@ -173,6 +176,7 @@ impl MemoryCredentials {
                 scope,
                 expires_at: None,
                 revoked: false,
+                used: false,
             },
         );
         self

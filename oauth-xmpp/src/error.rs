@@ -96,6 +96,9 @@ pub enum VerifyError {
     /// Check 3: the token was revoked.
     #[error("the token has been revoked")]
     TokenRevoked,
+    /// Check 3: temporary credentials were already exchanged for an access token.
+    #[error("the temporary token was already exchanged for an access token")]
+    TokenUsed,
     /// Check 3: the token expired at this time (seconds since 1970).
     #[error("the token expired at {0} (seconds since 1970)")]
     TokenExpired(u64),
@@ -288,6 +291,7 @@ impl VerifyError {
             ),
             Self::UnknownToken
             | Self::TokenRevoked
+            | Self::TokenUsed
             | Self::TokenExpired(_)
             | Self::WrongTokenKind { .. }
             | Self::TokenOfOtherConsumer => {
@@ -366,6 +370,7 @@ impl VerifyError {
                 (401, Some("token_rejected"))
             }
             Self::TokenRevoked => (401, Some("token_revoked")),
+            Self::TokenUsed => (401, Some("token_used")),
             Self::TokenExpired(_) => (401, Some("token_expired")),
             Self::TimestampOutOfWindow { now, window, .. } => {
                 extra.push((

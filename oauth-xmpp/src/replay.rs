@@ -224,21 +224,13 @@ impl NonceStore for MemoryNonceStore {
         let entries = &mut *guard;
         entries.purge(now);
         entries.scratch.clear();
-        entries
-            .scratch
-            .reserve(key.consumer_key.len() + key.token.len() + key.nonce.len() + 48);
         key.write_canonical(&mut entries.scratch);
-        match entries.live.get_mut(entries.scratch.as_str()) {
-            Some(expiry) if *expiry >= now => return Ok(NonceOutcome::Replayed),
-            Some(expiry) => {
-                // Recorded once, expired, not yet purged: record it again.
-                *expiry = expires_at;
-                let key = entries.live.get_key_value(entries.scratch.as_str());
-                if let Some((key, _)) = key {
-                    let key = Arc::clone(key);
-                    entries.order.push_back((expires_at, key));
-                }
-                return Ok(NonceOutcome::Fresh);
+        match entries.live.get(entries.scratch.as_str()) {
+            Some(&expiry) if expiry >= now => return Ok(NonceOutcome::Replayed),
+            // Recorded once, expired, not yet purged: forget it and record it again below
+            // (its stale queue entry is skipped by the purge).
+            Some(_) => {
+                entries.live.remove(entries.scratch.as_str());
             }
             None => {}
         }

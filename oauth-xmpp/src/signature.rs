@@ -122,17 +122,14 @@ impl Checker {
             }
             SignatureMethod::HmacSha1 => {
                 let presented = decoded.as_deref().unwrap_or(presented).trim();
-                let mut digest = [0u8; 20];
-                // Room for more than 20 bytes, so that a longer value is not a match.
+                // Room for more than 20 bytes, so that a longer value is not a match (a
+                // value too long even for the buffer is a decode error).
                 let mut buffer = [0u8; 64];
-                let digest = (presented.len() <= 88)
-                    .then(|| BASE64.decode_slice(presented, &mut buffer).ok())
-                    .flatten()
+                let digest = BASE64
+                    .decode_slice(presented, &mut buffer)
+                    .ok()
                     .filter(|&n| n == 20)
-                    .map(|_| {
-                        digest.copy_from_slice(&buffer[..20]);
-                        digest
-                    });
+                    .and_then(|_| buffer[..20].try_into().ok());
                 Prepared::Hmac(keyed(&key), digest)
             }
         };
@@ -235,16 +232,29 @@ mod tests {
 
     #[test]
     fn garbage_signature_is_no_match() {
-        assert_eq!(
-            check(
+        let right = sign(SignatureMethod::HmacSha1, "bs", &s("c"), &s("t"));
+        // The right digest followed by more bytes, short and far too long for the buffer.
+        let longer = BASE64.encode([BASE64.decode(right.as_str()).unwrap(), vec![0; 4]].concat());
+        let huge = BASE64.encode([0u8; 300]);
+        for presented in ["not base64!", "", longer.as_str(), huge.as_str()] {
+            let found = check(
                 SignatureMethod::HmacSha1,
                 &["bs"],
-                "not base64!",
+                presented,
                 Form::Http,
                 &s("c"),
-                &s("t")
-            ),
-            None
+                &s("t"),
+            );
+            assert_eq!(found, None, "{presented}");
+        }
+        let found = check(
+            SignatureMethod::HmacSha1,
+            &["bs"],
+            &right,
+            Form::Http,
+            &s("c"),
+            &s("t"),
         );
+        assert_eq!(found, Some(0));
     }
 }

@@ -5,7 +5,7 @@ use minidom::Element;
 use crate::credentials::{CredentialStore, Scope, TokenKind, TokenRecord};
 use crate::element::StanzaRequest;
 use crate::error::{StructureError, VerifyError};
-use crate::http::HttpRequest;
+use crate::http::{CollectedRequest, HttpRequest};
 use crate::params::{Form, OAuthParams, SignatureMethod};
 use crate::replay::{Clock, DEFAULT_WINDOW_SECS, NonceKey, NonceOutcome, NonceStore};
 use crate::secret::Secret;
@@ -220,8 +220,18 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
         request: &HttpRequest<'_>,
         token_use: TokenUse,
     ) -> Result<Verified, VerifyError> {
-        let collected = request.collect()?;
-        let base = request.base_string(&collected)?;
+        self.verify_collected(request, &request.collect()?, token_use)
+    }
+
+    /// [`Verifier::verify_http`] for a request whose parameters the caller has already
+    /// collected (to read its own parameters, such as `scope`, without collecting twice).
+    pub fn verify_collected(
+        &self,
+        request: &HttpRequest<'_>,
+        collected: &CollectedRequest,
+        token_use: TokenUse,
+    ) -> Result<Verified, VerifyError> {
+        let base = request.base_string(collected)?;
         self.check(&collected.params, token_use, &base, None, Form::Http)
             .map(|(verified, _)| verified)
     }
@@ -271,6 +281,9 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
                     .ok_or(VerifyError::UnknownToken)?;
                 if record.revoked {
                     return Err(VerifyError::TokenRevoked);
+                }
+                if record.used {
+                    return Err(VerifyError::TokenUsed);
                 }
                 if let Some(at) = record.expires_at.filter(|&at| at <= now) {
                     return Err(VerifyError::TokenExpired(at));

@@ -56,12 +56,49 @@ pub enum StoreError {
     /// A request the current state does not allow (e.g. a used temporary token).
     #[error("{0}")]
     Refused(String),
+    /// Temporary credentials that cannot be exchanged for an access token.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeRefused),
     /// The OS random generator failed.
     #[error("the OS random generator failed: {0}")]
     Random(String),
     /// Hashing a password failed.
     #[error("password hashing failed: {0}")]
     Password(String),
+}
+
+/// Why temporary credentials cannot be exchanged for an access token (RFC 5849 §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeRefused {
+    /// The owner has not answered yet.
+    #[error("the owner has not approved the temporary token yet")]
+    NotApproved,
+    /// The owner denied access.
+    #[error("the owner denied access")]
+    Denied,
+    /// They were exchanged already: one use only.
+    #[error("the temporary token was already exchanged for an access token")]
+    Used,
+    /// They expired.
+    #[error("the temporary token has expired")]
+    Expired,
+    /// The verifier is not the one the owner was given.
+    #[error("oauth_verifier does not match")]
+    WrongVerifier,
+}
+
+impl ExchangeRefused {
+    /// The `oauth_problem` of the Problem Reporting extension (`verifier_invalid` is ours:
+    /// the extension has none for a wrong verifier).
+    pub fn oauth_problem(self) -> &'static str {
+        match self {
+            Self::NotApproved => "permission_unknown",
+            Self::Denied => "permission_denied",
+            Self::Used => "token_used",
+            Self::Expired => "token_expired",
+            Self::WrongVerifier => "verifier_invalid",
+        }
+    }
 }
 
 /// A `Result` of the store.
@@ -74,6 +111,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The second in which expired nonces were last deleted (at most once a second).
+    nonces_purged_at: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -109,6 +148,7 @@ impl Store {
         let store = Self {
             conn: Mutex::new(conn),
             path,
+            nonces_purged_at: std::sync::atomic::AtomicU64::new(0),
         };
         store.migrate()?;
         Ok(store)
@@ -305,15 +345,7 @@ impl Store {
                     StoreError::NotFound(format!("no consumer with key {key}"))
                 });
             }
-            log(
-                tx,
-                now,
-                ChangeKind::ConsumerRevoked,
-                None,
-                None,
-                Some(key),
-                None,
-            )?;
+            log(tx, now, ChangeKind::ConsumerRevoked, None, key)?;
             revoke_in(tx, &RevokeBy::Consumer(key.to_owned()), now)
         })
     }
@@ -424,8 +456,6 @@ impl Store {
     /// Exchanges approved temporary credentials and their verifier for an access token
     /// (RFC 5849 §2.3), once. The caller has verified the request's signature.
     pub fn exchange(&self, token: &str, verifier: &str, now: u64) -> Result<Grant> {
-        let access = random::token(16)?;
-        let secret = Secret::new(random::token(32)?);
         self.write(|tx| {
             let row: Option<TemporaryRow> = tx
                 .query_row(
@@ -449,58 +479,27 @@ impl Store {
             };
             match TemporaryState::parse(&state) {
                 TemporaryState::Approved => {}
-                TemporaryState::Used => {
-                    return Err(StoreError::Refused(
-                        "the temporary token was already exchanged for an access token".into(),
-                    ));
-                }
-                TemporaryState::Denied => {
-                    return Err(StoreError::Refused("the owner denied access".into()));
-                }
-                TemporaryState::Pending => {
-                    return Err(StoreError::Refused(
-                        "the owner has not approved the temporary token yet".into(),
-                    ));
-                }
+                TemporaryState::Used => return Err(ExchangeRefused::Used.into()),
+                TemporaryState::Denied => return Err(ExchangeRefused::Denied.into()),
+                TemporaryState::Pending => return Err(ExchangeRefused::NotApproved.into()),
             }
             if to_u64(expires_at) <= now {
-                return Err(StoreError::Refused(
-                    "the temporary token has expired".into(),
-                ));
+                return Err(ExchangeRefused::Expired.into());
             }
+            // `approve` sets both with the state; their absence means it never ran.
             let (Some(owner), Some(expected)) = (owner, expected) else {
-                return Err(StoreError::Refused(
-                    "the temporary token has no owner".into(),
-                ));
+                return Err(ExchangeRefused::NotApproved.into());
             };
             let same: bool =
                 subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), verifier.as_bytes()).into();
             if !same {
-                return Err(StoreError::Refused("oauth_verifier does not match".into()));
+                return Err(ExchangeRefused::WrongVerifier.into());
             }
             tx.execute(
                 "UPDATE temporary_tokens SET state = 'used' WHERE token = ?1",
                 [token],
             )?;
-            let scope = Scope::parse(&scope);
-            insert_grant(
-                tx,
-                &access,
-                &secret,
-                &consumer_key,
-                &owner,
-                &scope,
-                None,
-                now,
-            )
-        })
-        .map(|(id, consumer_key, owner, scope)| Grant {
-            id,
-            token: access,
-            secret,
-            consumer_key,
-            owner,
-            scope,
+            insert_grant(tx, &consumer_key, &owner, Scope::parse(&scope), None, now)
         })
     }
 
@@ -518,8 +517,6 @@ impl Store {
         if scope.entries().is_empty() {
             return Err(StoreError::Refused("the scope is empty".into()));
         }
-        let access = random::token(16)?;
-        let secret = Secret::new(random::token(32)?);
         self.write(|tx| {
             let owner_exists = tx
                 .query_row("SELECT 1 FROM owners WHERE name = ?1", [owner], |_| Ok(()))
@@ -548,24 +545,7 @@ impl Store {
                 }
                 Some(None) => {}
             }
-            insert_grant(
-                tx,
-                &access,
-                &secret,
-                consumer_key,
-                owner,
-                scope,
-                expires_at,
-                now,
-            )
-        })
-        .map(|(id, consumer_key, owner, scope)| Grant {
-            id,
-            token: access,
-            secret,
-            consumer_key,
-            owner,
-            scope,
+            insert_grant(tx, consumer_key, owner, scope.clone(), expires_at, now)
         })
     }
 
@@ -608,33 +588,15 @@ impl Store {
     /// not logged yet. Either process may call it; each expiry is logged once.
     pub fn log_expiries(&self, now: u64) -> Result<usize> {
         self.write(|tx| {
-            let expired: Vec<(i64, String, String, String)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, token, consumer_key, owner FROM access_tokens
-                     WHERE expires_at IS NOT NULL AND expires_at <= ?1
-                       AND expiry_logged = 0 AND revoked_at IS NULL",
-                )?;
-                let rows = stmt.query_map([to_i64(now)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?;
-                rows.collect::<Result<_, _>>()?
-            };
-            for (id, token, consumer, owner) in &expired {
-                tx.execute(
-                    "UPDATE access_tokens SET expiry_logged = 1 WHERE id = ?1",
-                    [id],
-                )?;
-                log(
-                    tx,
-                    now,
-                    ChangeKind::TokenExpired,
-                    Some(*id),
-                    Some(token),
-                    Some(consumer),
-                    Some(owner),
-                )?;
-            }
-            Ok(expired.len())
+            end_tokens(
+                tx,
+                "expires_at IS NOT NULL AND expires_at <= ?1 AND expiry_logged = 0 \
+                 AND revoked_at IS NULL",
+                vec![to_i64(now).into()],
+                ("expiry_logged", 1),
+                ChangeKind::TokenExpired,
+                now,
+            )
         })
     }
 
@@ -763,17 +725,17 @@ fn check_pending(state: &str, expires_at: i64, now: u64) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Issues an access token (from the OS random generator) and logs the grant.
 fn insert_grant(
     tx: &rusqlite::Transaction<'_>,
-    token: &str,
-    secret: &Secret,
     consumer_key: &str,
     owner: &str,
-    scope: &Scope,
+    scope: Scope,
     expires_at: Option<u64>,
     now: u64,
-) -> Result<(i64, String, String, Scope)> {
+) -> Result<Grant> {
+    let token = random::token(16)?;
+    let secret = Secret::new(random::token(32)?);
     tx.execute(
         "INSERT INTO access_tokens (token, secret, consumer_key, owner, scope, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -788,16 +750,20 @@ fn insert_grant(
         ],
     )?;
     let id = tx.last_insert_rowid();
-    log(
-        tx,
-        now,
-        ChangeKind::Granted,
-        Some(id),
-        Some(token),
-        Some(consumer_key),
-        Some(owner),
-    )?;
-    Ok((id, consumer_key.to_owned(), owner.to_owned(), scope.clone()))
+    let row = TokenRow {
+        id,
+        token: &token,
+        owner,
+    };
+    log(tx, now, ChangeKind::Granted, Some(row), consumer_key)?;
+    Ok(Grant {
+        id,
+        token,
+        secret,
+        consumer_key: consumer_key.to_owned(),
+        owner: owner.to_owned(),
+        scope,
+    })
 }
 
 fn revoke_in(tx: &rusqlite::Transaction<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
@@ -812,44 +778,62 @@ fn revoke_in(tx: &rusqlite::Transaction<'_>, by: &RevokeBy, now: u64) -> Result<
             vec![owner.clone().into(), (*id).into()],
         ),
     };
-    let sql = format!(
-        "SELECT id, token, consumer_key, owner FROM access_tokens
-         WHERE revoked_at IS NULL AND {clause}"
-    );
+    end_tokens(
+        tx,
+        &format!("revoked_at IS NULL AND {clause}"),
+        values,
+        ("revoked_at", to_i64(now)),
+        ChangeKind::TokenRevoked,
+        now,
+    )
+}
+
+/// For every access token matching `filter` (with `values`): sets `column` to its value
+/// and logs a `kind` change. Returns how many.
+fn end_tokens(
+    tx: &rusqlite::Transaction<'_>,
+    filter: &str,
+    values: Vec<rusqlite::types::Value>,
+    (column, value): (&str, i64),
+    kind: ChangeKind,
+    now: u64,
+) -> Result<usize> {
     let rows: Vec<(i64, String, String, String)> = {
-        let mut stmt = tx.prepare(&sql)?;
+        let mut stmt = tx.prepare(&format!(
+            "SELECT id, token, consumer_key, owner FROM access_tokens WHERE {filter}"
+        ))?;
         let mapped = stmt.query_map(rusqlite::params_from_iter(values), |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         mapped.collect::<Result<_, _>>()?
     };
-    for (id, token, consumer, owner) in &rows {
-        tx.execute(
-            "UPDATE access_tokens SET revoked_at = ?2 WHERE id = ?1",
-            params![id, to_i64(now)],
-        )?;
-        log(
-            tx,
-            now,
-            ChangeKind::TokenRevoked,
-            Some(*id),
-            Some(token),
-            Some(consumer),
-            Some(owner),
-        )?;
+    let update = format!("UPDATE access_tokens SET {column} = ?2 WHERE id = ?1");
+    for (id, token, consumer_key, owner) in &rows {
+        tx.execute(&update, params![id, value])?;
+        let row = TokenRow {
+            id: *id,
+            token,
+            owner,
+        };
+        log(tx, now, kind, Some(row), consumer_key)?;
     }
     Ok(rows.len())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The token side of a change-log entry.
+struct TokenRow<'a> {
+    id: i64,
+    token: &'a str,
+    owner: &'a str,
+}
+
+/// Appends one entry to the change log.
 fn log(
     tx: &rusqlite::Transaction<'_>,
     now: u64,
     kind: ChangeKind,
-    token_id: Option<i64>,
-    token: Option<&str>,
-    consumer_key: Option<&str>,
-    owner: Option<&str>,
+    token: Option<TokenRow<'_>>,
+    consumer_key: &str,
 ) -> Result<()> {
     tx.execute(
         "INSERT INTO changes (at, kind, token_id, token, consumer_key, owner)
@@ -857,10 +841,10 @@ fn log(
         params![
             to_i64(now),
             kind.as_str(),
-            token_id,
-            token,
+            token.as_ref().map(|t| t.id),
+            token.as_ref().map(|t| t.token),
             consumer_key,
-            owner
+            token.as_ref().map(|t| t.owner)
         ],
     )?;
     Ok(())
@@ -894,13 +878,15 @@ fn hash_password(password: &Secret) -> Result<String> {
         .map_err(|e| StoreError::Password(e.to_string()))
 }
 
+/// A fixed Argon2id hash (default parameters) of a random string, so that checking an
+/// unknown owner costs as much as a known one.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                          3kmiPgyDwqTRqRVaUpiSdCLRPXONLBXYAF04qvzX8Sg";
+
 /// Checks `password` against `hash`; with no hash, spends the same time on a dummy one.
 fn verify_password(hash: Option<&str>, password: &Secret) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    // A fixed Argon2id hash of a random string, so unknown owners cost the same.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
-                         3kmiPgyDwqTRqRVaUpiSdCLRPXONLBXYAF04qvzX8Sg";
-    let parsed = PasswordHash::new(hash.unwrap_or(DUMMY));
+    let parsed = PasswordHash::new(hash.unwrap_or(DUMMY_HASH));
     let Ok(parsed) = parsed else {
         return false;
     };

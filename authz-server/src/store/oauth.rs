@@ -47,6 +47,7 @@ impl CredentialStore for Store {
                         scope: Scope::parse(&r.get::<_, String>(3)?),
                         expires_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
                         revoked: r.get(5)?,
+                        used: false,
                     })
                 },
             )
@@ -68,8 +69,8 @@ impl CredentialStore for Store {
                     owner: r.get(2)?,
                     scope: Scope::parse(&r.get::<_, String>(3)?),
                     expires_at: Some(to_u64(r.get(4)?)),
-                    // Used or denied temporary credentials are dead.
-                    revoked: matches!(state, TemporaryState::Used | TemporaryState::Denied),
+                    revoked: state == TemporaryState::Denied,
+                    used: state == TemporaryState::Used,
                 })
             },
         )
@@ -98,9 +99,14 @@ impl NonceStore for Store {
                 params![canonical, to_i64(expires_at), to_i64(now)],
             )
             .map_err(store_error)?;
-        // Keep the table bounded by traffic × window (an index seek when nothing expired).
-        conn.execute("DELETE FROM nonces WHERE expires_at < ?1", [to_i64(now)])
-            .map_err(store_error)?;
+        // Keep the table bounded by traffic × window: drop what expired, once a second.
+        let last = self
+            .nonces_purged_at
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        if last < now {
+            conn.execute("DELETE FROM nonces WHERE expires_at < ?1", [to_i64(now)])
+                .map_err(store_error)?;
+        }
         Ok(if changed == 1 {
             NonceOutcome::Fresh
         } else {

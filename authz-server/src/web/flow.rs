@@ -1,9 +1,8 @@
 //! The signed endpoints: temporary credentials (RFC 5849 §2.1) and token credentials
 //! (§2.3).
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use oauth_xmpp::verify::TokenUse;
 use oauth_xmpp::{HttpRequest, Scope, Verified, Verifier, VerifyError};
@@ -11,17 +10,26 @@ use oauth_xmpp::{HttpRequest, Scope, Verified, Verifier, VerifyError};
 use super::{AppState, internal, oauth_problem, problem, request_url};
 use crate::store::{self, StoreError};
 
-/// Verifies a signed request, or answers with the OAuth error.
-#[allow(clippy::result_large_err)] // the error is the answer, built once per request
-fn verify(
+/// The largest body a signed request may have.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads and verifies a signed request; returns the proof and every parameter collected
+/// (RFC 5849 §3.4.1.3.1), or the OAuth error answer.
+async fn verify(
     state: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
+    request: Request,
     token_use: TokenUse,
 ) -> Result<(Verified, Vec<(String, String)>), Response> {
-    let Some(url) = request_url(state, headers, uri) else {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return Err(problem(
+            state,
+            400,
+            "parameter_rejected",
+            "the body is unreadable or larger than 64 KiB",
+        ));
+    };
+    let Some(url) = request_url(state, &parts.headers, &parts.uri) else {
         return Err(problem(
             state,
             400,
@@ -29,48 +37,30 @@ fn verify(
             "the request has no Host header",
         ));
     };
-    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let header_str = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let request = HttpRequest {
-        method: method.as_str(),
+        method: parts.method.as_str(),
         uri: &url,
         authorization: header_str(header::AUTHORIZATION),
         content_type: header_str(header::CONTENT_TYPE),
-        body,
+        body: &body,
     };
     let fail = |error: VerifyError| {
         let answer = error.http_problem(&state.config.realm);
         tracing::info!(url = %url, status = answer.status, reason = %error, "refused");
         oauth_problem(answer.status, &answer.www_authenticate, answer.body)
     };
-    let all = request.collect().map_err(|e| fail(e.into()))?.all;
+    let collected = request.collect().map_err(|e| fail(e.into()))?;
     let verifier = Verifier::with_config(
         state.verifier_config(),
         &*state.store,
         &*state.store,
         oauth_xmpp::replay::SystemClock,
     );
-    match verifier.verify_http(&request, token_use) {
-        Ok(verified) => Ok((verified, all)),
-        Err(VerifyError::TokenRevoked) if token_use == TokenUse::Temporary => {
-            // Say why: a reused verifier is the common case.
-            let token = all.iter().find(|(n, _)| n == "oauth_token").map(|(_, v)| v);
-            let used = token
-                .and_then(|t| state.store.temporary(t).ok().flatten())
-                .is_some_and(|t| t.state == store::TemporaryState::Used);
-            if used {
-                tracing::info!(url = %url, "refused: temporary token reused");
-                Err(problem(
-                    state,
-                    401,
-                    "token_used",
-                    "the temporary token was already exchanged for an access token",
-                ))
-            } else {
-                Err(fail(VerifyError::TokenRevoked))
-            }
-        }
-        Err(error) => Err(fail(error)),
-    }
+    let verified = verifier
+        .verify_collected(&request, &collected, token_use)
+        .map_err(fail)?;
+    Ok((verified, collected.all))
 }
 
 fn form(pairs: &[(&str, &str)]) -> Response {
@@ -83,14 +73,8 @@ fn form(pairs: &[(&str, &str)]) -> Response {
 
 /// `POST /oauth/request_token`: signed with the consumer's credentials only;
 /// `oauth_callback` required (`oob` allowed); optional `scope`.
-pub(crate) async fn request_token(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (verified, all) = match verify(&state, &method, &uri, &headers, &body, TokenUse::None) {
+pub(crate) async fn request_token(State(state): State<AppState>, request: Request) -> Response {
+    let (verified, all) = match verify(&state, request, TokenUse::None).await {
         Ok(v) => v,
         Err(answer) => return answer,
     };
@@ -110,14 +94,13 @@ pub(crate) async fn request_token(
             "oauth_callback must be an http(s) URL or oob",
         );
     }
-    let scope = match all.iter().filter(|(n, _)| n == "scope").count() {
-        0 => Scope::all(),
-        1 => Scope::parse(
-            all.iter()
-                .find(|(n, _)| n == "scope")
-                .map_or("", |(_, v)| v),
-        ),
-        _ => return problem(&state, 400, "parameter_rejected", "scope is given twice"),
+    let mut scopes = all.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v);
+    let scope = match (scopes.next(), scopes.next()) {
+        (None, _) => Scope::all(),
+        (Some(scope), None) => Scope::parse(scope),
+        (Some(_), Some(_)) => {
+            return problem(&state, 400, "parameter_rejected", "scope is given twice");
+        }
     };
     if scope.entries().is_empty() {
         return problem(&state, 400, "parameter_rejected", "scope is empty");
@@ -143,14 +126,8 @@ pub(crate) async fn request_token(
 
 /// `POST /oauth/access_token`: signed with the consumer's and the temporary credentials,
 /// with `oauth_verifier`; one use.
-pub(crate) async fn access_token(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (verified, _) = match verify(&state, &method, &uri, &headers, &body, TokenUse::Temporary) {
+pub(crate) async fn access_token(State(state): State<AppState>, request: Request) -> Response {
+    let (verified, _) = match verify(&state, request, TokenUse::Temporary).await {
         Ok(v) => v,
         Err(answer) => return answer,
     };
@@ -173,16 +150,9 @@ pub(crate) async fn access_token(
                 ("oauth_token_secret", grant.secret.expose()),
             ])
         }
-        Err(StoreError::Refused(reason)) => {
-            let code = if reason.contains("verifier") {
-                "verifier_invalid"
-            } else if reason.contains("already exchanged") {
-                "token_used"
-            } else {
-                "token_rejected"
-            };
-            tracing::info!(consumer = verified.consumer_key(), %reason, "access token refused");
-            problem(&state, 401, code, &reason)
+        Err(StoreError::Exchange(refused)) => {
+            tracing::info!(consumer = verified.consumer_key(), reason = %refused, "access token refused");
+            problem(&state, 401, refused.oauth_problem(), &refused.to_string())
         }
         Err(StoreError::NotFound(reason)) => problem(&state, 401, "token_rejected", &reason),
         Err(e) => internal(e),

@@ -145,11 +145,16 @@ pub(crate) async fn login(
         "{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
         session.id, state.config.session_lifetime_secs
     );
-    (
-        StatusCode::SEE_OTHER,
-        [(header::SET_COOKIE, cookie), (header::LOCATION, next)],
-    )
-        .into_response()
+    see_other(&next, Some(cookie))
+}
+
+/// A 303 to `location`, setting `cookie` if given.
+fn see_other(location: &str, cookie: Option<String>) -> Response {
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
+    if let Some(value) = cookie.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// `POST /logout`.
@@ -164,14 +169,7 @@ pub(crate) async fn logout(
     {
         return internal(e);
     }
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::SET_COOKIE, format!("{COOKIE}=; Path=/; Max-Age=0")),
-            (header::LOCATION, "/apps".to_owned()),
-        ],
-    )
-        .into_response()
+    see_other("/apps", Some(format!("{COOKIE}=; Path=/; Max-Age=0")))
 }
 
 fn describe_scope(scope: &Scope) -> String {
@@ -328,7 +326,7 @@ pub(crate) async fn authorize_answer(
                             &temporary.callback,
                             &[("oauth_token", token), ("oauth_verifier", &verifier)],
                         );
-                        (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+                        see_other(&to, None)
                     }
                 }
                 Err(StoreError::Refused(reason)) => {
@@ -354,7 +352,7 @@ pub(crate) async fn authorize_answer(
                             ("oauth_problem", "permission_denied"),
                         ],
                     );
-                    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+                    see_other(&to, None)
                 }
             }
             Err(StoreError::Refused(reason)) => {
@@ -439,7 +437,7 @@ pub(crate) async fn apps_revoke(
     ) {
         Ok(n) => {
             tracing::info!(owner = %session.owner, id, revoked = n, "revoked from the owner's page");
-            (StatusCode::SEE_OTHER, [(header::LOCATION, "/apps")]).into_response()
+            see_other("/apps", None)
         }
         Err(e) => internal(e),
     }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{Server, cli, temp_db};
+use crate::{Server, cli, setup};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,18 +24,6 @@ fn python() -> PathBuf {
     python
 }
 
-fn consumer(db: &std::path::Path) -> (String, String) {
-    assert!(cli(db, &["owner", "add", "alice"], "correct horse\n").0);
-    let (_, out, _) = cli(db, &["consumer", "add", "--name", "FindMeNow"], "");
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .to_owned()
-    };
-    (field("consumer_key="), field("consumer_secret="))
-}
-
 fn run(args: &[&str]) -> serde_json::Value {
     let out = Command::new(python()).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -50,9 +38,9 @@ fn run(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn requests_oauthlib_completes_the_three_legged_flow_hmac_and_plaintext() {
-    let (_dir, db) = temp_db();
-    let (key, secret) = consumer(&db);
-    let server = Server::start(&db, &[]);
+    let s = setup();
+    let (db, key, secret) = (&s.db, &s.key, &s.secret);
+    let server = Server::start(db, &[]);
     let script = repo().join("authz-server/tests/py/three_legged.py");
     for method in ["HMAC-SHA1", "PLAINTEXT"] {
         // `--name=value`: keys and secrets may start with `-`.
@@ -67,7 +55,7 @@ fn requests_oauthlib_completes_the_three_legged_flow_hmac_and_plaintext() {
             "--scope=/location/alice /photos/alice/",
         ]);
         let token = result["access_token"].as_str().unwrap();
-        let (_, list, _) = cli(&db, &["token", "list"], "");
+        let (_, list, _) = cli(db, &["token", "list"], "");
         assert!(
             list.contains(&format!(
                 "{token}\towner=alice\tconsumer={key}\tscope=/location/alice /photos/alice/\tlive"
@@ -83,15 +71,14 @@ fn headless_chromium_signs_in_and_approves() {
         std::path::Path::new("/usr/bin/chromedriver").exists(),
         "chromedriver is missing: run scripts/setup-chromium (scripts/test does)"
     );
-    let (_dir, db) = temp_db();
-    let (key, secret) = consumer(&db);
-    let server = Server::start(&db, &[]);
+    let s = setup();
+    let server = Server::start(&s.db, &[]);
     // The request token, signed by our own signer.
     let url = format!("{}/oauth/request_token", server.base);
     let signer = oauth_xmpp::sign::Signer::new(
         oauth_xmpp::sign::Credentials {
-            consumer_key: key,
-            consumer_secret: secret.as_str().into(),
+            consumer_key: s.key.clone(),
+            consumer_secret: s.secret.as_str().into(),
             token: None,
             token_secret: "".into(),
         },

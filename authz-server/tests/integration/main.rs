@@ -166,3 +166,68 @@ pub(crate) fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let db = dir.path().join("authz.sqlite");
     (dir, db)
 }
+
+pub(crate) const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+/// A database with the owner `alice` (password `correct horse`) and the consumer
+/// `FindMeNow`.
+pub(crate) struct Setup {
+    _dir: tempfile::TempDir,
+    pub(crate) db: PathBuf,
+    pub(crate) key: String,
+    pub(crate) secret: String,
+}
+
+pub(crate) fn setup() -> Setup {
+    let (dir, db) = temp_db();
+    let (ok, _, err) = cli(&db, &["owner", "add", "alice"], "correct horse\n");
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&db, &["consumer", "add", "--name", "FindMeNow"], "");
+    assert!(ok, "{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .to_owned()
+    };
+    Setup {
+        key: field("consumer_key="),
+        secret: field("consumer_secret="),
+        _dir: dir,
+        db,
+    }
+}
+
+/// Signs in as alice, asking to go to `next`; returns the session cookie (`name=value`).
+pub(crate) fn sign_in(server: &Server, next: &str) -> String {
+    let login = http(
+        &server.addr,
+        "POST",
+        "/login",
+        &[FORM],
+        &format!(
+            "name=alice&password=correct%20horse&next={}",
+            oauth_xmpp::encode::percent_encode(next)
+        ),
+    );
+    assert_eq!(login.status, 303, "{login:?}");
+    assert_eq!(login.header("Location"), Some(next));
+    login
+        .header("Set-Cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The CSRF token of the first form of a page.
+pub(crate) fn csrf_in(body: &str) -> String {
+    body.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}

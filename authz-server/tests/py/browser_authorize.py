@@ -33,7 +33,6 @@ stderr; every wait is bounded.
 
 import argparse
 import base64
-import json
 import os
 import shutil
 import signal
@@ -49,6 +48,9 @@ try:
 except ImportError as exc:  # pragma: no cover - environment problem
     sys.exit('browser_authorize.py: %s: run scripts/setup-venv and use .venv/bin/python' % exc)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from script_common import Failure, OneLineParser, one_line, run_main  # noqa: E402
+
 PROG = 'browser_authorize.py'
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
@@ -61,14 +63,8 @@ PAGE_LOAD_TIMEOUT_MS = 15000
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-class Failure(Exception):
-    """A step went wrong; the message is the single stderr line."""
 
 
-def one_line(text, limit=400):
-    """Collapse whitespace and cut to ``limit`` characters, for error lines."""
-    text = ' '.join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + '...'
 
 
 def free_port():
@@ -309,12 +305,6 @@ def run(args):
             'oauth_verifier': query['oauth_verifier']}
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are a single stderr line (exit status 2)."""
-
-    def error(self, message):
-        self.exit(2, '%s: usage error: %s (see --help)\n' % (PROG, message))
-
 
 def main(argv=None):
     """Parse arguments, run, print one JSON line; exit 1 with one stderr line on failure."""
@@ -334,19 +324,7 @@ def main(argv=None):
 
     # SIGTERM (e.g. a test runner's timeout) unwinds through the finally blocks too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    try:
-        result = run(args)
-    except Failure as exc:
-        print('%s: %s' % (PROG, exc), file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print('%s: %s' % (PROG, one_line(exc)), file=sys.stderr)
-        return 1
-    except Exception as exc:  # anything unforeseen still gives one line, not a traceback
-        print('%s: unexpected %s: %s' % (PROG, type(exc).__name__, one_line(exc)), file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return run_main(PROG, run, args)
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ response included); every request has a timeout.
 """
 
 import argparse
-import json
+import os
 import sys
 from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -48,25 +48,22 @@ try:
 except ImportError as exc:  # pragma: no cover - environment problem
     sys.exit('three_legged.py: %s: run scripts/setup-venv and use .venv/bin/python' % exc)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from script_common import Failure, OneLineParser, one_line, run_main  # noqa: E402
+
 PROG = 'three_legged.py'
 TIMEOUT = 10  # seconds, for every HTTP request
 BODY_LIMIT = 500  # characters of a response body quoted in an error line
 METHODS = {'HMAC-SHA1': SIGNATURE_HMAC_SHA1, 'PLAINTEXT': SIGNATURE_PLAINTEXT}
 
 
-class Failure(Exception):
-    """A step of the flow went wrong; the message is the single stderr line."""
 
 
-def one_line(text):
-    """Collapse whitespace so that ``text`` fits on one line, and cut it to BODY_LIMIT."""
-    text = ' '.join(str(text).split())
-    return text if len(text) <= BODY_LIMIT else text[:BODY_LIMIT] + '...'
 
 
 def describe(resp):
     """'HTTP <status> <body>' of a response, for error lines."""
-    return 'HTTP %d %s' % (resp.status_code, one_line(resp.text))
+    return 'HTTP %d %s' % (resp.status_code, one_line(resp.text, BODY_LIMIT))
 
 
 class FormParser(HTMLParser):
@@ -295,12 +292,6 @@ def run(args):
     }
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are a single stderr line (exit status 2)."""
-
-    def error(self, message):
-        self.exit(2, '%s: usage error: %s (see --help)\n' % (PROG, message))
-
 
 def main(argv=None):
     """Parse arguments, run the flow, print one JSON line; exit 1 with one stderr line on failure."""
@@ -319,19 +310,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not args.base.startswith(('http://', 'https://')):
         ap.error('--base must be an http(s) URL')
-    try:
-        result = run(args)
-    except Failure as exc:
-        print('%s: %s' % (PROG, exc), file=sys.stderr)
-        return 1
-    except requests.RequestException as exc:
-        print('%s: HTTP error: %s' % (PROG, one_line(exc)), file=sys.stderr)
-        return 1
-    except Exception as exc:  # anything unforeseen still gives one line, not a traceback
-        print('%s: unexpected %s: %s' % (PROG, type(exc).__name__, one_line(exc)), file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return run_main(PROG, run, args, expected=(requests.RequestException,))
 
 
 if __name__ == '__main__':

@@ -60,17 +60,13 @@ fn sign_fills_in_the_signature() {
         &unsigned,
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stdout
-            .contains("<oauth_signature>9PQkM4YKgaM067wqrDGshXOwDW0=</oauth_signature>"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        "<oauth_signature>9PQkM4YKgaM067wqrDGshXOwDW0=</oauth_signature>",
     );
-    assert!(
-        r.stdout
-            .contains("<subscribe jid='travelbot@findmenow.tld' node='bard_geoloc'/>"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        "<subscribe jid='travelbot@findmenow.tld' node='bard_geoloc'/>",
     );
 }
 
@@ -87,11 +83,9 @@ fn sign_plaintext_with_an_xml_declaration() {
         &input,
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stdout
-            .contains("<oauth_signature>-cs&amp;a%20b</oauth_signature>"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        "<oauth_signature>-cs&amp;a%20b</oauth_signature>",
     );
 }
 
@@ -158,7 +152,7 @@ fn verify_wrong_secret_with_a_wider_window() {
         "{}",
         r.stdout
     );
-    assert!(r.stdout.contains(&format!("base string: {XEP_BASE}\n")));
+    assert_contains(&r.stdout, &format!("base string: {XEP_BASE}\n"));
     assert!(!r.stdout.contains("9PQkM4YKgaM067wqrDGshXOwDW0") && !r.stdout.contains("-wrong"));
 }
 
@@ -260,4 +254,10 @@ fn garbage_input_is_a_clear_error() {
             "oauth-xmpp: the stanza carries no <oauth xmlns='urn:xmpp:oauth:0'/> element\n"
         )
     );
+}
+
+/// Asserts that `output` holds `needle`, showing the output when it does not.
+#[track_caller]
+fn assert_contains(output: &str, needle: &str) {
+    assert!(output.contains(needle), "{needle:?} not in:\n{output}");
 }

@@ -465,6 +465,14 @@ fn order_token_unknown_revoked_expired_temporary_or_foreign_is_invalid_token() {
             |e| matches!(e, VerifyError::TokenRevoked),
         ),
         (
+            "used",
+            TokenRecord {
+                used: true,
+                ..record.clone()
+            },
+            |e| matches!(e, VerifyError::TokenUsed),
+        ),
+        (
             "expired",
             TokenRecord {
                 expires_at: Some(NOW),
