@@ -1,0 +1,283 @@
+//! `guard.toml`: where the guard connects, which store it opens, and its limits and node
+//! templates. Every setting has a default except the component secret.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oauth_xmpp::Secret;
+use serde::Deserialize;
+
+use crate::storage::Access;
+
+/// Every setting of the guard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The component's JID, as the XMPP server's config names it (`pubsub.localhost`).
+    pub component: String,
+    /// The shared secret of the component handshake (XEP-0114). Also read from the
+    /// `GUARD_SECRET` environment variable, which wins.
+    #[serde(deserialize_with = "secret")]
+    pub secret: Option<Secret>,
+    /// The XMPP server's component port (`host:port`).
+    pub server: String,
+    /// The SQLite file shared with the authorization server.
+    pub database: PathBuf,
+    /// The timestamp window of `<oauth/>` signatures, in seconds either way.
+    pub window_secs: u64,
+    /// Whether consumers may sign with PLAINTEXT.
+    pub allow_plaintext: bool,
+    /// Whether signatures over the bare `from` JID (older clients) are accepted.
+    pub accept_bare_jid_signatures: bool,
+    /// The largest stanza accepted from the server, in bytes; larger ones are refused with
+    /// `policy-violation`.
+    pub max_stanza_bytes: usize,
+    /// After this many idle seconds the guard sends a whitespace keepalive.
+    pub keepalive_secs: u64,
+    /// The longest wait between two reconnection attempts, in seconds (backoff doubles from
+    /// half a second up to this).
+    pub reconnect_max_secs: u64,
+    /// Nodes created on first publish (see [`Template`]).
+    #[serde(rename = "template")]
+    pub templates: Vec<Template>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            component: "pubsub.localhost".into(),
+            secret: None,
+            server: "127.0.0.1:5347".into(),
+            database: PathBuf::from("authz.sqlite"),
+            window_secs: oauth_xmpp::replay::DEFAULT_WINDOW_SECS,
+            allow_plaintext: true,
+            accept_bare_jid_signatures: true,
+            max_stanza_bytes: 64 * 1024,
+            keepalive_secs: 60,
+            reconnect_max_secs: 30,
+            templates: Vec::new(),
+        }
+    }
+}
+
+/// A rule that creates a node the first time an allowed publisher publishes to a name
+/// matching `pattern`. `{owner}` in the pattern matches one path segment and becomes the
+/// node's owner: with `pattern = "/location/{owner}"`, a publish to `/location/alice`
+/// creates a node owned by `alice`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// The node name pattern, with at most one `{owner}`.
+    pub pattern: String,
+    /// `oauth` (the default: subscribers need a token the owner granted) or `open`.
+    #[serde(default)]
+    pub access: Access,
+    /// Bare JIDs allowed to publish (and so to create) such nodes.
+    pub publishers: Vec<String>,
+    /// How many items the node keeps.
+    #[serde(default = "default_max_items")]
+    pub max_items: u32,
+}
+
+/// The `max_items` of a node when nothing says otherwise.
+pub const DEFAULT_MAX_ITEMS: u32 = 10;
+
+fn default_max_items() -> u32 {
+    DEFAULT_MAX_ITEMS
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
+impl Template {
+    /// The owner this template gives `node`, or `None` when `node` does not match.
+    /// A pattern without `{owner}` matches only itself and gives an empty owner.
+    pub fn matches(&self, node: &str) -> Option<String> {
+        match self.pattern.split_once("{owner}") {
+            None => (self.pattern == node).then(String::new),
+            Some((prefix, suffix)) => {
+                let owner = node.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                let valid = !owner.is_empty()
+                    && !owner.contains(['/', ' '])
+                    && owner.chars().all(|c| !c.is_control());
+                valid.then(|| owner.to_owned())
+            }
+        }
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading it failed.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML for these settings.
+    #[error("the config file {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("the config file {path} is not usable: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_owned(),
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values that a TOML type cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.component.is_empty() || self.component.contains(['@', '/', ' ']) {
+            return Err(format!(
+                "component = {:?} is not a domain JID (like pubsub.localhost)",
+                self.component
+            ));
+        }
+        if self.max_stanza_bytes < 1024 {
+            return Err("max_stanza_bytes must be at least 1024".into());
+        }
+        if self.keepalive_secs == 0 || self.reconnect_max_secs == 0 {
+            return Err("keepalive_secs and reconnect_max_secs must be at least 1".into());
+        }
+        for t in &self.templates {
+            if t.pattern.matches("{owner}").count() > 1 {
+                return Err(format!("template {:?} has more than one {{owner}}", t.pattern));
+            }
+            if t.access == Access::OAuth && !t.pattern.contains("{owner}") {
+                return Err(format!(
+                    "template {:?} is protected (access = \"oauth\") but has no {{owner}}",
+                    t.pattern
+                ));
+            }
+            if t.publishers.is_empty() {
+                return Err(format!("template {:?} names no publishers", t.pattern));
+            }
+            if t.max_items == 0 {
+                return Err(format!("template {:?}: max_items must be at least 1", t.pattern));
+            }
+        }
+        Ok(())
+    }
+
+    /// The keepalive interval.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_secs)
+    }
+
+    /// The longest backoff between reconnection attempts.
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_secs(self.reconnect_max_secs)
+    }
+
+    /// The first template matching `node`, with the owner it gives.
+    pub fn template_for(&self, node: &str) -> Option<(&Template, String)> {
+        self.templates
+            .iter()
+            .find_map(|t| t.matches(node).map(|owner| (t, owner)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(pattern: &str) -> Template {
+        Template {
+            pattern: pattern.into(),
+            access: Access::OAuth,
+            publishers: vec!["loc@localhost".into()],
+            max_items: 1,
+        }
+    }
+
+    #[test]
+    fn template_matching() {
+        let t = template("/location/{owner}");
+        assert_eq!(t.matches("/location/alice").as_deref(), Some("alice"));
+        assert_eq!(t.matches("/location/"), None);
+        assert_eq!(t.matches("/location/a/b"), None);
+        assert_eq!(t.matches("/photos/alice"), None);
+        let t = template("/photos/{owner}/all");
+        assert_eq!(t.matches("/photos/bob/all").as_deref(), Some("bob"));
+        assert_eq!(t.matches("/photos/bob/some"), None);
+        let t = template("/news");
+        assert_eq!(t.matches("/news").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn parses_a_full_file_and_keeps_the_secret_out_of_debug() {
+        let config: Config = toml::from_str(
+            r#"
+            component = "pubsub.example.org"
+            secret = "s3cret-value"
+            server = "10.0.0.1:5347"
+            database = "/var/lib/guard/authz.sqlite"
+            window_secs = 120
+            max_stanza_bytes = 8192
+
+            [[template]]
+            pattern = "/location/{owner}"
+            publishers = ["location@example.org"]
+            max_items = 5
+
+            [[template]]
+            pattern = "/news"
+            access = "open"
+            publishers = ["news@example.org"]
+            "#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        assert_eq!(config.templates.len(), 2);
+        assert_eq!(config.templates[1].access, Access::Open);
+        assert_eq!(config.templates[1].max_items, DEFAULT_MAX_ITEMS);
+        assert_eq!(config.keepalive_secs, 60);
+        assert!(!format!("{config:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn refuses_inconsistent_values() {
+        let mut config = Config {
+            templates: vec![template("/news")],
+            ..Config::default()
+        };
+        assert_eq!(
+            config.check().unwrap_err(),
+            "template \"/news\" is protected (access = \"oauth\") but has no {owner}"
+        );
+        config.templates.clear();
+        config.component = "guard@localhost".into();
+        assert!(config.check().unwrap_err().contains("is not a domain JID"));
+        let err = toml::from_str::<Config>("colour = 1").unwrap_err();
+        assert!(err.message().contains("unknown field `colour`"), "{err}");
+    }
+}

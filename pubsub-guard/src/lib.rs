@@ -1,0 +1,30 @@
+//! # pubsub-guard
+//!
+//! An XMPP external component (XEP-0114) that is the publish-subscribe service (XEP-0060)
+//! for private, per-user nodes such as `/location/alice`. Every subscribe to a protected node
+//! must carry an `<oauth xmlns='urn:xmpp:oauth:0'/>` element (XEP-0235) signed with an access
+//! token that the node's owner granted on the authorization server; the guard verifies it
+//! with `oauth-xmpp` against the shared SQLite store. It follows the store's change log, so a
+//! revoked or expired token ends its subscriptions within a second.
+//!
+//! - [`stream`]: the component stream: incremental reader, handshake, writer.
+//! - [`service`]: the pubsub service and the OAuth gate; sans-IO (stanzas in, stanzas out).
+//! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait.
+//! - [`component`]: the running component (worker thread, keepalive, reconnect).
+//! - [`config`]: `guard.toml`.
+//!
+//! What it does not do: node creation over XMPP, node configuration forms, affiliations,
+//! collections, or presence-based delivery. Nodes are created by the admin CLI and by
+//! templates in the config.
+
+pub mod component;
+pub mod config;
+pub mod jid;
+pub mod ns;
+pub mod refusal;
+pub mod service;
+pub mod storage;
+pub mod stream;
+
+pub use config::Config;
+pub use service::Service;

@@ -1,0 +1,216 @@
+//! `pubsub-guard`: the OAuth-gated pubsub component and its admin CLI.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use oauth_xmpp::Secret;
+use pubsub_guard::Config;
+use pubsub_guard::config::DEFAULT_MAX_ITEMS;
+use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
+
+/// The pubsub service for protected per-user nodes: an XMPP external component (XEP-0114)
+/// that lets a consumer subscribe only with an OAuth token the node's owner granted
+/// (XEP-0235), and ends the subscription when the token is revoked.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// The TOML config file (component, secret, server, database, window_secs,
+    /// allow_plaintext, accept_bare_jid_signatures, max_stanza_bytes, keepalive_secs,
+    /// reconnect_max_secs, [[template]]).
+    #[arg(long, env = "GUARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The SQLite file shared with authz-server (overrides the config's `database`)
+    /// [default: authz.sqlite].
+    #[arg(long, env = "GUARD_DATABASE", global = true)]
+    database: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to the XMPP server and serve until interrupted (SIGINT or SIGTERM).
+    /// The component secret comes from the config or GUARD_SECRET.
+    Run,
+    /// Nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Subscriptions.
+    #[command(subcommand)]
+    Subscription(SubscriptionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Create a node: protected by OAuth (the default, needs --owner) or open.
+    Create {
+        /// The node name, e.g. /location/alice.
+        name: String,
+        /// The owner (an authz-server account) whose grants open it.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Anyone may subscribe; no token needed.
+        #[arg(long)]
+        open: bool,
+        /// A bare JID allowed to publish (repeat for several).
+        #[arg(long = "publisher", required = true)]
+        publishers: Vec<String>,
+        /// How many items it keeps.
+        #[arg(long, default_value_t = DEFAULT_MAX_ITEMS)]
+        max_items: u32,
+    },
+    /// List the nodes: `name<TAB>access<TAB>owner<TAB>max_items<TAB>publishers`.
+    List,
+    /// Delete a node with its items and subscriptions (subscribers are not notified).
+    Delete {
+        /// The node name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionCommand {
+    /// List subscriptions: `node<TAB>jid<TAB>subid<TAB>consumer<TAB>created_at`.
+    List {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("pubsub-guard: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(db) = cli.database {
+        config.database = db;
+    }
+    if let Ok(secret) = std::env::var("GUARD_SECRET") {
+        config.secret = Some(Secret::new(secret));
+    }
+    let storage = || SqliteStorage::open(&config.database).map_err(|e| e.to_string());
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: String| {
+        // A closed stdout (e.g. `| head`) is not an error worth reporting.
+        let _ = writeln!(out, "{line}");
+    };
+    match cli.command {
+        Command::Run => serve(config),
+        Command::Node(NodeCommand::Create { name, owner, open, publishers, max_items }) => {
+            let access = if open { Access::Open } else { Access::OAuth };
+            if access == Access::OAuth && owner.is_none() {
+                return Err("a protected node needs --owner (or pass --open)".into());
+            }
+            if name.is_empty() {
+                return Err("the node name is empty".into());
+            }
+            if max_items == 0 {
+                return Err("--max-items must be at least 1".into());
+            }
+            if let Some(bad) = publishers.iter().find(|p| !pubsub_guard::jid::has_local(p) && !p.contains('.')) {
+                return Err(format!("--publisher {bad:?} is not a JID"));
+            }
+            let node = Node {
+                name,
+                owner,
+                access,
+                publishers: publishers.iter().map(|p| pubsub_guard::jid::bare(p).to_owned()).collect(),
+                max_items,
+                created_at: authz_server::store::now(),
+            };
+            storage()?.create_node(&node).map_err(|e| e.to_string())?;
+            say(format!("created {} ({})", node.name, node.access.as_str()));
+            Ok(())
+        }
+        Command::Node(NodeCommand::List) => {
+            for n in storage()?.nodes().map_err(|e| e.to_string())? {
+                say(format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    n.name,
+                    n.access.as_str(),
+                    n.owner.as_deref().unwrap_or("-"),
+                    n.max_items,
+                    n.publishers.join(",")
+                ));
+            }
+            Ok(())
+        }
+        Command::Node(NodeCommand::Delete { name }) => {
+            match storage()?.delete_node(&name).map_err(|e| e.to_string())? {
+                Some(subscriptions) => {
+                    say(format!("deleted {name} ({} subscriptions removed)", subscriptions.len()));
+                    Ok(())
+                }
+                None => Err(format!("there is no node {name:?}")),
+            }
+        }
+        Command::Subscription(SubscriptionCommand::List { node }) => {
+            for s in storage()?.subscriptions(node.as_deref()).map_err(|e| e.to_string())? {
+                say(format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    s.node,
+                    s.jid,
+                    s.subid,
+                    s.consumer_key.as_deref().unwrap_or("-"),
+                    s.created_at
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        };
+        pubsub_guard::component::run(config, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}

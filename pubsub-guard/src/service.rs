@@ -1,0 +1,775 @@
+//! The pubsub service (XEP-0060 subset) with the OAuth gate (XEP-0235, the profile's rules
+//! O, R and N). Sans-IO: stanzas in, stanzas out, state in a [`Storage`] and the shared
+//! token store. The component loop feeds it; tests call it directly.
+//!
+//! Implemented: disco#info / disco#items (XEP-0030), ping (XEP-0199), and the pubsub entity
+//! use cases subscribe, unsubscribe, retrieve subscriptions, publish, retract and retrieve
+//! items, with event notifications. Node management is the admin CLI's job (and the config's
+//! templates), so the owner use cases answer `feature-not-implemented`.
+
+use std::sync::Arc;
+
+use authz_server::Store;
+use minidom::Element;
+use oauth_xmpp::credentials::CredentialStore;
+use oauth_xmpp::replay::{Clock, SystemClock};
+use oauth_xmpp::{Verified, Verifier, VerifierConfig, VerifyError};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Template};
+use crate::jid;
+use crate::ns;
+use crate::refusal::{Refusal, name};
+use crate::storage::{Access, Item, Node, Storage, StorageError, Subscription};
+use crate::stream::StanzaHead;
+
+/// The pubsub features this service implements (disco#info, XEP-0060 §10).
+pub const FEATURES: &[&str] = &[
+    "http://jabber.org/protocol/pubsub#item-ids",
+    "http://jabber.org/protocol/pubsub#persistent-items",
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+    "http://jabber.org/protocol/pubsub#subscribe",
+];
+
+/// How many change-log entries one poll reads.
+const CHANGES_PER_POLL: usize = 500;
+
+/// The pubsub service behind the component.
+pub struct Service {
+    domain: String,
+    storage: Box<dyn Storage>,
+    store: Arc<Store>,
+    verifier: VerifierConfig,
+    templates: Vec<Template>,
+    /// The second in which expiries were last logged.
+    expiries_logged_at: u64,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("domain", &self.domain).finish_non_exhaustive()
+    }
+}
+
+type Outcome = Result<Option<Element>, Refusal>;
+
+impl Service {
+    /// The service for the component `config.component`, on `storage` and the token `store`.
+    pub fn new(config: &Config, storage: Box<dyn Storage>, store: Arc<Store>) -> Self {
+        Self {
+            domain: config.component.clone(),
+            storage,
+            store,
+            verifier: VerifierConfig {
+                window_secs: config.window_secs,
+                accept_bare_jid_signatures: config.accept_bare_jid_signatures,
+                allow_plaintext: config.allow_plaintext,
+            },
+            templates: config.templates.clone(),
+            expiries_logged_at: 0,
+        }
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// Handles one stanza from the server; returns the stanzas to send (the reply, and any
+    /// notifications).
+    pub fn handle(&mut self, stanza: &Element) -> Vec<Element> {
+        let mut out = Vec::new();
+        match stanza.name() {
+            "iq" => self.iq(stanza, &mut out),
+            "message" if stanza.attr("type") == Some("error") => {
+                debug!(from = stanza.attr("from"), "a notification bounced");
+            }
+            "message" | "presence" => {
+                debug!(kind = stanza.name(), from = stanza.attr("from"), "ignored");
+            }
+            other => warn!(element = other, "ignored an unknown top-level element"),
+        }
+        out
+    }
+
+    /// Answers a stanza the reader refused (too large, or malformed), from its head alone.
+    pub fn refuse_head(&self, head: &StanzaHead, refusal: &Refusal) -> Option<Element> {
+        let (Some(from), Some(to)) = (&head.from, &head.to) else {
+            warn!(element = head.name, "refused a stanza without from/to: {}", refusal.text);
+            return None;
+        };
+        info!(from = %from, element = head.name, "refused: {}", refusal.text);
+        let answerable = match head.name.as_str() {
+            "iq" => matches!(head.kind.as_deref(), Some("get" | "set")),
+            "message" => head.kind.as_deref() != Some("error"),
+            _ => false,
+        };
+        answerable.then(|| {
+            let mut reply = Element::builder(head.name.as_str(), ns::COMPONENT)
+                .attr(name("type"), "error")
+                .attr(name("from"), self.reply_from(to))
+                .attr(name("to"), from.as_str())
+                .append(refusal.to_element(ns::COMPONENT))
+                .build();
+            if let Some(id) = &head.id {
+                reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
+            }
+            reply
+        })
+    }
+
+    /// The `from` of a reply to a stanza sent to `to`: `to` itself when it is in this
+    /// component's domain, else the domain (a reply never leaves the domain).
+    fn reply_from<'a>(&'a self, to: &'a str) -> &'a str {
+        if jid::domain(to) == self.domain { to } else { &self.domain }
+    }
+
+    fn iq(&mut self, iq: &Element, out: &mut Vec<Element>) {
+        let kind = iq.attr("type").unwrap_or("");
+        if !matches!(kind, "get" | "set") {
+            if kind == "error" {
+                debug!(from = iq.attr("from"), "an IQ error for us: {}", String::from(iq));
+            }
+            return;
+        }
+        let head = StanzaHead {
+            name: "iq".into(),
+            id: iq.attr("id").map(str::to_owned),
+            from: iq.attr("from").map(str::to_owned),
+            to: iq.attr("to").map(str::to_owned),
+            kind: Some(kind.into()),
+        };
+        let (Some(from), Some(to)) = (head.from.as_deref(), head.to.as_deref()) else {
+            warn!("an IQ without from or to; nothing to answer");
+            return;
+        };
+        let outcome = if jid::has_local(to) {
+            Err(Refusal::service_unavailable(format!("there is no entity {to} here")))
+        } else {
+            let mut payloads = iq.children();
+            match (payloads.next(), payloads.next()) {
+                (Some(payload), None) => self.dispatch(kind, from, iq, payload, out),
+                _ => Err(Refusal::bad_request(
+                    None,
+                    "an IQ get or set must carry exactly one payload element",
+                )),
+            }
+        };
+        let reply = match outcome {
+            Ok(payload) => {
+                let mut reply = Element::builder("iq", ns::COMPONENT)
+                    .attr(name("type"), "result")
+                    .attr(name("from"), self.reply_from(to))
+                    .attr(name("to"), from)
+                    .build();
+                if let Some(id) = &head.id {
+                    reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
+                }
+                if let Some(payload) = payload {
+                    reply.append_child(payload);
+                }
+                Some(reply)
+            }
+            Err(refusal) => self.refuse_head(&head, &refusal),
+        };
+        // The reply goes before the notifications the request caused.
+        if let Some(reply) = reply {
+            out.insert(0, reply);
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        kind: &str,
+        from: &str,
+        iq: &Element,
+        payload: &Element,
+        out: &mut Vec<Element>,
+    ) -> Outcome {
+        match (kind, payload.ns().as_str(), payload.name()) {
+            ("get", ns::DISCO_INFO, "query") => self.disco_info(payload.attr("node")),
+            ("get", ns::DISCO_ITEMS, "query") => self.disco_items(payload.attr("node")),
+            ("get", ns::PING, "ping") => Ok(None),
+            (_, ns::PUBSUB, "pubsub") => self.pubsub(kind, from, iq, payload, out),
+            (_, ns::PUBSUB_OWNER, "pubsub") => {
+                let feature = match payload.children().next().map(Element::name) {
+                    Some("configure") => "config-node",
+                    Some("default") => "retrieve-default",
+                    Some("delete") => "delete-nodes",
+                    Some("purge") => "purge-nodes",
+                    Some("subscriptions") => "manage-subscriptions",
+                    _ => "modify-affiliations",
+                };
+                Err(Refusal::unsupported(feature))
+            }
+            (_, namespace, element) => Err(Refusal::service_unavailable(format!(
+                "this service does not handle <{element} xmlns='{namespace}'/> in an IQ {kind}"
+            ))),
+        }
+    }
+
+    // ----- XEP-0030 -----
+
+    fn disco_info(&self, node: Option<&str>) -> Outcome {
+        let mut query = Element::builder("query", ns::DISCO_INFO).build();
+        let identity = |kind: &str| {
+            Element::builder("identity", ns::DISCO_INFO)
+                .attr(name("category"), "pubsub")
+                .attr(name("type"), kind)
+                .build()
+        };
+        match node {
+            None => {
+                let mut identity = identity("service");
+                identity.set_attr(minidom::rxml::Namespace::NONE, name("name"), "OAuth-guarded pubsub");
+                query.append_child(identity);
+            }
+            Some(node) => {
+                self.node_or_not_found(node)?;
+                query.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
+                query.append_child(identity("leaf"));
+            }
+        }
+        let features = [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PUBSUB, ns::OAUTH, ns::PING];
+        for feature in features.iter().chain(FEATURES) {
+            query.append_child(
+                Element::builder("feature", ns::DISCO_INFO)
+                    .attr(name("var"), *feature)
+                    .build(),
+            );
+        }
+        Ok(Some(query))
+    }
+
+    fn disco_items(&self, node: Option<&str>) -> Outcome {
+        let mut query = Element::builder("query", ns::DISCO_ITEMS).build();
+        match node {
+            None => {
+                for n in self.storage.nodes().map_err(storage_failed)? {
+                    query.append_child(
+                        Element::builder("item", ns::DISCO_ITEMS)
+                            .attr(name("jid"), self.domain.as_str())
+                            .attr(name("node"), n.name.as_str())
+                            .build(),
+                    );
+                }
+            }
+            // Item ids of a node are listed through pubsub retrieval, under its access rules.
+            Some(node) => {
+                self.node_or_not_found(node)?;
+                query.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
+            }
+        }
+        Ok(Some(query))
+    }
+
+    // ----- XEP-0060 -----
+
+    fn pubsub(
+        &mut self,
+        kind: &str,
+        from: &str,
+        iq: &Element,
+        pubsub: &Element,
+        out: &mut Vec<Element>,
+    ) -> Outcome {
+        // The <oauth/> child is read by the verifier; the action is the other child.
+        // <options/> and <publish-options/> may follow the action (XEP-0060 §6.3.7, §7.1.5).
+        let mut actions = pubsub.children().filter(|c| {
+            !oauth_xmpp::ns::OAUTH_ALIASES.contains(&c.ns().as_str())
+                && !matches!(c.name(), "options" | "publish-options")
+        });
+        let (Some(action), None) = (actions.next(), actions.next()) else {
+            return Err(Refusal::bad_request(
+                None,
+                "<pubsub/> must carry exactly one action element",
+            ));
+        };
+        if action.ns() != ns::PUBSUB {
+            return Err(Refusal::bad_request(None, "the pubsub action is in the wrong namespace"));
+        }
+        match (kind, action.name()) {
+            ("set", "subscribe") => self.subscribe(from, iq, action),
+            ("set", "unsubscribe") => self.unsubscribe(from, action),
+            ("get", "subscriptions") => self.subscriptions(from, action),
+            ("set", "publish") => self.publish(from, action, out),
+            ("set", "retract") => self.retract(from, action, out),
+            ("get", "items") => self.items(from, iq, action),
+            (_, "create") => Err(Refusal::unsupported("create-nodes")),
+            (_, "configure") => Err(Refusal::unsupported("config-node")),
+            (_, "options") => Err(Refusal::unsupported("subscription-options")),
+            (_, "default") => Err(Refusal::unsupported("retrieve-default")),
+            (_, "affiliations") => Err(Refusal::unsupported("retrieve-affiliations")),
+            (_, "subscribe" | "unsubscribe" | "publish" | "retract") => Err(Refusal::bad_request(
+                None,
+                format!("<{}/> must be sent in an IQ set", action.name()),
+            )),
+            (_, "subscriptions" | "items") => Err(Refusal::bad_request(
+                None,
+                format!("<{}/> must be sent in an IQ get", action.name()),
+            )),
+            (_, other) => Err(Refusal::bad_request(
+                None,
+                format!("<{other}/> is not a pubsub action"),
+            )),
+        }
+    }
+
+    fn node_or_not_found(&self, node: &str) -> Result<Node, Refusal> {
+        self.storage
+            .node(node)
+            .map_err(storage_failed)?
+            .ok_or_else(|| Refusal::item_not_found(format!("there is no node {node:?}")))
+    }
+
+    /// The `node` attribute, required.
+    fn node_attr<'a>(action: &'a Element) -> Result<&'a str, Refusal> {
+        action
+            .attr("node")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Refusal::bad_request(Some("nodeid-required"), "the request names no node"))
+    }
+
+    /// Verifies the request's `<oauth/>` for `node` (profile checks O1–O7).
+    fn gate(&self, iq: &Element, node: &Node) -> Result<Verified, Refusal> {
+        let verifier = Verifier::with_config(self.verifier.clone(), &*self.store, &*self.store, SystemClock);
+        let from = iq.attr("from").unwrap_or("");
+        let checked = verifier.verify_stanza(iq).and_then(|verified| {
+            let owner = node.owner.as_deref().unwrap_or("");
+            verified.authorize_node(&node.name, owner).map(|()| verified)
+        });
+        checked.map_err(|e| {
+            if let VerifyError::Store(cause) = &e {
+                warn!(from, node = node.name, "the token store failed: {cause}");
+            }
+            info!(from, node = node.name, "refused: {e}");
+            Refusal::oauth(&e)
+        })
+    }
+
+    fn subscribe(&mut self, from: &str, iq: &Element, action: &Element) -> Outcome {
+        let node_name = Self::node_attr(action)?;
+        let jid = action.attr("jid").unwrap_or("");
+        if jid.is_empty() || !jid::same_bare(jid, from) {
+            return Err(Refusal::bad_request(
+                Some("invalid-jid"),
+                format!("the subscribed JID {jid:?} must have the bare JID of the sender, {}", jid::bare(from)),
+            ));
+        }
+        let node = self.node_or_not_found(node_name)?;
+        let (token, consumer_key) = match node.access {
+            Access::Open => (None, None),
+            Access::OAuth => {
+                let verified = self.gate(iq, &node)?;
+                let token = verified.token().map(|t| t.token.clone());
+                (token, Some(verified.consumer_key().to_owned()))
+            }
+        };
+        let subscription = self
+            .storage
+            .subscribe(&Subscription {
+                node: node.name.clone(),
+                jid: jid.to_owned(),
+                subid: new_id()?,
+                token,
+                consumer_key,
+                created_at: SystemClock.now(),
+            })
+            .map_err(storage_failed)?;
+        info!(
+            jid,
+            node = node.name,
+            consumer = subscription.consumer_key.as_deref().unwrap_or("-"),
+            "subscribed"
+        );
+        let mut pubsub = Element::builder("pubsub", ns::PUBSUB).build();
+        pubsub.append_child(subscription_element(ns::PUBSUB, &subscription, "subscribed"));
+        Ok(Some(pubsub))
+    }
+
+    fn unsubscribe(&mut self, from: &str, action: &Element) -> Outcome {
+        let node_name = Self::node_attr(action)?;
+        let jid = action.attr("jid").unwrap_or("");
+        if jid.is_empty() || !jid::same_bare(jid, from) {
+            return Err(Refusal::forbidden(format!(
+                "{} may not unsubscribe {jid:?}",
+                jid::bare(from)
+            )));
+        }
+        self.node_or_not_found(node_name)?;
+        match self.storage.unsubscribe(node_name, jid).map_err(storage_failed)? {
+            Some(_) => {
+                info!(jid, node = node_name, "unsubscribed");
+                Ok(None)
+            }
+            None => Err(Refusal::not_subscribed(format!("{jid} is not subscribed to {node_name:?}"))),
+        }
+    }
+
+    fn subscriptions(&self, from: &str, action: &Element) -> Outcome {
+        let node = action.attr("node");
+        if let Some(node) = node {
+            self.node_or_not_found(node)?;
+        }
+        let mut list = Element::builder("subscriptions", ns::PUBSUB).build();
+        if let Some(node) = node {
+            list.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
+        }
+        for s in self.storage.subscriptions(node).map_err(storage_failed)? {
+            if jid::same_bare(&s.jid, from) {
+                list.append_child(subscription_element(ns::PUBSUB, &s, "subscribed"));
+            }
+        }
+        let mut pubsub = Element::builder("pubsub", ns::PUBSUB).build();
+        pubsub.append_child(list);
+        Ok(Some(pubsub))
+    }
+
+    /// The node a publisher addresses: an existing one, or one a template creates for it.
+    fn node_for_publisher(&self, node_name: &str, from: &str) -> Result<Node, Refusal> {
+        if let Some(node) = self.storage.node(node_name).map_err(storage_failed)? {
+            if !node.is_publisher(from) {
+                info!(from, node = node_name, "refused: not a publisher");
+                return Err(Refusal::forbidden(format!(
+                    "{} may not publish to {node_name:?}",
+                    jid::bare(from)
+                )));
+            }
+            return Ok(node);
+        }
+        let template = self.templates.iter().find_map(|t| t.matches(node_name).map(|o| (t, o)));
+        let Some((template, owner)) = template else {
+            return Err(Refusal::item_not_found(format!("there is no node {node_name:?}")));
+        };
+        let node = Node {
+            name: node_name.to_owned(),
+            owner: (!owner.is_empty()).then_some(owner),
+            access: template.access,
+            publishers: template.publishers.clone(),
+            max_items: template.max_items,
+            created_at: SystemClock.now(),
+        };
+        if !node.is_publisher(from) {
+            info!(from, node = node_name, "refused: not a publisher of the template");
+            return Err(Refusal::forbidden(format!(
+                "{} may not publish to {node_name:?}",
+                jid::bare(from)
+            )));
+        }
+        match self.storage.create_node(&node) {
+            Ok(()) => {
+                info!(node = node_name, template = template.pattern, "created the node from a template");
+                Ok(node)
+            }
+            // Another guard on the same database created it first.
+            Err(StorageError::NodeExists(_)) => self.node_or_not_found(node_name),
+            Err(e) => Err(storage_failed(e)),
+        }
+    }
+
+    fn publish(&mut self, from: &str, action: &Element, out: &mut Vec<Element>) -> Outcome {
+        let node_name = Self::node_attr(action)?;
+        let mut items = action.children();
+        let item = match (items.next(), items.next()) {
+            (Some(item), None) if item.is(  "item", ns::PUBSUB) => item,
+            (None, _) => {
+                return Err(Refusal::bad_request(Some("item-required"), "the publish carries no <item/>"));
+            }
+            _ => {
+                return Err(Refusal::bad_request(
+                    Some("invalid-payload"),
+                    "a publish carries exactly one <item/>",
+                ));
+            }
+        };
+        let mut payloads = item.children();
+        let payload = match (payloads.next(), payloads.next()) {
+            (Some(payload), None) => payload,
+            (None, _) => {
+                return Err(Refusal::bad_request(
+                    Some("payload-required"),
+                    "the item carries no payload; nodes here keep their items",
+                ));
+            }
+            _ => {
+                return Err(Refusal::bad_request(
+                    Some("invalid-payload"),
+                    "an item carries exactly one payload element",
+                ));
+            }
+        };
+        let node = self.node_for_publisher(node_name, from)?;
+        let id = match item.attr("id").filter(|id| !id.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => new_id()?,
+        };
+        let stored = Item {
+            id: id.clone(),
+            payload: String::from(payload),
+            publisher: jid::bare(from).to_owned(),
+            published_at: SystemClock.now(),
+        };
+        self.storage
+            .publish(&node.name, &stored, node.max_items)
+            .map_err(storage_failed)?;
+        info!(from, node = node.name, item = id, "published");
+        let mut published = Element::builder("item", ns::PUBSUB_EVENT)
+            .attr(name("id"), id.as_str())
+            .build();
+        published.append_child(payload.clone());
+        self.notify(&node, published, out);
+        let reply = Element::builder("pubsub", ns::PUBSUB)
+            .append(
+                Element::builder("publish", ns::PUBSUB)
+                    .attr(name("node"), node.name.as_str())
+                    .append(Element::builder("item", ns::PUBSUB).attr(name("id"), id.as_str()))
+                    .build(),
+            )
+            .build();
+        Ok(Some(reply))
+    }
+
+    fn retract(&mut self, from: &str, action: &Element, out: &mut Vec<Element>) -> Outcome {
+        let node_name = Self::node_attr(action)?;
+        let node = self.node_or_not_found(node_name)?;
+        if !node.is_publisher(from) {
+            return Err(Refusal::forbidden(format!(
+                "{} may not retract items of {node_name:?}",
+                jid::bare(from)
+            )));
+        }
+        let id = action
+            .get_child("item", ns::PUBSUB)
+            .and_then(|i| i.attr("id"))
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| Refusal::bad_request(Some("item-required"), "the retract names no item id"))?;
+        if !self.storage.retract(node_name, id).map_err(storage_failed)? {
+            return Err(Refusal::item_not_found(format!("node {node_name:?} has no item {id:?}")));
+        }
+        info!(from, node = node_name, item = id, "retracted");
+        let retracted = Element::builder("retract", ns::PUBSUB_EVENT)
+            .attr(name("id"), id)
+            .build();
+        self.notify(&node, retracted, out);
+        Ok(None)
+    }
+
+    fn items(&self, from: &str, iq: &Element, action: &Element) -> Outcome {
+        let node_name = Self::node_attr(action)?;
+        let node = self.node_or_not_found(node_name)?;
+        if node.access == Access::OAuth && !node.is_publisher(from) {
+            let has_oauth = oauth_xmpp::StanzaRequest::from_stanza(iq).map(|r| r.is_some()).unwrap_or(true);
+            let subscribed = !has_oauth && self.live_subscription_of(&node, from)?;
+            if !subscribed {
+                self.gate(iq, &node)?;
+            }
+        }
+        let max = match action.attr("max_items") {
+            None => None,
+            Some(v) => Some(v.parse::<u32>().map_err(|_| {
+                Refusal::bad_request(None, format!("max_items={v:?} is not a number"))
+            })?),
+        };
+        let ids: Vec<&str> = action
+            .children()
+            .filter(|c| c.is("item", ns::PUBSUB))
+            .filter_map(|c| c.attr("id"))
+            .collect();
+        let items = if ids.is_empty() {
+            self.storage.items(node_name, max)
+        } else {
+            self.storage.items_by_id(node_name, &ids)
+        }
+        .map_err(storage_failed)?;
+        let mut list = Element::builder("items", ns::PUBSUB)
+            .attr(name("node"), node_name)
+            .build();
+        for item in items {
+            list.append_child(item_element(ns::PUBSUB, &item)?);
+        }
+        Ok(Some(Element::builder("pubsub", ns::PUBSUB).append(list).build()))
+    }
+
+    /// Whether `from` (bare) holds a subscription to `node` backed by a live token.
+    fn live_subscription_of(&self, node: &Node, from: &str) -> Result<bool, Refusal> {
+        let subscriptions = self.storage.subscriptions(Some(&node.name)).map_err(storage_failed)?;
+        for s in subscriptions.iter().filter(|s| jid::same_bare(&s.jid, from)) {
+            if self.token_is_live(s) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether the token behind a subscription still grants access (profile N3, N4): known,
+    /// not revoked, not expired, its consumer not revoked. Open-node subscriptions have none.
+    fn token_is_live(&self, s: &Subscription) -> bool {
+        let Some(token) = &s.token else {
+            return true;
+        };
+        let now = SystemClock.now();
+        let record = match CredentialStore::token(&*self.store, token) {
+            Ok(Some(record)) => record,
+            Ok(None) => return false,
+            Err(e) => {
+                // Fail closed: nothing is delivered under a token that cannot be checked.
+                warn!(node = s.node, jid = s.jid, "the token store failed: {e}");
+                return false;
+            }
+        };
+        if record.revoked || record.expires_at.is_some_and(|at| at <= now) {
+            return false;
+        }
+        matches!(
+            CredentialStore::consumer(&*self.store, &record.consumer_key),
+            Ok(Some(c)) if !c.revoked
+        )
+    }
+
+    /// Sends `content` (an `<item/>` or `<retract/>` in the event namespace) to every
+    /// subscriber of `node` whose access still holds; ends the subscriptions whose token died.
+    fn notify(&mut self, node: &Node, content: Element, out: &mut Vec<Element>) {
+        let subscriptions = match self.storage.subscriptions(Some(&node.name)) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(node = node.name, "cannot read the subscribers: {e}");
+                return;
+            }
+        };
+        let items = Element::builder("items", ns::PUBSUB_EVENT)
+            .attr(name("node"), node.name.as_str())
+            .append(content)
+            .build();
+        for s in subscriptions {
+            if !self.token_is_live(&s) {
+                // The change log will say so too; ending it now means nothing slips through.
+                if let Some(token) = &s.token {
+                    self.end_token(token, out);
+                }
+                continue;
+            }
+            out.push(self.event_message(&s.jid, items.clone()));
+        }
+    }
+
+    fn event_message(&self, to: &str, content: Element) -> Element {
+        Element::builder("message", ns::COMPONENT)
+            .attr(name("from"), self.domain.as_str())
+            .attr(name("to"), to)
+            .attr(name("type"), "headline")
+            .attr(name("id"), new_id().unwrap_or_else(|_| "event".into()))
+            .append(Element::builder("event", ns::PUBSUB_EVENT).append(content))
+            .build()
+    }
+
+    /// Ends every subscription backed by `token` and tells each subscriber
+    /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4).
+    fn end_token(&mut self, token: &str, out: &mut Vec<Element>) {
+        match self.storage.end_token(token) {
+            Ok(ended) => {
+                for s in ended {
+                    info!(jid = s.jid, node = s.node, consumer = s.consumer_key.as_deref().unwrap_or("-"), "subscription ended: access revoked or expired");
+                    let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
+                    out.push(self.event_message(&s.jid, none));
+                }
+            }
+            Err(e) => warn!("cannot end the subscriptions of a revoked token: {e}"),
+        }
+    }
+
+    /// Follows the authorization server's change log: ends the subscriptions of every token
+    /// revoked or expired since the last call (profile N4). Call it a few times a second.
+    pub fn follow_changes(&mut self) -> Vec<Element> {
+        let mut out = Vec::new();
+        let now = SystemClock.now();
+        if now != self.expiries_logged_at {
+            self.expiries_logged_at = now;
+            if let Err(e) = self.store.log_expiries(now) {
+                warn!("cannot log token expiries: {e}");
+            }
+        }
+        let cursor = match self.storage.change_cursor() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot read the change cursor: {e}");
+                return out;
+            }
+        };
+        let changes = match self.store.changes_since(cursor, CHANGES_PER_POLL) {
+            Ok(changes) => changes,
+            Err(e) => {
+                warn!("cannot read the change log: {e}");
+                return out;
+            }
+        };
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return out;
+        };
+        for change in changes.iter().filter(|c| c.kind.ends_access()) {
+            if let Some(token) = &change.token {
+                self.end_token(token, &mut out);
+            }
+        }
+        if let Err(e) = self.storage.set_change_cursor(last) {
+            warn!("cannot save the change cursor: {e}");
+        }
+        out
+    }
+
+    /// Ends the subscriptions whose token is no longer live, whatever the change log says
+    /// (run once at start-up, to cover changes made while the guard was down and missed).
+    pub fn sweep(&mut self) -> Vec<Element> {
+        let mut out = Vec::new();
+        let subscriptions = match self.storage.subscriptions(None) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot read subscriptions: {e}");
+                return out;
+            }
+        };
+        for s in subscriptions {
+            if let Some(token) = s.token.as_deref().filter(|_| !self.token_is_live(&s)) {
+                self.end_token(token, &mut out);
+            }
+        }
+        out
+    }
+}
+
+/// `<subscription node jid subid subscription/>` in `namespace`.
+fn subscription_element(namespace: &str, s: &Subscription, state: &str) -> Element {
+    Element::builder("subscription", namespace)
+        .attr(name("node"), s.node.as_str())
+        .attr(name("jid"), s.jid.as_str())
+        .attr(name("subid"), s.subid.as_str())
+        .attr(name("subscription"), state)
+        .build()
+}
+
+/// A stored item as `<item id>payload</item>` in `namespace`.
+fn item_element(namespace: &str, item: &Item) -> Result<Element, Refusal> {
+    let payload: Element = item.payload.parse().map_err(|e| {
+        warn!(item = item.id, "a stored payload does not parse: {e}");
+        Refusal::internal()
+    })?;
+    Ok(Element::builder("item", namespace)
+        .attr(name("id"), item.id.as_str())
+        .append(payload)
+        .build())
+}
+
+fn storage_failed(e: StorageError) -> Refusal {
+    warn!("storage failed: {e}");
+    Refusal::internal()
+}
+
+/// A fresh random id (item ids, subids, message ids).
+fn new_id() -> Result<String, Refusal> {
+    authz_server::random::token(16).map_err(|e| {
+        warn!("no randomness: {e}");
+        Refusal::internal()
+    })
+}

@@ -1,0 +1,160 @@
+//! What the guard keeps: nodes, subscriptions, items, and how far it has read the
+//! authorization server's change log.
+//!
+//! [`Storage`] is the seam: [`SqliteStorage`] keeps everything in the SQLite file the
+//! authorization server uses; a later deployment can put several guards on one networked
+//! database behind the same trait. Every call is a committed transaction: once a call
+//! returns `Ok`, a crash or a restart does not lose what it wrote.
+
+mod schema;
+mod sqlite;
+
+pub use sqlite::SqliteStorage;
+
+use serde::Deserialize;
+
+/// Who may subscribe to a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Anyone may subscribe and read the items.
+    Open,
+    /// Subscribers need an access token that the node's owner granted (XEP-0235).
+    #[default]
+    #[serde(rename = "oauth")]
+    OAuth,
+}
+
+impl Access {
+    /// The word stored and shown (`open`, `oauth`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::OAuth => "oauth",
+        }
+    }
+
+    /// The inverse of [`Access::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(Self::Open),
+            "oauth" => Some(Self::OAuth),
+            _ => None,
+        }
+    }
+}
+
+/// A pubsub node (a leaf: it holds items).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Its name, e.g. `/location/alice`.
+    pub name: String,
+    /// The owner (an account of the authorization server, e.g. `alice`); required for
+    /// protected nodes, whose tokens must have been granted by this owner.
+    pub owner: Option<String>,
+    /// Who may subscribe.
+    pub access: Access,
+    /// Bare JIDs allowed to publish and retract.
+    pub publishers: Vec<String>,
+    /// How many items it keeps; publishing more drops the oldest.
+    pub max_items: u32,
+    /// When it was created (seconds since 1970).
+    pub created_at: u64,
+}
+
+impl Node {
+    /// Whether `jid` (full or bare) may publish to it.
+    pub fn is_publisher(&self, jid: &str) -> bool {
+        self.publishers
+            .iter()
+            .any(|p| crate::jid::same_bare(p, jid))
+    }
+}
+
+/// A subscription: `jid` receives the node's notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The node.
+    pub node: String,
+    /// The subscribed JID, as the subscribe request gave it (bare or full).
+    pub jid: String,
+    /// The subscription id given to the subscriber.
+    pub subid: String,
+    /// The access token that backs it (protected nodes only).
+    pub token: Option<String>,
+    /// The consumer the token was issued to (protected nodes only).
+    pub consumer_key: Option<String>,
+    /// When it was made (seconds since 1970).
+    pub created_at: u64,
+}
+
+/// A published item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Its id, unique within the node.
+    pub id: String,
+    /// The payload element, serialized.
+    pub payload: String,
+    /// The bare JID that published it.
+    pub publisher: String,
+    /// When (seconds since 1970).
+    pub published_at: u64,
+}
+
+/// A storage failure. The message names the operation; the service answers the request
+/// that needed it with `internal-server-error` and keeps running.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The node already exists.
+    #[error("the node {0} already exists")]
+    NodeExists(String),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The database holds a value this version cannot read.
+    #[error("storage: {0}")]
+    Corrupt(String),
+    /// Another error of the shared store (opening it, random ids).
+    #[error(transparent)]
+    Store(#[from] authz_server::StoreError),
+}
+
+/// The result of storage calls.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Persistent state of the pubsub service.
+pub trait Storage: Send {
+    /// Creates a node; [`StorageError::NodeExists`] when the name is taken.
+    fn create_node(&self, node: &Node) -> Result<()>;
+    /// One node.
+    fn node(&self, name: &str) -> Result<Option<Node>>;
+    /// Every node, by name.
+    fn nodes(&self) -> Result<Vec<Node>>;
+    /// Deletes a node with its items and subscriptions; returns the subscriptions it had.
+    fn delete_node(&self, name: &str) -> Result<Option<Vec<Subscription>>>;
+
+    /// Adds or replaces the subscription of (`node`, `jid`). A replaced subscription keeps
+    /// its subid; the returned value is what is now stored.
+    fn subscribe(&self, subscription: &Subscription) -> Result<Subscription>;
+    /// Removes the subscription of (`node`, `jid`); returns it if there was one.
+    fn unsubscribe(&self, node: &str, jid: &str) -> Result<Option<Subscription>>;
+    /// Subscriptions, optionally only one node's; oldest first.
+    fn subscriptions(&self, node: Option<&str>) -> Result<Vec<Subscription>>;
+    /// Removes every subscription backed by `token`, returning them.
+    fn end_token(&self, token: &str) -> Result<Vec<Subscription>>;
+
+    /// Stores an item (replacing one with the same id), then drops the oldest beyond
+    /// `max_items`. Returns the ids dropped.
+    fn publish(&self, node: &str, item: &Item, max_items: u32) -> Result<Vec<String>>;
+    /// Deletes an item; returns whether it was there.
+    fn retract(&self, node: &str, id: &str) -> Result<bool>;
+    /// The newest `max` items (all when `None`), oldest first.
+    fn items(&self, node: &str, max: Option<u32>) -> Result<Vec<Item>>;
+    /// The items with these ids, in the order given, skipping unknown ids.
+    fn items_by_id(&self, node: &str, ids: &[&str]) -> Result<Vec<Item>>;
+
+    /// The last change-log sequence number handled (0 at first).
+    fn change_cursor(&self) -> Result<i64>;
+    /// Records the last change-log sequence number handled.
+    fn set_change_cursor(&self, seq: i64) -> Result<()>;
+}

@@ -1,0 +1,582 @@
+//! The XEP-0114 component stream: an incremental reader that turns bytes into stanzas, the
+//! handshake, and the connection halves the component loop uses.
+//!
+//! [`StreamParser`] does no I/O: feed it bytes as they arrive, in pieces of any size, and it
+//! returns the stream header, each complete stanza as a [`minidom::Element`], stanzas that
+//! were too large or malformed (with their head, so the service can answer them), and the
+//! end of the stream. Whitespace between stanzas (keepalives) is skipped. Only XML that is
+//! not well-formed ends the stream, as RFC 6120 §4.9.3.8 requires (`not-well-formed`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use minidom::Element;
+use minidom::rxml::{self, Parse, RawEvent, RawParser};
+use minidom::tree_builder::TreeBuilder;
+use oauth_xmpp::Secret;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::ns;
+
+/// How long the handshake may take before the attempt counts as failed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The attributes of a stanza's start tag that an error reply needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StanzaHead {
+    /// The element name (`iq`, `message`, `presence`, …).
+    pub name: String,
+    /// `id`, if present.
+    pub id: Option<String>,
+    /// `from`, if present.
+    pub from: Option<String>,
+    /// `to`, if present.
+    pub to: Option<String>,
+    /// `type`, if present.
+    pub kind: Option<String>,
+}
+
+/// What the reader found in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The server's `<stream:stream>` header, with its `id`.
+    Header {
+        /// The stream id (the handshake hashes it with the secret).
+        id: String,
+    },
+    /// A complete stanza (or stream-level element such as `<stream:error/>`).
+    Stanza(Element),
+    /// A stanza larger than the limit; its content was skipped.
+    Oversized {
+        /// Its start tag.
+        head: StanzaHead,
+        /// How many bytes it had when it crossed the limit.
+        bytes: usize,
+    },
+    /// A well-formed stanza that does not make a tree (an undeclared prefix, say).
+    Malformed {
+        /// Its start tag.
+        head: StanzaHead,
+        /// Why.
+        reason: String,
+    },
+    /// The server closed the stream (`</stream:stream>`).
+    Closed,
+}
+
+/// A failure of the stream itself; the connection is over and the component reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The socket failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not well-formed XML.
+    #[error("the server sent XML that is not well-formed: {0}")]
+    NotWellFormed(String),
+    /// The stream root is not `<stream:stream>` in the right namespaces.
+    #[error("the server did not open an XMPP stream: {0}")]
+    BadHeader(String),
+    /// The server closed the connection (EOF or `</stream:stream>`).
+    #[error("the server closed the stream")]
+    Closed,
+    /// The server sent `<stream:error/>`.
+    #[error("stream error from the server: {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
+    Server {
+        /// The defined condition (`not-authorized`, `conflict`, …).
+        condition: String,
+        /// Its text, if any.
+        text: Option<String>,
+    },
+    /// The handshake did not finish in time.
+    #[error("the server did not finish the handshake within {0:?}")]
+    Timeout(Duration),
+}
+
+impl StreamError {
+    /// Whether retrying cannot help: the server refused the component's secret.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Server { condition, .. } if condition == "not-authorized")
+    }
+
+    /// The error a `<stream:error/>` element stands for.
+    pub fn from_stream_error(element: &Element) -> Self {
+        let mut condition = None;
+        let mut text = None;
+        for child in element.children() {
+            if child.ns() != ns::STREAM_ERRORS {
+                continue;
+            }
+            if child.name() == "text" {
+                text = Some(child.text());
+            } else if condition.is_none() {
+                condition = Some(child.name().to_owned());
+            }
+        }
+        Self::Server {
+            condition: condition.unwrap_or_else(|| "undefined-condition".into()),
+            text,
+        }
+    }
+}
+
+/// Where the parser is in the stream.
+enum State {
+    /// Before the root element's start tag is complete.
+    Header { is_root: bool, prefixes: BTreeMap<Option<String>, String>, id: Option<String> },
+    /// Between stanzas (depth 1).
+    Open,
+    /// Inside a stanza.
+    Stanza(Box<Current>),
+    /// After `</stream:stream>`.
+    Done,
+}
+
+/// The stanza being read.
+struct Current {
+    /// The tree so far; `None` once it is being skipped.
+    tree: Option<TreeBuilder>,
+    /// Its start tag, filled from the raw attributes.
+    head: StanzaHead,
+    /// Whether the start tag is complete.
+    head_done: bool,
+    /// Element depth inside the stanza (1 = the stanza element itself).
+    depth: usize,
+    /// Bytes read for it so far.
+    bytes: usize,
+    /// Why it is skipped, if it is.
+    skip: Option<Skip>,
+}
+
+enum Skip {
+    TooLarge(usize),
+    Malformed(String),
+}
+
+/// Bytes in, [`StreamEvent`]s out. See the module documentation.
+pub struct StreamParser {
+    parser: RawParser,
+    state: State,
+    /// The namespaces declared on the stream root, inherited by every stanza.
+    root_prefixes: BTreeMap<Option<String>, String>,
+    limit: usize,
+}
+
+impl StreamParser {
+    /// A parser that refuses stanzas over `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            parser: RawParser::new(),
+            state: State::Header { is_root: false, prefixes: BTreeMap::new(), id: None },
+            root_prefixes: BTreeMap::new(),
+            limit,
+        }
+    }
+
+    /// Parses all of `data`, appending what it completes to `out`. An error means the stream
+    /// is unusable (not well-formed, or not an XMPP stream).
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        loop {
+            match self.parser.parse(&mut data, false) {
+                Ok(Some(event)) => self.event(event, out)?,
+                Ok(None) => return Ok(()),
+                Err(rxml::error::EndOrError::NeedMoreData) => return Ok(()),
+                Err(rxml::error::EndOrError::Error(e)) => {
+                    return Err(StreamError::NotWellFormed(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: RawEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        match &mut self.state {
+            State::Header { is_root, prefixes, id } => match event {
+                RawEvent::XmlDeclaration(..) => {}
+                RawEvent::ElementHeadOpen(_, (prefix, name)) => {
+                    *is_root = prefix.as_ref().map(|p| p.as_str()) == Some("stream")
+                        && name.as_str() == "stream";
+                    if !*is_root {
+                        return Err(StreamError::BadHeader(format!(
+                            "the root element is <{}{name}>",
+                            prefix.map(|p| format!("{p}:")).unwrap_or_default()
+                        )));
+                    }
+                }
+                RawEvent::Attribute(_, (prefix, name), value) => {
+                    match (prefix.as_ref().map(|p| p.as_str()), name.as_str()) {
+                        (None, "xmlns") => {
+                            prefixes.insert(None, value);
+                        }
+                        (Some("xmlns"), p) => {
+                            prefixes.insert(Some(p.to_owned()), value);
+                        }
+                        (None, "id") => *id = Some(value),
+                        _ => {}
+                    }
+                }
+                RawEvent::ElementHeadClose(_) => {
+                    if prefixes.get(&Some("stream".to_owned())).map(String::as_str)
+                        != Some(ns::STREAMS)
+                    {
+                        return Err(StreamError::BadHeader(
+                            "the stream prefix is not bound to http://etherx.jabber.org/streams"
+                                .into(),
+                        ));
+                    }
+                    let id = id.take().unwrap_or_default();
+                    self.root_prefixes = std::mem::take(prefixes);
+                    self.state = State::Open;
+                    out.push(StreamEvent::Header { id });
+                }
+                RawEvent::Text(..) | RawEvent::ElementFoot(_) => {
+                    return Err(StreamError::BadHeader("unexpected content before the header".into()));
+                }
+            },
+            State::Open => match event {
+                // Whitespace keepalives, or stray text at stream level: nothing to do.
+                RawEvent::Text(..) | RawEvent::XmlDeclaration(..) => {}
+                RawEvent::ElementFoot(_) => {
+                    self.state = State::Done;
+                    out.push(StreamEvent::Closed);
+                }
+                RawEvent::ElementHeadOpen(metrics, (_, ref name)) => {
+                    let mut current = Box::new(Current {
+                        tree: Some(
+                            TreeBuilder::new()
+                                .with_prefixes_stack(vec![self.root_prefixes.clone().into()]),
+                        ),
+                        head: StanzaHead { name: name.to_string(), ..StanzaHead::default() },
+                        head_done: false,
+                        depth: 1,
+                        bytes: metrics.len(),
+                        skip: None,
+                    });
+                    current.feed(event, self.limit);
+                    self.state = State::Stanza(current);
+                }
+                RawEvent::Attribute(..) | RawEvent::ElementHeadClose(_) => {
+                    unreachable!("the parser reports attributes only after a head opens")
+                }
+            },
+            State::Stanza(current) => {
+                if let Some(done) = current.step(event, self.limit) {
+                    out.push(done);
+                    self.state = State::Open;
+                }
+            }
+            State::Done => {}
+        }
+        Ok(())
+    }
+}
+
+impl Current {
+    /// Handles one event inside the stanza; returns the finished stanza when it closes.
+    fn step(&mut self, event: RawEvent, limit: usize) -> Option<StreamEvent> {
+        let bytes = match &event {
+            RawEvent::XmlDeclaration(m, _)
+            | RawEvent::ElementHeadOpen(m, _)
+            | RawEvent::Attribute(m, _, _)
+            | RawEvent::ElementHeadClose(m)
+            | RawEvent::ElementFoot(m)
+            | RawEvent::Text(m, _) => m.len(),
+        };
+        self.bytes = self.bytes.saturating_add(bytes);
+        match &event {
+            RawEvent::Attribute(_, (None, name), value) if !self.head_done => {
+                let slot = match name.as_str() {
+                    "id" => &mut self.head.id,
+                    "from" => &mut self.head.from,
+                    "to" => &mut self.head.to,
+                    "type" => &mut self.head.kind,
+                    _ => &mut None,
+                };
+                *slot = Some(value.clone());
+            }
+            RawEvent::ElementHeadClose(_) if self.depth == 1 => self.head_done = true,
+            RawEvent::ElementHeadOpen(..) => self.depth += 1,
+            RawEvent::ElementFoot(_) => self.depth -= 1,
+            _ => {}
+        }
+        let closed = self.depth == 0;
+        self.feed(event, limit);
+        if !closed {
+            return None;
+        }
+        Some(match self.skip.take() {
+            Some(Skip::TooLarge(bytes)) => StreamEvent::Oversized { head: std::mem::take(&mut self.head), bytes },
+            Some(Skip::Malformed(reason)) => StreamEvent::Malformed { head: std::mem::take(&mut self.head), reason },
+            None => match self.tree.take().and_then(|mut t| t.root.take()) {
+                Some(element) => StreamEvent::Stanza(element),
+                None => StreamEvent::Malformed {
+                    head: std::mem::take(&mut self.head),
+                    reason: "the stanza did not form an element".into(),
+                },
+            },
+        })
+    }
+
+    /// Passes the event to the tree builder unless the stanza is being skipped; starts
+    /// skipping when the stanza grows over the limit or does not make a tree.
+    fn feed(&mut self, event: RawEvent, limit: usize) {
+        if self.skip.is_none() && self.bytes > limit {
+            self.skip = Some(Skip::TooLarge(self.bytes));
+        }
+        if self.skip.is_some() {
+            self.tree = None;
+            return;
+        }
+        if let Some(tree) = &mut self.tree
+            && let Err(e) = tree.process_event(event)
+        {
+            self.skip = Some(Skip::Malformed(e.to_string()));
+            self.tree = None;
+        }
+    }
+}
+
+/// The stream header a component sends (XEP-0114 §3).
+pub fn header(domain: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' to='{}'>",
+        ns::COMPONENT,
+        ns::STREAMS,
+        escape_attr(domain)
+    )
+}
+
+/// The handshake value: lower-case hex SHA-1 of the stream id followed by the secret
+/// (XEP-0114 §3).
+pub fn handshake_digest(stream_id: &str, secret: &Secret) -> String {
+    let mut sha = Sha1::new();
+    sha.update(stream_id.as_bytes());
+    sha.update(secret.expose().as_bytes());
+    sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn escape_attr(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// The reading half of an established component stream.
+pub struct StreamReader {
+    half: OwnedReadHalf,
+    parser: StreamParser,
+    pending: std::collections::VecDeque<StreamEvent>,
+    buf: Box<[u8]>,
+}
+
+impl StreamReader {
+    /// The next event. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Result<StreamEvent, StreamError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let n = self.half.read(&mut self.buf).await?;
+            if n == 0 {
+                return Err(StreamError::Closed);
+            }
+            let mut out = Vec::new();
+            self.parser.feed(&self.buf[..n], &mut out)?;
+            self.pending.extend(out);
+        }
+    }
+}
+
+/// The writing half of an established component stream.
+pub struct StreamWriter {
+    half: OwnedWriteHalf,
+}
+
+impl StreamWriter {
+    /// Writes one stanza.
+    pub async fn send(&mut self, stanza: &Element) -> Result<(), StreamError> {
+        let mut bytes = Vec::with_capacity(512);
+        stanza
+            .write_to(&mut bytes)
+            .map_err(|e| StreamError::Io(std::io::Error::other(e.to_string())))?;
+        self.half.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    /// Writes a single space: a whitespace keepalive (RFC 6120 §4.6.1).
+    pub async fn keepalive(&mut self) -> Result<(), StreamError> {
+        self.half.write_all(b" ").await?;
+        Ok(())
+    }
+
+    /// Closes the stream politely and shuts the socket's writing side.
+    pub async fn close(&mut self) -> Result<(), StreamError> {
+        self.half.write_all(b"</stream:stream>").await?;
+        self.half.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Connects to the server's component port, opens the stream for `domain` and performs the
+/// handshake. The server's refusal (`not-authorized` for a wrong secret, `conflict` when
+/// another component holds the name) comes back as [`StreamError::Server`].
+pub async fn connect(
+    server: &str,
+    domain: &str,
+    secret: &Secret,
+    limit: usize,
+) -> Result<(StreamReader, StreamWriter), StreamError> {
+    let attempt = async {
+        let socket = TcpStream::connect(server).await?;
+        socket.set_nodelay(true)?;
+        let (read, write) = socket.into_split();
+        let mut reader = StreamReader {
+            half: read,
+            parser: StreamParser::new(limit),
+            pending: Default::default(),
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+        };
+        let mut writer = StreamWriter { half: write };
+        writer.half.write_all(header(domain).as_bytes()).await?;
+        let id = loop {
+            match reader.next().await? {
+                StreamEvent::Header { id } => break id,
+                other => {
+                    return Err(StreamError::BadHeader(format!("expected the header, got {other:?}")));
+                }
+            }
+        };
+        let handshake = format!("<handshake>{}</handshake>", handshake_digest(&id, secret));
+        writer.half.write_all(handshake.as_bytes()).await?;
+        loop {
+            match reader.next().await? {
+                StreamEvent::Stanza(e) if e.name() == "handshake" => break,
+                StreamEvent::Stanza(e) if e.name() == "error" && e.ns() == ns::STREAMS => {
+                    return Err(StreamError::from_stream_error(&e));
+                }
+                StreamEvent::Closed => return Err(StreamError::Closed),
+                // Anything else before the handshake answer is ignored.
+                _ => {}
+            }
+        }
+        Ok((reader, writer))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| StreamError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+        xmlns:stream='http://etherx.jabber.org/streams' from='pubsub.localhost' id='abc-1'>";
+
+    fn feed_all(parser: &mut StreamParser, parts: &[&[u8]]) -> Vec<StreamEvent> {
+        let mut out = Vec::new();
+        for part in parts {
+            parser.feed(part, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn stanza(event: &StreamEvent) -> &Element {
+        match event {
+            StreamEvent::Stanza(e) => e,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_the_header_then_stanzas_split_at_every_byte() {
+        let text = format!(
+            "{HEADER}<iq type='get' id='1' from='a@localhost/r' to='pubsub.localhost'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq> \n\t \
+             <message from='b@localhost' to='pubsub.localhost'><body>h&amp;i</body></message>\
+             </stream:stream>"
+        );
+        let bytes = text.as_bytes();
+        let parts: Vec<&[u8]> = bytes.chunks(1).collect();
+        let events = feed_all(&mut StreamParser::new(4096), &parts);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events[0], StreamEvent::Header { id: "abc-1".into() });
+        let iq = stanza(&events[1]);
+        assert_eq!(iq.name(), "iq");
+        assert_eq!(iq.ns(), ns::COMPONENT);
+        assert_eq!(iq.attr("from"), Some("a@localhost/r"));
+        assert!(iq.has_child("query", ns::DISCO_INFO));
+        let message = stanza(&events[2]);
+        assert_eq!(message.get_child("body", ns::COMPONENT).unwrap().text(), "h&i");
+        assert_eq!(events[3], StreamEvent::Closed);
+    }
+
+    #[test]
+    fn oversized_stanzas_are_skipped_with_their_head_and_the_stream_goes_on() {
+        let big = "x".repeat(5000);
+        let text = format!(
+            "{HEADER}<iq type='set' id='big' from='a@localhost/r' to='pubsub.localhost'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item>\
+             <p xmlns='urn:t'>{big}</p></item></publish></pubsub></iq>\
+             <iq type='get' id='next' from='a@localhost/r' to='pubsub.localhost'/>"
+        );
+        let events = feed_all(&mut StreamParser::new(1024), &text.as_bytes().chunks(700).collect::<Vec<_>>());
+        assert_eq!(events.len(), 3, "{events:?}");
+        match &events[1] {
+            StreamEvent::Oversized { head, bytes } => {
+                assert_eq!(head.name, "iq");
+                assert_eq!(head.id.as_deref(), Some("big"));
+                assert_eq!(head.from.as_deref(), Some("a@localhost/r"));
+                assert_eq!(head.kind.as_deref(), Some("set"));
+                assert!(*bytes > 1024);
+            }
+            other => panic!("expected Oversized, got {other:?}"),
+        }
+        assert_eq!(stanza(&events[2]).attr("id"), Some("next"));
+    }
+
+    #[test]
+    fn an_undeclared_prefix_is_a_malformed_stanza_not_the_end() {
+        let text = format!(
+            "{HEADER}<iq type='get' id='m' from='a@localhost/r'><x:query/></iq><presence from='a@localhost/r'/>"
+        );
+        let events = feed_all(&mut StreamParser::new(4096), &[text.as_bytes()]);
+        assert!(
+            matches!(&events[1], StreamEvent::Malformed { head, .. } if head.id.as_deref() == Some("m")),
+            "{events:?}"
+        );
+        assert_eq!(stanza(&events[2]).name(), "presence");
+    }
+
+    #[test]
+    fn garbage_is_a_stream_error() {
+        let mut parser = StreamParser::new(4096);
+        let mut out = Vec::new();
+        parser.feed(HEADER.as_bytes(), &mut out).unwrap();
+        let err = parser.feed(b"<iq><<>>", &mut out).unwrap_err();
+        assert!(matches!(err, StreamError::NotWellFormed(_)), "{err:?}");
+        let err = StreamParser::new(4096).feed(b"<html><body>", &mut out).unwrap_err();
+        assert_eq!(err.to_string(), "the server did not open an XMPP stream: the root element is <html>");
+    }
+
+    #[test]
+    fn stream_errors_and_the_handshake_digest() {
+        let text = format!(
+            "{HEADER}<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>bad secret</text></stream:error>"
+        );
+        let events = feed_all(&mut StreamParser::new(4096), &[text.as_bytes()]);
+        let err = StreamError::from_stream_error(stanza(&events[1]));
+        assert!(err.is_refusal());
+        assert_eq!(err.to_string(), "stream error from the server: not-authorized (bad secret)");
+        // XEP-0114 §3's example: stream id 3BF96D32; the XEP never names the secret, and
+        // "test" reproduces its handshake value.
+        assert_eq!(
+            handshake_digest("3BF96D32", &Secret::new("test")),
+            "aaee83c26aeeafcbabeabfcbcd50df997e0a2a1e"
+        );
+    }
+}

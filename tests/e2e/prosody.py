@@ -1,0 +1,351 @@
+"""A private Prosody XMPP server on 127.0.0.1 for end-to-end tests.
+
+Usage:
+
+    from prosody import Prosody
+
+    with Prosody(tmp_path, users={"alice": "alicepass", "bob": "bobpass"}) as server:
+        server.c2s_port        # clients log in here (plain text, loopback only)
+        server.component_port  # the pubsub component (XEP-0114) connects here
+        server.register("carol", "carolpass")   # also works while the server runs
+        server.restart()       # same ports, same data
+
+Everything Prosody needs lives in `workdir`: the config (prosody.cfg.lua), the data folder
+(accounts), the pid file, the log (prosody.log, level "info" unless told otherwise), the
+process's own stdout/stderr (prosody.stdout) and an empty certs/ folder.  Nothing under
+/etc/prosody is read or written.
+
+Facts this relies on (measured with Debian's Prosody 0.12.3, see
+/work/shared/notes/xmpp-servers.md):
+  * `prosody --config FILE -F` runs in the foreground; the listeners are up ~100 ms later and
+    the log then shows, one line per listener:
+        Nov 28 20:18:40 portmanager<TAB>info<TAB>Activated service 'c2s' on [127.0.0.1]:47222
+        Nov 28 20:18:40 portmanager<TAB>info<TAB>Activated service 'component' on [127.0.0.1]:47347
+  * A port already in use does NOT stop Prosody (it only logs "Failed to open server port"),
+    so the ports are checked before launch and that log line is treated as a failure.
+  * As root, Prosody needs `run_as_root = true` (without it 0.12.3 keeps running but its
+    shutdown crashes).  The line is written only when we are root.
+  * SIGTERM stops it cleanly in about 1-2 s.
+  * `prosodyctl --config FILE register NAME HOST PASS` writes the account file directly
+    (file storage), so it works before start and while the server runs: the next login
+    reads the new account.  Registering an existing name silently replaces its password.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+DOMAIN = "localhost"
+LOOPBACK = "127.0.0.1"
+
+# How long start() waits for the listeners, and stop() for a clean exit.
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.05
+
+
+class ProsodyError(RuntimeError):
+    """Prosody could not be configured, started or stopped; the message has the log tail."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port (we can bind it ourselves)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR like Prosody itself: a port in TIME_WAIT after a restart is usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def _two_free_ports() -> tuple[int, int]:
+    """Two different free ports: keep the first socket bound while picking the second."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:
+        first.bind((LOOPBACK, 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
+            second.bind((LOOPBACK, 0))
+            return first.getsockname()[1], second.getsockname()[1]
+
+
+def _lua(value: str) -> str:
+    """A Lua double-quoted string literal."""
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    )
+    return f'"{escaped}"'
+
+
+class Prosody:
+    """One Prosody process with a VirtualHost "localhost" and one external component."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        component: str = "pubsub.localhost",
+        component_secret: str = "component-secret",
+        users: dict[str, str] | None = None,
+        *,
+        c2s_port: int | None = None,
+        component_port: int | None = None,
+        log_level: str = "info",
+    ) -> None:
+        self._workdir = Path(workdir).resolve()
+        self._component = component
+        self._component_secret = component_secret
+        if c2s_port is None and component_port is None:
+            c2s_port, component_port = _two_free_ports()
+        elif c2s_port is None or component_port is None:
+            other = component_port if c2s_port is None else c2s_port
+            picked = free_port()
+            while picked == other:
+                picked = free_port()
+            c2s_port = picked if c2s_port is None else c2s_port
+            component_port = picked if component_port is None else component_port
+        if c2s_port == component_port:
+            raise ValueError(f"c2s and component ports must differ (both {c2s_port})")
+        self._c2s_port = c2s_port
+        self._component_port = component_port
+        self._log_level = log_level
+
+        self._process: subprocess.Popen | None = None
+        self._stdout = None  # the open file the process writes its stdout/stderr to
+
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        (self._workdir / "data").mkdir(exist_ok=True)
+        (self._workdir / "certs").mkdir(exist_ok=True)
+        self.config_path.write_text(self._config_text())
+
+        for name, password in (users or {}).items():
+            self.register(name, password)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    @property
+    def config_path(self) -> Path:
+        return self._workdir / "prosody.cfg.lua"
+
+    @property
+    def log_path(self) -> Path:
+        return self._workdir / "prosody.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self._workdir / "prosody.stdout"
+
+    @property
+    def c2s_port(self) -> int:
+        return self._c2s_port
+
+    @property
+    def component_port(self) -> int:
+        return self._component_port
+
+    @property
+    def domain(self) -> str:
+        return DOMAIN
+
+    @property
+    def component(self) -> str:
+        return self._component
+
+    @property
+    def component_secret(self) -> str:
+        return self._component_secret
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while running, else None."""
+        return self._process.pid if self.running else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # ----------------------------------------------------------------- config
+
+    def _config_text(self) -> str:
+        w = self._workdir
+        lines = [
+            "-- Written by tests/e2e/prosody.py: a private test server on 127.0.0.1.",
+            f"data_path = {_lua(str(w / 'data'))}",
+            f"pidfile = {_lua(str(w / 'prosody.pid'))}",
+            f"certificates = {_lua(str(w / 'certs'))}",
+            f"log = {{ {{ levels = {{ min = {_lua(self._log_level)} }}, to = \"file\", "
+            f"filename = {_lua(str(self.log_path))} }} }}",
+        ]
+        if os.getuid() == 0:
+            # Without it Prosody 0.12.3 refuses to run as root but keeps going, and crashes
+            # on shutdown.
+            lines.append("run_as_root = true")
+        lines += [
+            # Plain-text client logins on loopback only.
+            f"c2s_ports = {{ {self._c2s_port} }}",
+            f"c2s_interfaces = {{ {_lua(LOOPBACK)} }}",
+            f"component_ports = {{ {self._component_port} }}",
+            f"component_interfaces = {{ {_lua(LOOPBACK)} }}",
+            "s2s_ports = { }",
+            "http_ports = { }",
+            "https_ports = { }",
+            "c2s_require_encryption = false",
+            "allow_unencrypted_plain_auth = true",
+            'authentication = "internal_hashed"',
+            'modules_enabled = { "disco", "roster", "saslauth", "ping", "posix" }',
+            'modules_disabled = { "s2s", "offline" }',
+            "",
+            f"VirtualHost {_lua(DOMAIN)}",
+            "",
+            f"Component {_lua(self._component)}",
+            f"    component_secret = {_lua(self._component_secret)}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- users
+
+    def register(self, name: str, password: str) -> None:
+        """Create (or re-password) name@localhost; works whether or not the server runs."""
+        result = subprocess.run(
+            ["prosodyctl", "--config", str(self.config_path), "register", name, DOMAIN, password],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            raise ProsodyError(
+                f"prosodyctl register {name} {DOMAIN} failed (exit {result.returncode}):\n"
+                f"{result.stdout}{result.stderr}"
+            )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Launch Prosody and wait until both listeners are up.  Raises ProsodyError."""
+        if self.running:
+            raise ProsodyError(f"Prosody is already running (pid {self._process.pid})")
+        for what, port in (("c2s", self._c2s_port), ("component", self._component_port)):
+            if not port_is_free(port):
+                raise ProsodyError(
+                    f"{what} port {port} on {LOOPBACK} is already in use; Prosody would start "
+                    "without that listener"
+                )
+
+        # Only log lines written after this launch count (restart() reuses the log file).
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._stdout = open(self.stdout_path, "ab")
+        self._process = subprocess.Popen(
+            ["prosody", "--config", str(self.config_path), "-F"],
+            cwd=self._workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=subprocess.STDOUT,
+        )
+        # A test that dies without stop() must not leave a server behind.
+        atexit.register(self.stop)
+
+        wanted = [
+            re.compile(
+                rf"Activated service '{service}' on \[{re.escape(LOOPBACK)}\]:{port}$", re.M
+            )
+            for service, port in (("c2s", self._c2s_port), ("component", self._component_port))
+        ]
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            log = self._read_log(log_offset)
+            if "Failed to open server port" in log:
+                self._kill_after_failed_start()
+                raise ProsodyError(f"Prosody could not open a port\n{self._tail()}")
+            if all(pattern.search(log) for pattern in wanted):
+                return
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                self._kill_after_failed_start()
+                raise ProsodyError(f"Prosody exited with code {code} during start\n{self._tail()}")
+            if time.monotonic() > deadline:
+                self._kill_after_failed_start()
+                raise ProsodyError(
+                    f"Prosody's listeners were not up after {START_TIMEOUT} s\n{self._tail()}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to 10 s, then SIGKILL.  Safe to call more than once."""
+        process = self._process
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            self._process = None
+        if self._stdout is not None:
+            self._stdout.close()
+            self._stdout = None
+        atexit.unregister(self.stop)
+
+    def restart(self) -> None:
+        """stop() then start() on the same ports, with the same data."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> "Prosody":
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _kill_after_failed_start(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        self.stop()
+
+    def _read_log(self, offset: int = 0) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self) -> str:
+        """The whole Prosody log so far (all runs in this workdir)."""
+        return self._read_log()
+
+    def _tail(self, lines: int = 30) -> str:
+        parts = []
+        for label, path in (("prosody.log", self.log_path), ("prosody.stdout", self.stdout_path)):
+            try:
+                text = path.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            tail = "\n".join(text.splitlines()[-lines:])
+            if tail:
+                parts.append(f"--- last lines of {path} ---\n{tail}")
+        return "\n".join(parts) or f"(no output in {self._workdir})"
