@@ -62,7 +62,7 @@ pub enum RunError {
 /// What the worker thread receives.
 enum Work {
     Stanza(Box<Element>),
-    Refuse(stream::StanzaHead, Refusal),
+    Refuse(Box<(stream::StanzaHead, Refusal)>),
 }
 
 /// Runs the guard until `shutdown` completes (or the server refuses the component).
@@ -94,9 +94,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         match connected {
             Ok((reader, writer)) => {
-                info!(server = config.server, component = config.component, "connected");
+                info!(
+                    server = config.server,
+                    component = config.component,
+                    "connected"
+                );
                 backoff = FIRST_BACKOFF;
-                let served = serve(&config, reader, writer, &work_tx, &mut out_rx, &mut shutdown).await;
+                let served = serve(
+                    &config,
+                    reader,
+                    writer,
+                    &work_tx,
+                    &mut out_rx,
+                    &mut shutdown,
+                )
+                .await;
                 match served {
                     Ok(()) => break Ok(()),
                     Err(e) => warn!("disconnected: {e}"),
@@ -106,10 +118,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             }
             Err(e) if e.is_refusal() => {
-                error!(component = config.component, "the server refused the component: {e}");
-                break Err(RunError::Refused { component: config.component.clone(), source: e });
+                error!(
+                    component = config.component,
+                    "the server refused the component: {e}"
+                );
+                break Err(RunError::Refused {
+                    component: config.component.clone(),
+                    source: e,
+                });
             }
-            Err(e) => warn!(server = config.server, "cannot connect: {e}; retrying in {backoff:?}"),
+            Err(e) => warn!(
+                server = config.server,
+                "cannot connect: {e}; retrying in {backoff:?}"
+            ),
         }
         tokio::select! {
             () = &mut shutdown => break Ok(()),
@@ -149,10 +170,10 @@ async fn serve(
                     }
                     StreamEvent::Stanza(e) => Work::Stanza(Box::new(e)),
                     StreamEvent::Oversized { head, bytes } => {
-                        Work::Refuse(head, Refusal::too_large(bytes, config.max_stanza_bytes))
+                        Work::Refuse(Box::new((head, Refusal::too_large(bytes, config.max_stanza_bytes))))
                     }
                     StreamEvent::Malformed { head, reason } => {
-                        Work::Refuse(head, Refusal::bad_request(None, format!("the stanza is malformed: {reason}")))
+                        Work::Refuse(Box::new((head, Refusal::bad_request(None, format!("the stanza is malformed: {reason}")))))
                     }
                     StreamEvent::Closed => return Err(StreamError::Closed),
                     StreamEvent::Header { .. } => continue,
@@ -195,7 +216,12 @@ fn worker(mut service: Service, work: std_mpsc::Receiver<Work>, out: mpsc::Sende
         let wait = next_poll.saturating_duration_since(std::time::Instant::now());
         match work.recv_timeout(wait) {
             Ok(Work::Stanza(stanza)) => send(service.handle(&stanza)),
-            Ok(Work::Refuse(head, refusal)) => send(service.refuse_head(&head, &refusal).into_iter().collect()),
+            Ok(Work::Refuse(refused)) => send(
+                service
+                    .refuse_head(&refused.0, &refused.1)
+                    .into_iter()
+                    .collect(),
+            ),
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
         }

@@ -170,7 +170,10 @@ impl Config {
         }
         for t in &self.templates {
             if t.pattern.matches("{owner}").count() > 1 {
-                return Err(format!("template {:?} has more than one {{owner}}", t.pattern));
+                return Err(format!(
+                    "template {:?} has more than one {{owner}}",
+                    t.pattern
+                ));
             }
             if t.access == Access::OAuth && !t.pattern.contains("{owner}") {
                 return Err(format!(
@@ -182,7 +185,10 @@ impl Config {
                 return Err(format!("template {:?} names no publishers", t.pattern));
             }
             if t.max_items == 0 {
-                return Err(format!("template {:?}: max_items must be at least 1", t.pattern));
+                return Err(format!(
+                    "template {:?}: max_items must be at least 1",
+                    t.pattern
+                ));
             }
         }
         Ok(())

@@ -11,7 +11,7 @@
 //! - [`service`]: the pubsub service and the OAuth gate; sans-IO (stanzas in, stanzas out).
 //! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait.
 //! - [`component`]: the running component (worker thread, keepalive, reconnect).
-//! - [`config`]: `guard.toml`.
+//! - [`config`]: the settings file, `guard.toml`.
 //!
 //! What it does not do: node creation over XMPP, node configuration forms, affiliations,
 //! collections, or presence-based delivery. Nodes are created by the admin CLI and by

@@ -110,7 +110,13 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     match cli.command {
         Command::Run => serve(config),
-        Command::Node(NodeCommand::Create { name, owner, open, publishers, max_items }) => {
+        Command::Node(NodeCommand::Create {
+            name,
+            owner,
+            open,
+            publishers,
+            max_items,
+        }) => {
             let access = if open { Access::Open } else { Access::OAuth };
             if access == Access::OAuth && owner.is_none() {
                 return Err("a protected node needs --owner (or pass --open)".into());
@@ -121,14 +127,20 @@ fn run(cli: Cli) -> Result<(), String> {
             if max_items == 0 {
                 return Err("--max-items must be at least 1".into());
             }
-            if let Some(bad) = publishers.iter().find(|p| !pubsub_guard::jid::has_local(p) && !p.contains('.')) {
+            if let Some(bad) = publishers
+                .iter()
+                .find(|p| !pubsub_guard::jid::has_local(p) && !p.contains('.'))
+            {
                 return Err(format!("--publisher {bad:?} is not a JID"));
             }
             let node = Node {
                 name,
                 owner,
                 access,
-                publishers: publishers.iter().map(|p| pubsub_guard::jid::bare(p).to_owned()).collect(),
+                publishers: publishers
+                    .iter()
+                    .map(|p| pubsub_guard::jid::bare(p).to_owned())
+                    .collect(),
                 max_items,
                 created_at: authz_server::store::now(),
             };
@@ -152,14 +164,20 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Node(NodeCommand::Delete { name }) => {
             match storage()?.delete_node(&name).map_err(|e| e.to_string())? {
                 Some(subscriptions) => {
-                    say(format!("deleted {name} ({} subscriptions removed)", subscriptions.len()));
+                    say(format!(
+                        "deleted {name} ({} subscriptions removed)",
+                        subscriptions.len()
+                    ));
                     Ok(())
                 }
                 None => Err(format!("there is no node {name:?}")),
             }
         }
         Command::Subscription(SubscriptionCommand::List { node }) => {
-            for s in storage()?.subscriptions(node.as_deref()).map_err(|e| e.to_string())? {
+            for s in storage()?
+                .subscriptions(node.as_deref())
+                .map_err(|e| e.to_string())?
+            {
                 say(format!(
                     "{}\t{}\t{}\t{}\t{}",
                     s.node,
@@ -181,6 +199,7 @@ fn serve(config: Config) -> Result<(), String> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

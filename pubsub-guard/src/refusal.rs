@@ -23,7 +23,12 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(error_type: ErrorType, condition: &'static str, text: impl Into<String>) -> Self {
-        Self { error_type, condition, app: None, text: text.into() }
+        Self {
+            error_type,
+            condition,
+            app: None,
+            text: text.into(),
+        }
     }
 
     fn with_pubsub(mut self, name: &'static str) -> Self {
@@ -77,7 +82,9 @@ impl Refusal {
         Self::new(
             ErrorType::Modify,
             "policy-violation",
-            format!("the stanza has more than {limit} bytes (at least {bytes}); this service's limit is {limit}"),
+            format!(
+                "the stanza has more than {limit} bytes (at least {bytes}); this service's limit is {limit}"
+            ),
         )
     }
 
@@ -96,7 +103,9 @@ impl Refusal {
         Self {
             error_type: e.error_type,
             condition: e.condition,
-            app: e.app_condition.map(|app| (oauth_xmpp::ns::OAUTH_ERRORS, app, None)),
+            app: e
+                .app_condition
+                .map(|app| (oauth_xmpp::ns::OAUTH_ERRORS, app, None)),
             text: e.text,
         }
     }
@@ -144,6 +153,9 @@ mod tests {
         );
         let e = Refusal::oauth(&VerifyError::TokenRequired);
         assert_eq!(e.condition, "not-authorized");
-        assert_eq!(e.app, Some((oauth_xmpp::ns::OAUTH_ERRORS, "token-required", None)));
+        assert_eq!(
+            e.app,
+            Some((oauth_xmpp::ns::OAUTH_ERRORS, "token-required", None))
+        );
     }
 }

@@ -50,7 +50,9 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("domain", &self.domain).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,7 +100,10 @@ impl Service {
     /// Answers a stanza the reader refused (too large, or malformed), from its head alone.
     pub fn refuse_head(&self, head: &StanzaHead, refusal: &Refusal) -> Option<Element> {
         let (Some(from), Some(to)) = (&head.from, &head.to) else {
-            warn!(element = head.name, "refused a stanza without from/to: {}", refusal.text);
+            warn!(
+                element = head.name,
+                "refused a stanza without from/to: {}", refusal.text
+            );
             return None;
         };
         info!(from = %from, element = head.name, "refused: {}", refusal.text);
@@ -124,14 +129,22 @@ impl Service {
     /// The `from` of a reply to a stanza sent to `to`: `to` itself when it is in this
     /// component's domain, else the domain (a reply never leaves the domain).
     fn reply_from<'a>(&'a self, to: &'a str) -> &'a str {
-        if jid::domain(to) == self.domain { to } else { &self.domain }
+        if jid::domain(to) == self.domain {
+            to
+        } else {
+            &self.domain
+        }
     }
 
     fn iq(&mut self, iq: &Element, out: &mut Vec<Element>) {
         let kind = iq.attr("type").unwrap_or("");
         if !matches!(kind, "get" | "set") {
             if kind == "error" {
-                debug!(from = iq.attr("from"), "an IQ error for us: {}", String::from(iq));
+                debug!(
+                    from = iq.attr("from"),
+                    "an IQ error for us: {}",
+                    String::from(iq)
+                );
             }
             return;
         }
@@ -147,7 +160,9 @@ impl Service {
             return;
         };
         let outcome = if jid::has_local(to) {
-            Err(Refusal::service_unavailable(format!("there is no entity {to} here")))
+            Err(Refusal::service_unavailable(format!(
+                "there is no entity {to} here"
+            )))
         } else {
             let mut payloads = iq.children();
             match (payloads.next(), payloads.next()) {
@@ -224,7 +239,11 @@ impl Service {
         match node {
             None => {
                 let mut identity = identity("service");
-                identity.set_attr(minidom::rxml::Namespace::NONE, name("name"), "OAuth-guarded pubsub");
+                identity.set_attr(
+                    minidom::rxml::Namespace::NONE,
+                    name("name"),
+                    "OAuth-guarded pubsub",
+                );
                 query.append_child(identity);
             }
             Some(node) => {
@@ -233,7 +252,13 @@ impl Service {
                 query.append_child(identity("leaf"));
             }
         }
-        let features = [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PUBSUB, ns::OAUTH, ns::PING];
+        let features = [
+            ns::DISCO_INFO,
+            ns::DISCO_ITEMS,
+            ns::PUBSUB,
+            ns::OAUTH,
+            ns::PING,
+        ];
         for feature in features.iter().chain(FEATURES) {
             query.append_child(
                 Element::builder("feature", ns::DISCO_INFO)
@@ -289,7 +314,10 @@ impl Service {
             ));
         };
         if action.ns() != ns::PUBSUB {
-            return Err(Refusal::bad_request(None, "the pubsub action is in the wrong namespace"));
+            return Err(Refusal::bad_request(
+                None,
+                "the pubsub action is in the wrong namespace",
+            ));
         }
         match (kind, action.name()) {
             ("set", "subscribe") => self.subscribe(from, iq, action),
@@ -326,26 +354,30 @@ impl Service {
     }
 
     /// The `node` attribute, required.
-    fn node_attr<'a>(action: &'a Element) -> Result<&'a str, Refusal> {
+    fn node_attr(action: &Element) -> Result<&str, Refusal> {
         action
             .attr("node")
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| Refusal::bad_request(Some("nodeid-required"), "the request names no node"))
+            .ok_or_else(|| {
+                Refusal::bad_request(Some("nodeid-required"), "the request names no node")
+            })
     }
 
     /// Verifies the request's `<oauth/>` for `node` (profile checks O1–O7).
     fn gate(&self, iq: &Element, node: &Node) -> Result<Verified, Refusal> {
-        let verifier = Verifier::with_config(self.verifier.clone(), &*self.store, &*self.store, SystemClock);
+        let verifier =
+            Verifier::with_config(self.verifier, &*self.store, &*self.store, SystemClock);
         let from = iq.attr("from").unwrap_or("");
         let checked = verifier.verify_stanza(iq).and_then(|verified| {
             let owner = node.owner.as_deref().unwrap_or("");
-            verified.authorize_node(&node.name, owner).map(|()| verified)
+            verified
+                .authorize_node(&node.name, owner)
+                .map(|()| verified)
         });
         checked.map_err(|e| {
             if let VerifyError::Store(cause) = &e {
                 warn!(from, node = node.name, "the token store failed: {cause}");
             }
-            info!(from, node = node.name, "refused: {e}");
             Refusal::oauth(&e)
         })
     }
@@ -356,7 +388,10 @@ impl Service {
         if jid.is_empty() || !jid::same_bare(jid, from) {
             return Err(Refusal::bad_request(
                 Some("invalid-jid"),
-                format!("the subscribed JID {jid:?} must have the bare JID of the sender, {}", jid::bare(from)),
+                format!(
+                    "the subscribed JID {jid:?} must have the bare JID of the sender, {}",
+                    jid::bare(from)
+                ),
             ));
         }
         let node = self.node_or_not_found(node_name)?;
@@ -386,7 +421,11 @@ impl Service {
             "subscribed"
         );
         let mut pubsub = Element::builder("pubsub", ns::PUBSUB).build();
-        pubsub.append_child(subscription_element(ns::PUBSUB, &subscription, "subscribed"));
+        pubsub.append_child(subscription_element(
+            ns::PUBSUB,
+            &subscription,
+            "subscribed",
+        ));
         Ok(Some(pubsub))
     }
 
@@ -400,12 +439,18 @@ impl Service {
             )));
         }
         self.node_or_not_found(node_name)?;
-        match self.storage.unsubscribe(node_name, jid).map_err(storage_failed)? {
+        match self
+            .storage
+            .unsubscribe(node_name, jid)
+            .map_err(storage_failed)?
+        {
             Some(_) => {
                 info!(jid, node = node_name, "unsubscribed");
                 Ok(None)
             }
-            None => Err(Refusal::not_subscribed(format!("{jid} is not subscribed to {node_name:?}"))),
+            None => Err(Refusal::not_subscribed(format!(
+                "{jid} is not subscribed to {node_name:?}"
+            ))),
         }
     }
 
@@ -440,9 +485,14 @@ impl Service {
             }
             return Ok(node);
         }
-        let template = self.templates.iter().find_map(|t| t.matches(node_name).map(|o| (t, o)));
+        let template = self
+            .templates
+            .iter()
+            .find_map(|t| t.matches(node_name).map(|o| (t, o)));
         let Some((template, owner)) = template else {
-            return Err(Refusal::item_not_found(format!("there is no node {node_name:?}")));
+            return Err(Refusal::item_not_found(format!(
+                "there is no node {node_name:?}"
+            )));
         };
         let node = Node {
             name: node_name.to_owned(),
@@ -453,7 +503,11 @@ impl Service {
             created_at: SystemClock.now(),
         };
         if !node.is_publisher(from) {
-            info!(from, node = node_name, "refused: not a publisher of the template");
+            info!(
+                from,
+                node = node_name,
+                "refused: not a publisher of the template"
+            );
             return Err(Refusal::forbidden(format!(
                 "{} may not publish to {node_name:?}",
                 jid::bare(from)
@@ -461,7 +515,11 @@ impl Service {
         }
         match self.storage.create_node(&node) {
             Ok(()) => {
-                info!(node = node_name, template = template.pattern, "created the node from a template");
+                info!(
+                    node = node_name,
+                    template = template.pattern,
+                    "created the node from a template"
+                );
                 Ok(node)
             }
             // Another guard on the same database created it first.
@@ -474,9 +532,12 @@ impl Service {
         let node_name = Self::node_attr(action)?;
         let mut items = action.children();
         let item = match (items.next(), items.next()) {
-            (Some(item), None) if item.is(  "item", ns::PUBSUB) => item,
+            (Some(item), None) if item.is("item", ns::PUBSUB) => item,
             (None, _) => {
-                return Err(Refusal::bad_request(Some("item-required"), "the publish carries no <item/>"));
+                return Err(Refusal::bad_request(
+                    Some("item-required"),
+                    "the publish carries no <item/>",
+                ));
             }
             _ => {
                 return Err(Refusal::bad_request(
@@ -545,9 +606,17 @@ impl Service {
             .get_child("item", ns::PUBSUB)
             .and_then(|i| i.attr("id"))
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| Refusal::bad_request(Some("item-required"), "the retract names no item id"))?;
-        if !self.storage.retract(node_name, id).map_err(storage_failed)? {
-            return Err(Refusal::item_not_found(format!("node {node_name:?} has no item {id:?}")));
+            .ok_or_else(|| {
+                Refusal::bad_request(Some("item-required"), "the retract names no item id")
+            })?;
+        if !self
+            .storage
+            .retract(node_name, id)
+            .map_err(storage_failed)?
+        {
+            return Err(Refusal::item_not_found(format!(
+                "node {node_name:?} has no item {id:?}"
+            )));
         }
         info!(from, node = node_name, item = id, "retracted");
         let retracted = Element::builder("retract", ns::PUBSUB_EVENT)
@@ -561,7 +630,9 @@ impl Service {
         let node_name = Self::node_attr(action)?;
         let node = self.node_or_not_found(node_name)?;
         if node.access == Access::OAuth && !node.is_publisher(from) {
-            let has_oauth = oauth_xmpp::StanzaRequest::from_stanza(iq).map(|r| r.is_some()).unwrap_or(true);
+            let has_oauth = oauth_xmpp::StanzaRequest::from_stanza(iq)
+                .map(|r| r.is_some())
+                .unwrap_or(true);
             let subscribed = !has_oauth && self.live_subscription_of(&node, from)?;
             if !subscribed {
                 self.gate(iq, &node)?;
@@ -590,13 +661,21 @@ impl Service {
         for item in items {
             list.append_child(item_element(ns::PUBSUB, &item)?);
         }
-        Ok(Some(Element::builder("pubsub", ns::PUBSUB).append(list).build()))
+        Ok(Some(
+            Element::builder("pubsub", ns::PUBSUB).append(list).build(),
+        ))
     }
 
     /// Whether `from` (bare) holds a subscription to `node` backed by a live token.
     fn live_subscription_of(&self, node: &Node, from: &str) -> Result<bool, Refusal> {
-        let subscriptions = self.storage.subscriptions(Some(&node.name)).map_err(storage_failed)?;
-        for s in subscriptions.iter().filter(|s| jid::same_bare(&s.jid, from)) {
+        let subscriptions = self
+            .storage
+            .subscriptions(Some(&node.name))
+            .map_err(storage_failed)?;
+        for s in subscriptions
+            .iter()
+            .filter(|s| jid::same_bare(&s.jid, from))
+        {
             if self.token_is_live(s) {
                 return Ok(true);
             }
@@ -671,7 +750,12 @@ impl Service {
         match self.storage.end_token(token) {
             Ok(ended) => {
                 for s in ended {
-                    info!(jid = s.jid, node = s.node, consumer = s.consumer_key.as_deref().unwrap_or("-"), "subscription ended: access revoked or expired");
+                    info!(
+                        jid = s.jid,
+                        node = s.node,
+                        consumer = s.consumer_key.as_deref().unwrap_or("-"),
+                        "subscription ended: access revoked or expired"
+                    );
                     let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
                     out.push(self.event_message(&s.jid, none));
                 }

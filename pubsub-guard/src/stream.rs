@@ -125,7 +125,11 @@ impl StreamError {
 /// Where the parser is in the stream.
 enum State {
     /// Before the root element's start tag is complete.
-    Header { is_root: bool, prefixes: BTreeMap<Option<String>, String>, id: Option<String> },
+    Header {
+        is_root: bool,
+        prefixes: BTreeMap<Option<String>, String>,
+        id: Option<String>,
+    },
     /// Between stanzas (depth 1).
     Open,
     /// Inside a stanza.
@@ -169,7 +173,11 @@ impl StreamParser {
     pub fn new(limit: usize) -> Self {
         Self {
             parser: RawParser::new(),
-            state: State::Header { is_root: false, prefixes: BTreeMap::new(), id: None },
+            state: State::Header {
+                is_root: false,
+                prefixes: BTreeMap::new(),
+                id: None,
+            },
             root_prefixes: BTreeMap::new(),
             limit,
         }
@@ -192,7 +200,11 @@ impl StreamParser {
 
     fn event(&mut self, event: RawEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         match &mut self.state {
-            State::Header { is_root, prefixes, id } => match event {
+            State::Header {
+                is_root,
+                prefixes,
+                id,
+            } => match event {
                 RawEvent::XmlDeclaration(..) => {}
                 RawEvent::ElementHeadOpen(_, (prefix, name)) => {
                     *is_root = prefix.as_ref().map(|p| p.as_str()) == Some("stream")
@@ -231,7 +243,9 @@ impl StreamParser {
                     out.push(StreamEvent::Header { id });
                 }
                 RawEvent::Text(..) | RawEvent::ElementFoot(_) => {
-                    return Err(StreamError::BadHeader("unexpected content before the header".into()));
+                    return Err(StreamError::BadHeader(
+                        "unexpected content before the header".into(),
+                    ));
                 }
             },
             State::Open => match event {
@@ -247,7 +261,10 @@ impl StreamParser {
                             TreeBuilder::new()
                                 .with_prefixes_stack(vec![self.root_prefixes.clone().into()]),
                         ),
-                        head: StanzaHead { name: name.to_string(), ..StanzaHead::default() },
+                        head: StanzaHead {
+                            name: name.to_string(),
+                            ..StanzaHead::default()
+                        },
                         head_done: false,
                         depth: 1,
                         bytes: metrics.len(),
@@ -306,8 +323,14 @@ impl Current {
             return None;
         }
         Some(match self.skip.take() {
-            Some(Skip::TooLarge(bytes)) => StreamEvent::Oversized { head: std::mem::take(&mut self.head), bytes },
-            Some(Skip::Malformed(reason)) => StreamEvent::Malformed { head: std::mem::take(&mut self.head), reason },
+            Some(Skip::TooLarge(bytes)) => StreamEvent::Oversized {
+                head: std::mem::take(&mut self.head),
+                bytes,
+            },
+            Some(Skip::Malformed(reason)) => StreamEvent::Malformed {
+                head: std::mem::take(&mut self.head),
+                reason,
+            },
             None => match self.tree.take().and_then(|mut t| t.root.take()) {
                 Some(element) => StreamEvent::Stanza(element),
                 None => StreamEvent::Malformed {
@@ -441,12 +464,12 @@ pub async fn connect(
         };
         let mut writer = StreamWriter { half: write };
         writer.half.write_all(header(domain).as_bytes()).await?;
-        let id = loop {
-            match reader.next().await? {
-                StreamEvent::Header { id } => break id,
-                other => {
-                    return Err(StreamError::BadHeader(format!("expected the header, got {other:?}")));
-                }
+        let id = match reader.next().await? {
+            StreamEvent::Header { id } => id,
+            other => {
+                return Err(StreamError::BadHeader(format!(
+                    "expected the header, got {other:?}"
+                )));
             }
         };
         let handshake = format!("<handshake>{}</handshake>", handshake_digest(&id, secret));
@@ -510,7 +533,10 @@ mod tests {
         assert_eq!(iq.attr("from"), Some("a@localhost/r"));
         assert!(iq.has_child("query", ns::DISCO_INFO));
         let message = stanza(&events[2]);
-        assert_eq!(message.get_child("body", ns::COMPONENT).unwrap().text(), "h&i");
+        assert_eq!(
+            message.get_child("body", ns::COMPONENT).unwrap().text(),
+            "h&i"
+        );
         assert_eq!(events[3], StreamEvent::Closed);
     }
 
@@ -523,7 +549,10 @@ mod tests {
              <p xmlns='urn:t'>{big}</p></item></publish></pubsub></iq>\
              <iq type='get' id='next' from='a@localhost/r' to='pubsub.localhost'/>"
         );
-        let events = feed_all(&mut StreamParser::new(1024), &text.as_bytes().chunks(700).collect::<Vec<_>>());
+        let events = feed_all(
+            &mut StreamParser::new(1024),
+            &text.as_bytes().chunks(700).collect::<Vec<_>>(),
+        );
         assert_eq!(events.len(), 3, "{events:?}");
         match &events[1] {
             StreamEvent::Oversized { head, bytes } => {
@@ -558,8 +587,13 @@ mod tests {
         parser.feed(HEADER.as_bytes(), &mut out).unwrap();
         let err = parser.feed(b"<iq><<>>", &mut out).unwrap_err();
         assert!(matches!(err, StreamError::NotWellFormed(_)), "{err:?}");
-        let err = StreamParser::new(4096).feed(b"<html><body>", &mut out).unwrap_err();
-        assert_eq!(err.to_string(), "the server did not open an XMPP stream: the root element is <html>");
+        let err = StreamParser::new(4096)
+            .feed(b"<html><body>", &mut out)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the server did not open an XMPP stream: the root element is <html>"
+        );
     }
 
     #[test]
@@ -571,7 +605,10 @@ mod tests {
         let events = feed_all(&mut StreamParser::new(4096), &[text.as_bytes()]);
         let err = StreamError::from_stream_error(stanza(&events[1]));
         assert!(err.is_refusal());
-        assert_eq!(err.to_string(), "stream error from the server: not-authorized (bad secret)");
+        assert_eq!(
+            err.to_string(),
+            "stream error from the server: not-authorized (bad secret)"
+        );
         // XEP-0114 §3's example: stream id 3BF96D32; the XEP never names the secret, and
         // "test" reproduces its handshake value.
         assert_eq!(

@@ -3,8 +3,7 @@
 //! server's tables (which use `PRAGMA user_version`).
 
 /// Each migration, in order; the version after running migration `i` is `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE guard_nodes (
+pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE guard_nodes (
         name TEXT PRIMARY KEY,
         owner TEXT,
         access TEXT NOT NULL,
@@ -34,5 +33,4 @@ pub(super) const MIGRATIONS: &[&str] = &[
         publisher TEXT NOT NULL,
         published_at INTEGER NOT NULL,
         UNIQUE (node, id)
-    );",
-];
+    );"];

@@ -402,7 +402,10 @@ mod tests {
     fn nodes_round_trip_and_names_are_unique() {
         let (_dir, s) = open();
         s.create_node(&node("/location/alice")).unwrap();
-        assert_eq!(s.node("/location/alice").unwrap(), Some(node("/location/alice")));
+        assert_eq!(
+            s.node("/location/alice").unwrap(),
+            Some(node("/location/alice"))
+        );
         assert!(matches!(
             s.create_node(&node("/location/alice")),
             Err(StorageError::NodeExists(n)) if n == "/location/alice"
@@ -417,15 +420,32 @@ mod tests {
     fn items_keep_the_newest_max_items() {
         let (_dir, s) = open();
         s.create_node(&node("/location/alice")).unwrap();
-        assert!(s.publish("/location/alice", &item("a"), 2).unwrap().is_empty());
-        assert!(s.publish("/location/alice", &item("b"), 2).unwrap().is_empty());
-        assert_eq!(s.publish("/location/alice", &item("c"), 2).unwrap(), vec!["a"]);
+        assert!(
+            s.publish("/location/alice", &item("a"), 2)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.publish("/location/alice", &item("b"), 2)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            s.publish("/location/alice", &item("c"), 2).unwrap(),
+            vec!["a"]
+        );
         // Republishing an id moves it to the newest place.
-        assert_eq!(s.publish("/location/alice", &item("b"), 2).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            s.publish("/location/alice", &item("b"), 2).unwrap(),
+            Vec::<String>::new()
+        );
         let ids = |v: Vec<Item>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
         assert_eq!(ids(s.items("/location/alice", None).unwrap()), ["c", "b"]);
         assert_eq!(ids(s.items("/location/alice", Some(1)).unwrap()), ["b"]);
-        assert_eq!(ids(s.items_by_id("/location/alice", &["b", "zz", "c"]).unwrap()), ["b", "c"]);
+        assert_eq!(
+            ids(s.items_by_id("/location/alice", &["b", "zz", "c"]).unwrap()),
+            ["b", "c"]
+        );
         assert!(s.retract("/location/alice", "b").unwrap());
         assert!(!s.retract("/location/alice", "b").unwrap());
         assert_eq!(ids(s.items("/location/alice", None).unwrap()), ["c"]);
@@ -442,14 +462,24 @@ mod tests {
         let again = s.subscribe(&again).unwrap();
         assert_eq!(again.subid, first.subid);
         assert_eq!(again.token.as_deref(), Some("t2"));
-        s.subscribe(&subscription("app2@localhost/r", "t2")).unwrap();
+        s.subscribe(&subscription("app2@localhost/r", "t2"))
+            .unwrap();
         assert!(s.end_token("t1").unwrap().is_empty());
         let ended = s.end_token("t2").unwrap();
         assert_eq!(ended.len(), 2);
         assert!(s.subscriptions(None).unwrap().is_empty());
         s.subscribe(&subscription("app@localhost", "t3")).unwrap();
-        assert_eq!(s.unsubscribe("/location/alice", "app@localhost").unwrap().unwrap().jid, "app@localhost");
-        assert_eq!(s.unsubscribe("/location/alice", "app@localhost").unwrap(), None);
+        assert_eq!(
+            s.unsubscribe("/location/alice", "app@localhost")
+                .unwrap()
+                .unwrap()
+                .jid,
+            "app@localhost"
+        );
+        assert_eq!(
+            s.unsubscribe("/location/alice", "app@localhost").unwrap(),
+            None
+        );
         s.subscribe(&subscription("app@localhost", "t3")).unwrap();
         assert_eq!(s.delete_node("/location/alice").unwrap().unwrap().len(), 1);
         assert!(s.subscriptions(None).unwrap().is_empty());

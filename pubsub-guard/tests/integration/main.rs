@@ -1,0 +1,277 @@
+//! The component loop against an in-process fake XMPP server on loopback: the handshake,
+//! stanzas split across packets, whitespace keepalives both ways, garbage on the socket,
+//! oversized stanzas, a refused secret, and reconnection.
+//!
+//! The fake server speaks the server side of XEP-0114 with raw bytes; it reads what the
+//! guard sends with the guard's own `StreamParser` (which the unit tests check separately).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use minidom::Element;
+use oauth_xmpp::Secret;
+use pubsub_guard::Config;
+use pubsub_guard::component::{self, RunError};
+use pubsub_guard::stream::{StreamEvent, StreamParser, handshake_digest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+const SECRET: &str = "fake-server-secret";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(server: &str, db: &Path) -> Config {
+    Config {
+        component: "pubsub.localhost".into(),
+        secret: Some(Secret::new(SECRET)),
+        server: server.into(),
+        database: db.to_path_buf(),
+        max_stanza_bytes: 2048,
+        keepalive_secs: 1,
+        reconnect_max_secs: 1,
+        ..Config::default()
+    }
+}
+
+/// One accepted component connection, seen from the server.
+struct Peer {
+    socket: TcpStream,
+    parser: StreamParser,
+    pending: Vec<StreamEvent>,
+    /// Raw bytes received after the handshake (to see keepalives).
+    raw: Vec<u8>,
+}
+
+impl Peer {
+    /// Accepts a connection and runs the server side of the handshake; `accept` decides
+    /// whether the secret is accepted.
+    async fn accept(listener: &TcpListener, accept: bool) -> Peer {
+        let (socket, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let mut peer = Peer {
+            socket,
+            parser: StreamParser::new(1 << 20),
+            pending: Vec::new(),
+            raw: Vec::new(),
+        };
+        match peer.next().await {
+            StreamEvent::Header { .. } => {}
+            other => panic!("expected the component's header, got {other:?}"),
+        }
+        peer.send(
+            "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns='jabber:component:accept' from='pubsub.localhost' id='fake-42'>",
+        )
+        .await;
+        let handshake = match peer.next().await {
+            StreamEvent::Stanza(e) => e,
+            other => panic!("expected the handshake, got {other:?}"),
+        };
+        assert_eq!(handshake.name(), "handshake");
+        let expected = handshake_digest("fake-42", &Secret::new(SECRET));
+        if accept {
+            assert_eq!(handshake.text(), expected);
+            peer.send("<handshake/>").await;
+        } else {
+            peer.send(
+                "<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+                 </stream:error></stream:stream>",
+            )
+            .await;
+        }
+        peer.raw.clear();
+        peer
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.socket.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// Sends `text` in pieces of `size` bytes, each flushed on its own.
+    async fn send_split(&mut self, text: &str, size: usize) {
+        for piece in text.as_bytes().chunks(size) {
+            self.socket.write_all(piece).await.unwrap();
+            self.socket.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn next(&mut self) -> StreamEvent {
+        loop {
+            if !self.pending.is_empty() {
+                return self.pending.remove(0);
+            }
+            let mut buf = [0u8; 4096];
+            let n = timeout(WAIT, self.socket.read(&mut buf))
+                .await
+                .expect("the guard sent nothing in time")
+                .unwrap();
+            assert!(n > 0, "the guard closed the connection");
+            self.raw.extend_from_slice(&buf[..n]);
+            self.parser.feed(&buf[..n], &mut self.pending).unwrap();
+        }
+    }
+
+    async fn next_stanza(&mut self) -> Element {
+        match self.next().await {
+            StreamEvent::Stanza(e) => e,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+}
+
+fn disco(id: &str) -> String {
+    format!(
+        "<iq type='get' id='{id}' from='alice@localhost/phone' to='pubsub.localhost' xml:lang='en'>\
+         <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    )
+}
+
+struct Running {
+    listener: TcpListener,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&addr, &dir.path().join("authz.sqlite"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(component::run(config, async {
+        let _ = stopped.await;
+    }));
+    Running {
+        listener,
+        stop: Some(stop),
+        task,
+        _dir: dir,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) -> Result<(), RunError> {
+        let _ = self.stop.take().unwrap().send(());
+        timeout(WAIT, self.task).await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn answers_stanzas_split_across_packets_with_keepalives_between() {
+    let running = start().await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    // Byte by byte, with whitespace keepalives before, between and after.
+    let text = format!("  \n{}\t \n{}  ", disco("d1"), disco("d2"));
+    peer.send_split(&text, 7).await;
+    for id in ["d1", "d2"] {
+        let reply = peer.next_stanza().await;
+        assert_eq!(reply.name(), "iq");
+        assert_eq!(reply.attr("type"), Some("result"));
+        assert_eq!(reply.attr("id"), Some(id));
+        assert_eq!(reply.attr("from"), Some("pubsub.localhost"));
+        assert_eq!(reply.attr("to"), Some("alice@localhost/phone"));
+        let query = reply
+            .get_child("query", "http://jabber.org/protocol/disco#info")
+            .unwrap();
+        assert!(
+            query
+                .children()
+                .any(|f| f.attr("var") == Some("urn:xmpp:oauth:0"))
+        );
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sends_a_whitespace_keepalive_when_idle() {
+    let running = start().await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    let mut buf = [0u8; 64];
+    let n = timeout(Duration::from_secs(5), peer.socket.read(&mut buf))
+        .await
+        .expect("no keepalive within 5 s (keepalive_secs = 1)")
+        .unwrap();
+    assert_eq!(&buf[..n], b" ");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn refuses_oversized_and_malformed_stanzas_and_goes_on() {
+    let running = start().await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    let big = format!(
+        "<iq type='set' id='big' from='alice@localhost/phone' to='pubsub.localhost'>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/n'><item>\
+         <p xmlns='urn:t'>{}</p></item></publish></pubsub></iq>",
+        "x".repeat(5000)
+    );
+    peer.send_split(&big, 1000).await;
+    let reply = peer.next_stanza().await;
+    assert_eq!(reply.attr("type"), Some("error"));
+    assert_eq!(reply.attr("id"), Some("big"));
+    let error = reply.get_child("error", "jabber:component:accept").unwrap();
+    assert_eq!(error.attr("type"), Some("modify"));
+    assert!(error.has_child("policy-violation", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+    let text = error
+        .get_child("text", "urn:ietf:params:xml:ns:xmpp-stanzas")
+        .unwrap()
+        .text();
+    assert!(text.ends_with("this service's limit is 2048"), "{text}");
+
+    // An undeclared prefix: well-formed bytes, not a tree.
+    peer.send(
+        "<iq type='get' id='bad' from='alice@localhost/phone' to='pubsub.localhost'><x:y/></iq>",
+    )
+    .await;
+    let reply = peer.next_stanza().await;
+    assert_eq!(reply.attr("id"), Some("bad"));
+    let error = reply.get_child("error", "jabber:component:accept").unwrap();
+    assert!(error.has_child("bad-request", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+
+    // An IQ with no payload, and one with two.
+    peer.send("<iq type='get' id='empty' from='alice@localhost/phone' to='pubsub.localhost'/>")
+        .await;
+    let reply = peer.next_stanza().await;
+    assert_eq!(reply.attr("id"), Some("empty"));
+    assert_eq!(reply.attr("type"), Some("error"));
+
+    // Still serving.
+    peer.send(&disco("after")).await;
+    let reply = peer.next_stanza().await;
+    assert_eq!(reply.attr("id"), Some("after"));
+    assert_eq!(reply.attr("type"), Some("result"));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn reconnects_after_garbage_and_after_the_server_drops_it() {
+    let running = start().await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    peer.send("<<<this is not xml>>>").await;
+    // The guard drops the broken stream and comes back.
+    let mut peer = Peer::accept(&running.listener, true).await;
+    peer.send(&disco("again")).await;
+    assert_eq!(peer.next_stanza().await.attr("id"), Some("again"));
+    // The server closes the socket: the guard reconnects again.
+    drop(peer);
+    let mut peer = Peer::accept(&running.listener, true).await;
+    peer.send(&disco("third")).await;
+    assert_eq!(peer.next_stanza().await.attr("id"), Some("third"));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_secret_stops_the_guard_with_a_clear_error() {
+    let running = start().await;
+    let _peer = Peer::accept(&running.listener, false).await;
+    let result = timeout(WAIT, running.task).await.unwrap().unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the XMPP server refused the component pubsub.localhost: stream error from the server: not-authorized"
+    );
+}
