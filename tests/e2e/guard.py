@@ -356,16 +356,39 @@ def scenario_3_revocation(s: System, photos: Consumer, photos_id: str, app: Clie
     check(app2.no_message(is_event_for(node), within=1.5), "an item was delivered after the revocation")
     listed = s.cli("pubsub-guard", "subscription", "list", "--node", node)
     check(listed == "", f"subscription still listed: {listed!r}")
+    # A token that expires ends its subscription the same way (the guard logs expiries).
+    grant = s.fields(s.cli("authz-server", "token", "grant", "--owner", "alice", "--consumer", photos.key,
+                           "--scope", node, "--expires-in", "2"))
+    short = Consumer(photos.key, photos.secret, grant["oauth_token"], grant["oauth_token_secret"])
+    subscribed(app2.send_iq_raw(subscribe_iq(node, app2.jid, short.oauth(app2.jid))), node, app2.jid)
+    check(app2.wait_message(is_subscription_none, timeout=5) is not None, "no subscription='none' after the token expired")
+    # Revoking a consumer ends the subscriptions of all its tokens.
+    other = s.fields(s.cli("authz-server", "consumer", "add", "--name", "OtherApp"))
+    grant = s.fields(s.cli("authz-server", "token", "grant", "--owner", "alice", "--consumer", other["consumer_key"],
+                           "--scope", node))
+    other_token = Consumer(other["consumer_key"], other["consumer_secret"], grant["oauth_token"], grant["oauth_token_secret"])
+    subscribed(app2.send_iq_raw(subscribe_iq(node, app2.jid, other_token.oauth(app2.jid))), node, app2.jid)
+    s.cli("authz-server", "consumer", "revoke", other["consumer_key"])
+    check(app2.wait_message(is_subscription_none, timeout=3) is not None, "no subscription='none' after the consumer was revoked")
+    expect_error(app2.send_iq_raw(subscribe_iq(node, app2.jid, other_token.oauth(app2.jid))), "auth", "not-authorized",
+                 f"{{{OAUTH_ERRORS}}}invalid-consumer-key", f'consumer key "{other["consumer_key"]}" has been revoked')
     # The other token's subscription is untouched.
     check(app.bare in s.cli("pubsub-guard", "subscription", "list", "--node", "/location/alice"),
           "revoking one token ended another's subscription")
 
 
 def scenario_4_restarts(s: System, token: Consumer, app: Client, loc: Client) -> tuple[Client, Client]:
+    # A stanza accepted before the crash...
+    nonce = new_nonce()
+    stanza = subscribe_iq("/location/alice", app.bare, token.oauth(app.jid, nonce=nonce))
+    subscribed(app.send_iq_raw(stanza), "/location/alice", app.bare)
     before = s.cli("pubsub-guard", "subscription", "list")
     s.stop_guard(signal.SIGKILL)
     s.start_guard()
     s.wait_for_guard(app)
+    # ...is still a replay after it: nonces live in the shared store (profile P4).
+    expect_error(app.send_iq_raw(stanza), "auth", "not-authorized", f"{{{OAUTH_ERRORS}}}invalid-nonce",
+                 f'nonce "{nonce}" was already used with this consumer, token and timestamp')
     check(s.cli("pubsub-guard", "subscription", "list") == before, "subscriptions changed across SIGKILL")
     reply = app.send_iq_raw(items_iq("/location/alice"))
     expect_result(reply)

@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+mod cli;
+
 const SECRET: &str = "fake-server-secret";
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,167 @@
+//! The admin CLI, run as a built binary: exact output and exact errors.
+
+use std::path::Path;
+use std::process::Command;
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn guard(db: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pubsub-guard"))
+        .arg("--database")
+        .arg(db)
+        .args(args)
+        .env_remove("GUARD_CONFIG")
+        .env_remove("GUARD_SECRET")
+        .output()
+        .unwrap();
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[test]
+fn nodes_are_created_listed_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("authz.sqlite");
+    let out = guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/location/alice",
+            "--owner",
+            "alice",
+            "--publisher",
+            "location@localhost/res",
+            "--max-items",
+            "3",
+        ],
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(out.stdout, "created /location/alice (oauth)\n");
+    let out = guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/news",
+            "--open",
+            "--publisher",
+            "news@localhost",
+        ],
+    );
+    assert_eq!(out.stdout, "created /news (open)\n");
+    let out = guard(&db, &["node", "list"]);
+    assert_eq!(
+        out.stdout,
+        "/location/alice\toauth\talice\t3\tlocation@localhost\n/news\topen\t-\t10\tnews@localhost\n"
+    );
+    // The store file is private, like the authorization server's.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let out = guard(&db, &["subscription", "list"]);
+    assert!(out.ok);
+    assert_eq!(out.stdout, "");
+    let out = guard(&db, &["node", "delete", "/news"]);
+    assert_eq!(out.stdout, "deleted /news (0 subscriptions removed)\n");
+    let out = guard(&db, &["node", "delete", "/news"]);
+    assert!(!out.ok);
+    assert_eq!(out.stderr, "pubsub-guard: there is no node \"/news\"\n");
+}
+
+#[test]
+fn refuses_bad_node_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("authz.sqlite");
+    let out = guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/location/alice",
+            "--publisher",
+            "l@localhost",
+        ],
+    );
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        "pubsub-guard: a protected node needs --owner (or pass --open)\n"
+    );
+    let out = guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/n",
+            "--open",
+            "--publisher",
+            "l@localhost",
+            "--max-items",
+            "0",
+        ],
+    );
+    assert_eq!(out.stderr, "pubsub-guard: --max-items must be at least 1\n");
+    guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/n",
+            "--open",
+            "--publisher",
+            "l@localhost",
+        ],
+    );
+    let out = guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/n",
+            "--open",
+            "--publisher",
+            "l@localhost",
+        ],
+    );
+    assert_eq!(out.stderr, "pubsub-guard: the node /n already exists\n");
+}
+
+#[test]
+fn run_needs_a_secret_and_a_readable_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("authz.sqlite");
+    let out = guard(&db, &["run"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.ends_with(
+            "pubsub-guard: no component secret: set `secret` in the config or GUARD_SECRET\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    let config = dir.path().join("guard.toml");
+    std::fs::write(&config, "component = \"pubsub.localhost\"\nsecrt = \"x\"\n").unwrap();
+    let out = guard(&db, &["--config", config.to_str().unwrap(), "run"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("is not valid: unknown field `secrt`"),
+        "{}",
+        out.stderr
+    );
+    let out = guard(&db, &["--help"]);
+    assert!(out.ok);
+    for command in ["run", "node", "subscription"] {
+        assert!(out.stdout.contains(command), "{}", out.stdout);
+    }
+}
