@@ -64,20 +64,33 @@ pub enum ConfigError {
         /// What is wrong, from the TOML parser (with line and column).
         message: String,
     },
+    /// It parses, but a value is out of range or inconsistent.
+    #[error("the config file {path} is not usable: {message}")]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Config {
     /// Reads a TOML file; settings it leaves out keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        read_toml(path)
     }
+}
+
+/// Reads a TOML settings file into `T` (the pubsub guard's config uses it too).
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

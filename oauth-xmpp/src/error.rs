@@ -217,20 +217,38 @@ impl StanzaError {
     /// The `<error/>` element, in `namespace` (the stanza's: `jabber:client` or
     /// `jabber:component:accept`). Children: condition, text, application condition.
     pub fn to_element(&self, namespace: &str) -> Element {
-        let mut text = Element::builder("text", ns::STANZAS)
-            .append(self.text.as_str())
-            .build();
-        text.set_attr(Namespace::XML, ncname("lang"), "en");
-        let mut error = Element::builder("error", namespace)
-            .attr(ncname("type"), self.error_type.as_str())
-            .append(Element::bare(self.condition, ns::STANZAS))
-            .append(text)
-            .build();
-        if let Some(app) = self.app_condition {
-            error.append_child(Element::bare(app, ns::OAUTH_ERRORS));
-        }
-        error
+        error_element(
+            namespace,
+            self.error_type,
+            self.condition,
+            &self.text,
+            self.app_condition
+                .map(|app| Element::bare(app, ns::OAUTH_ERRORS)),
+        )
     }
+}
+
+/// An RFC 6120 §8.3 `<error/>` element in `namespace` (the stanza's): `type`, the defined
+/// `condition`, `<text xml:lang='en'>`, then the application condition `app` if any. Every
+/// stanza error this workspace writes is built here.
+pub fn error_element(
+    namespace: &str,
+    error_type: ErrorType,
+    condition: &str,
+    text: &str,
+    app: Option<Element>,
+) -> Element {
+    let mut text_element = Element::builder("text", ns::STANZAS).append(text).build();
+    text_element.set_attr(Namespace::XML, ncname("lang"), "en");
+    let mut error = Element::builder("error", namespace)
+        .attr(ncname("type"), error_type.as_str())
+        .append(Element::bare(condition, ns::STANZAS))
+        .append(text_element)
+        .build();
+    if let Some(app) = app {
+        error.append_child(app);
+    }
+    error
 }
 
 /// An XML name known to be valid.

@@ -75,7 +75,9 @@ pub use credentials::{
     ConsumerRecord, CredentialStore, MemoryCredentials, Scope, TokenKind, TokenRecord,
 };
 pub use element::StanzaRequest;
-pub use error::{ErrorType, HttpProblem, StanzaError, StoreError, StructureError, VerifyError};
+pub use error::{
+    ErrorType, HttpProblem, StanzaError, StoreError, StructureError, VerifyError, error_element,
+};
 pub use http::HttpRequest;
 pub use params::{OAuthParams, SignatureMethod};
 pub use replay::{

@@ -107,47 +107,13 @@ impl Template {
     }
 }
 
-/// A config file that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Reading it failed.
-    #[error("cannot read the config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// It is not valid TOML for these settings.
-    #[error("the config file {path} is not valid: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("the config file {path} is not usable: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use authz_server::config::ConfigError;
 
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.message().to_owned(),
-        })?;
-        config.check().map_err(|message| ConfigError::Invalid {
+        let config: Self = authz_server::config::read_toml(path)?;
+        config.check().map_err(|message| ConfigError::Unusable {
             path: path.to_path_buf(),
             message,
         })?;

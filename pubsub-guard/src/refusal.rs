@@ -112,23 +112,14 @@ impl Refusal {
 
     /// The `<error/>` element, in `namespace` (the stanza's).
     pub fn to_element(&self, namespace: &str) -> Element {
-        let mut text = Element::builder("text", ns::STANZAS)
-            .append(self.text.as_str())
-            .build();
-        text.set_attr(Namespace::XML, name("lang"), "en");
-        let mut error = Element::builder("error", namespace)
-            .attr(name("type"), self.error_type.as_str())
-            .append(Element::bare(self.condition, ns::STANZAS))
-            .append(text)
-            .build();
-        if let Some((app_ns, app, feature)) = self.app {
+        let app = self.app.map(|(app_ns, app, feature)| {
             let mut app = Element::bare(app, app_ns);
             if let Some(feature) = feature {
                 app.set_attr(Namespace::NONE, name("feature"), feature);
             }
-            error.append_child(app);
-        }
-        error
+            app
+        });
+        oauth_xmpp::error_element(namespace, self.error_type, self.condition, &self.text, app)
     }
 }
 

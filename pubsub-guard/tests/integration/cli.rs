@@ -155,7 +155,9 @@ fn run_needs_a_secret_and_a_readable_config() {
     let out = guard(&db, &["--config", config.to_str().unwrap(), "run"]);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("is not valid: unknown field `secrt`"),
+        out.stderr
+            .contains("is not valid: TOML parse error at line 2")
+            && out.stderr.contains("unknown field `secrt`"),
         "{}",
         out.stderr
     );
