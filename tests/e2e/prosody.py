@@ -44,6 +44,7 @@ from pathlib import Path
 
 DOMAIN = "localhost"
 LOOPBACK = "127.0.0.1"
+TEMPLATE = Path(__file__).resolve().parents[2] / "scripts" / "prosody.cfg.lua.in"
 
 # How long start() waits for the listeners, and stop() for a clean exit.
 START_TIMEOUT = 10.0
@@ -184,41 +185,24 @@ class Prosody:
     # ----------------------------------------------------------------- config
 
     def _config_text(self) -> str:
+        """scripts/prosody.cfg.lua.in (shared with ./quickstart), filled in."""
         w = self._workdir
-        lines = [
-            "-- Written by tests/e2e/prosody.py: a private test server on 127.0.0.1.",
-            f"data_path = {_lua(str(w / 'data'))}",
-            f"pidfile = {_lua(str(w / 'prosody.pid'))}",
-            f"certificates = {_lua(str(w / 'certs'))}",
-            f"log = {{ {{ levels = {{ min = {_lua(self._log_level)} }}, to = \"file\", "
-            f"filename = {_lua(str(self.log_path))} }} }}",
-        ]
-        if os.getuid() == 0:
-            # Without it Prosody 0.12.3 refuses to run as root but keeps going, and crashes
-            # on shutdown.
-            lines.append("run_as_root = true")
-        lines += [
-            # Plain-text client logins on loopback only.
-            f"c2s_ports = {{ {self._c2s_port} }}",
-            f"c2s_interfaces = {{ {_lua(LOOPBACK)} }}",
-            f"component_ports = {{ {self._component_port} }}",
-            f"component_interfaces = {{ {_lua(LOOPBACK)} }}",
-            "s2s_ports = { }",
-            "http_ports = { }",
-            "https_ports = { }",
-            "c2s_require_encryption = false",
-            "allow_unencrypted_plain_auth = true",
-            'authentication = "internal_hashed"',
-            'modules_enabled = { "disco", "roster", "saslauth", "ping", "posix" }',
-            'modules_disabled = { "s2s", "offline" }',
-            "",
-            f"VirtualHost {_lua(DOMAIN)}",
-            "",
-            f"Component {_lua(self._component)}",
-            f"    component_secret = {_lua(self._component_secret)}",
-            "",
-        ]
-        return "\n".join(lines)
+        values = {
+            "DIR": str(w),
+            "DATA": str(w / "data"),
+            "LOG_LEVEL": self._log_level,
+            "RUN_AS_ROOT": "run_as_root = true" if os.getuid() == 0 else "",
+            "C2S_PORT": str(self._c2s_port),
+            "COMPONENT_PORT": str(self._component_port),
+            "COMPONENT": self._component,
+            "COMPONENT_SECRET": self._component_secret,
+        }
+        text = TEMPLATE.read_text()
+        for name, value in values.items():
+            # Values land inside Lua double-quoted strings (or are whole lines/numbers).
+            literal = value if name in ("RUN_AS_ROOT", "C2S_PORT", "COMPONENT_PORT") else _lua(value)[1:-1]
+            text = text.replace(f"@{name}@", literal)
+        return text
 
     # ----------------------------------------------------------------- users
 

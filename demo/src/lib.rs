@@ -1,0 +1,28 @@
+//! # demo
+//!
+//! Reference clients for people writing consumers and publishers of the guard's nodes, and
+//! the story the quick start plays. They speak plain XMPP on loopback (no TLS: the quick
+//! start's Prosody allows unencrypted logins on 127.0.0.1 only) and sign with `oauth-xmpp`.
+//!
+//! - [`xmpp`]: a small XMPP client (RFC 6120 login with SASL PLAIN, resource binding,
+//!   IQs with replies, incoming messages) on the guard's own stream reader.
+//! - [`http`]: a small HTTP/1.1 client for the authorization server's endpoints.
+//! - [`flow`]: the consumer's side of the OAuth 1.0a flow (request token, authorize URL,
+//!   access token), and the owner's side as the authorize page's form would do it.
+//! - [`pubsub`]: the XEP-0060 requests the clients send, with the XEP-0235 signature.
+//!
+//! Binaries: `consumer` (subscribe with a token and print events), `publisher` (publish one
+//! item), and `quickstart-story` (the four steps `./quickstart` plays).
+
+pub mod flow;
+pub mod http;
+pub mod pubsub;
+pub mod xmpp;
+
+/// A fresh nonce: 128 bits from the OS, hex-encoded.
+pub fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    // The OS generator does not fail on supported platforms; a failure would be fatal anyway.
+    getrandom::fill(&mut bytes).expect("the OS random generator failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
