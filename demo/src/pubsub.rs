@@ -143,8 +143,11 @@ pub fn subscription_of(stanza: &Element) -> Option<(String, String)> {
     ))
 }
 
-/// The items of an event notification: the node and each item's id and payload.
-pub fn event_items(message: &Element) -> Option<(String, Vec<(String, Option<Element>)>)> {
+/// An item of an event notification: its id and its payload, if any.
+pub type EventItem = (String, Option<Element>);
+
+/// The items of an event notification: the node and each item.
+pub fn event_items(message: &Element) -> Option<(String, Vec<EventItem>)> {
     let items = message
         .get_child("event", EVENT)?
         .get_child("items", EVENT)?;

@@ -255,12 +255,16 @@ impl StreamParser {
                     self.state = State::Done;
                     out.push(StreamEvent::Closed);
                 }
-                RawEvent::ElementHeadOpen(metrics, (_, ref name)) => {
+                RawEvent::ElementHeadOpen(metrics, (ref prefix, ref name)) => {
+                    // The stanza inherits the stream's namespaces; the `stream` prefix only
+                    // when it is a stream-level element (`<stream:error/>`), so that stanzas
+                    // do not carry a stray `xmlns:stream` when written out again.
+                    let mut inherited = self.root_prefixes.clone();
+                    if prefix.as_ref().map(|p| p.as_str()) != Some("stream") {
+                        inherited.remove(&Some("stream".to_owned()));
+                    }
                     let mut current = Box::new(Current {
-                        tree: Some(
-                            TreeBuilder::new()
-                                .with_prefixes_stack(vec![self.root_prefixes.clone().into()]),
-                        ),
+                        tree: Some(TreeBuilder::new().with_prefixes_stack(vec![inherited.into()])),
                         head: StanzaHead {
                             name: name.to_string(),
                             ..StanzaHead::default()
@@ -532,6 +536,11 @@ mod tests {
         assert_eq!(iq.ns(), ns::COMPONENT);
         assert_eq!(iq.attr("from"), Some("a@localhost/r"));
         assert!(iq.has_child("query", ns::DISCO_INFO));
+        assert!(
+            !String::from(iq).contains("xmlns:stream"),
+            "{}",
+            String::from(iq)
+        );
         let message = stanza(&events[2]);
         assert_eq!(
             message.get_child("body", ns::COMPONENT).unwrap().text(),

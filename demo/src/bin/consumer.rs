@@ -35,13 +35,13 @@ struct Args {
     #[arg(long)]
     node: String,
     /// The consumer key.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     consumer_key: String,
     /// The consumer secret.
     #[arg(long, env = "CONSUMER_SECRET", hide_env_values = true)]
     consumer_secret: String,
     /// The access token.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     token: String,
     /// The access token's secret.
     #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]

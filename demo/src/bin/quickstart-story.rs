@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value = "FindMeNow")]
     app_name: String,
     /// Its consumer key.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     consumer_key: String,
     /// Its consumer secret.
     #[arg(long, env = "STORY_CONSUMER_SECRET", hide_env_values = true)]
