@@ -103,11 +103,11 @@ async fn run(args: Args) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break,
         };
         let Some(message) = message else { continue };
-        if let Some((node, state)) = pubsub::subscription_of(&message) {
-            if state == "none" {
-                eprintln!("consumer: the subscription to {node} ended (access revoked or expired)");
-                break;
-            }
+        if let Some((node, state)) = pubsub::subscription_of(&message)
+            && state == "none"
+        {
+            eprintln!("consumer: the subscription to {node} ended (access revoked or expired)");
+            break;
         }
         if let Some((_, items)) = pubsub::event_items(&message) {
             for (_, payload) in items {
