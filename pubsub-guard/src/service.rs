@@ -75,11 +75,6 @@ impl Service {
         }
     }
 
-    /// The storage.
-    pub fn storage(&self) -> &dyn Storage {
-        self.storage.as_ref()
-    }
-
     /// Handles one stanza from the server; returns the stanzas to send (the reply, and any
     /// notifications).
     pub fn handle(&mut self, stanza: &Element) -> Vec<Element> {
@@ -113,17 +108,23 @@ impl Service {
             _ => false,
         };
         answerable.then(|| {
-            let mut reply = Element::builder(head.name.as_str(), ns::COMPONENT)
-                .attr(name("type"), "error")
-                .attr(name("from"), self.reply_from(to))
-                .attr(name("to"), from.as_str())
-                .append(refusal.to_element(ns::COMPONENT))
-                .build();
-            if let Some(id) = &head.id {
-                reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
-            }
+            let mut reply = self.reply(head, from, to, "error");
+            reply.append_child(refusal.to_element(ns::COMPONENT));
             reply
         })
+    }
+
+    /// An empty reply of type `kind` to the stanza `head` (sent by `from` to `to`).
+    fn reply(&self, head: &StanzaHead, from: &str, to: &str, kind: &str) -> Element {
+        let mut reply = Element::builder(head.name.as_str(), ns::COMPONENT)
+            .attr(name("type"), kind)
+            .attr(name("from"), self.reply_from(to))
+            .attr(name("to"), from)
+            .build();
+        if let Some(id) = &head.id {
+            reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
+        }
+        reply
     }
 
     /// The `from` of a reply to a stanza sent to `to`: `to` itself when it is in this
@@ -175,14 +176,7 @@ impl Service {
         };
         let reply = match outcome {
             Ok(payload) => {
-                let mut reply = Element::builder("iq", ns::COMPONENT)
-                    .attr(name("type"), "result")
-                    .attr(name("from"), self.reply_from(to))
-                    .attr(name("to"), from)
-                    .build();
-                if let Some(id) = &head.id {
-                    reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
-                }
+                let mut reply = self.reply(&head, from, to, "result");
                 if let Some(payload) = payload {
                     reply.append_child(payload);
                 }
