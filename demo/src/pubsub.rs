@@ -24,7 +24,16 @@ fn iq(kind: &str, service: &str, pubsub: Element) -> Element {
 
 /// `<subscribe node jid/>` to `service`, unsigned.
 pub fn subscribe(service: &str, node: &str, jid: &str) -> Element {
-    let action = Element::builder("subscribe", PUBSUB)
+    node_and_jid("subscribe", service, node, jid)
+}
+
+/// `<unsubscribe node jid/>`.
+pub fn unsubscribe(service: &str, node: &str, jid: &str) -> Element {
+    node_and_jid("unsubscribe", service, node, jid)
+}
+
+fn node_and_jid(action: &str, service: &str, node: &str, jid: &str) -> Element {
+    let action = Element::builder(action, PUBSUB)
         .attr(name("node"), node)
         .attr(name("jid"), jid)
         .build();
@@ -43,19 +52,6 @@ pub fn sign<C: Clock, N: NonceSource>(request: &mut Element, from: &str, signer:
     if let Some(pubsub) = request.get_child_mut("pubsub", PUBSUB) {
         pubsub.append_child(oauth);
     }
-}
-
-/// `<unsubscribe node jid/>`.
-pub fn unsubscribe(service: &str, node: &str, jid: &str) -> Element {
-    let action = Element::builder("unsubscribe", PUBSUB)
-        .attr(name("node"), node)
-        .attr(name("jid"), jid)
-        .build();
-    iq(
-        "set",
-        service,
-        Element::builder("pubsub", PUBSUB).append(action).build(),
-    )
 }
 
 /// `<publish node><item [id]>payload</item></publish>`.

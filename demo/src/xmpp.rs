@@ -363,3 +363,34 @@ fn iq_answer(request: &Element, is_ping: bool) -> String {
     }
     xml(&reply)
 }
+
+/// The command-line options every demo client shares: where to log in, as whom, and which
+/// pubsub service to talk to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Account {
+    /// The XMPP server's client port.
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    pub server: String,
+    /// The XMPP account (bare JID).
+    #[arg(long)]
+    pub jid: String,
+    /// Its password.
+    #[arg(long, env = "XMPP_PASSWORD", hide_env_values = true)]
+    pub password: String,
+    /// The pubsub service (the guard's component JID).
+    #[arg(long, default_value = "pubsub.localhost")]
+    pub service: String,
+}
+
+impl Account {
+    /// Logs in with `resource`.
+    pub async fn connect(&self, resource: &str) -> Result<Client, ClientError> {
+        Client::connect(
+            &self.server,
+            &self.jid,
+            &Secret::new(self.password.clone()),
+            resource,
+        )
+        .await
+    }
+}

@@ -9,28 +9,18 @@ use std::time::Duration;
 use clap::Parser;
 use demo::flow::{App, TokenPair};
 use demo::pubsub;
-use demo::xmpp::{Client, xml};
+use demo::xmpp::{Account, xml};
 use oauth_xmpp::Secret;
 
 /// Subscribe to a protected pubsub node with an OAuth access token and print its items.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// The XMPP server's client port.
-    #[arg(long, default_value = "127.0.0.1:5222")]
-    server: String,
-    /// The consumer's XMPP account (bare JID).
-    #[arg(long)]
-    jid: String,
-    /// Its password.
-    #[arg(long, env = "XMPP_PASSWORD", hide_env_values = true)]
-    password: String,
+    #[command(flatten)]
+    account: Account,
     /// The resource to bind.
     #[arg(long, default_value = "consumer")]
     resource: String,
-    /// The pubsub service (the guard's component JID).
-    #[arg(long, default_value = "pubsub.localhost")]
-    service: String,
     /// The node.
     #[arg(long)]
     node: String,
@@ -73,15 +63,12 @@ async fn run(args: Args) -> Result<(), String> {
         token: args.token,
         secret: Secret::new(args.token_secret),
     };
-    let mut client = Client::connect(
-        &args.server,
-        &args.jid,
-        &Secret::new(args.password),
-        &args.resource,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut request = pubsub::subscribe(&args.service, &args.node, client.bare());
+    let mut client = args
+        .account
+        .connect(&args.resource)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = pubsub::subscribe(&args.account.service, &args.node, client.bare());
     pubsub::sign(&mut request, client.jid(), &app.signer(Some(&token)));
     let reply = client
         .iq(request, Duration::from_secs(10))

@@ -6,26 +6,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use demo::pubsub;
-use demo::xmpp::Client;
+use demo::xmpp::Account;
 use minidom::Element;
-use oauth_xmpp::Secret;
 
 /// Publish one item to a pubsub node.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// The XMPP server's client port.
-    #[arg(long, default_value = "127.0.0.1:5222")]
-    server: String,
-    /// The publisher's XMPP account (bare JID).
-    #[arg(long)]
-    jid: String,
-    /// Its password.
-    #[arg(long, env = "XMPP_PASSWORD", hide_env_values = true)]
-    password: String,
-    /// The pubsub service (the guard's component JID).
-    #[arg(long, default_value = "pubsub.localhost")]
-    service: String,
+    #[command(flatten)]
+    account: Account,
     /// The node.
     #[arg(long)]
     node: String,
@@ -58,15 +47,17 @@ async fn run(args: Args) -> Result<String, String> {
         .payload
         .parse()
         .map_err(|e| format!("the payload is not one XML element with a namespace: {e}"))?;
-    let client = Client::connect(
-        &args.server,
-        &args.jid,
-        &Secret::new(args.password),
-        "publisher",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let request = pubsub::publish(&args.service, &args.node, args.id.as_deref(), payload);
+    let client = args
+        .account
+        .connect("publisher")
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = pubsub::publish(
+        &args.account.service,
+        &args.node,
+        args.id.as_deref(),
+        payload,
+    );
     let reply = client
         .iq(request, Duration::from_secs(10))
         .await

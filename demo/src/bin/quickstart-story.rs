@@ -77,6 +77,21 @@ fn received(stanza: &Element) {
     println!("    <- {}", xml(stanza));
 }
 
+/// Logs in as `jid`.
+async fn connect(args: &Args, jid: &str, password: &str, resource: &str) -> Result<Client, String> {
+    Client::connect(&args.xmpp, jid, &Secret::new(password.to_owned()), resource)
+        .await
+        .map_err(|e| format!("{jid} cannot log in: {e}"))
+}
+
+/// Sends an IQ, printing it and its reply.
+async fn exchange(client: &Client, request: Element) -> Result<Element, String> {
+    sent(&request);
+    let reply = client.iq(request, WAIT).await.map_err(|e| e.to_string())?;
+    received(&reply);
+    Ok(reply)
+}
+
 fn ok(text: &str) {
     println!("  OK  {text}");
 }
@@ -155,22 +170,10 @@ async fn play(args: &Args) -> Result<(), String> {
         "\nStep 2. {} subscribes to {NODE} over XMPP, with a signed <oauth/>",
         args.app_name
     ));
-    let mut consumer = Client::connect(
-        &args.xmpp,
-        &args.consumer_jid,
-        &Secret::new(args.consumer_password.clone()),
-        "app",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut consumer = connect(args, &args.consumer_jid, &args.consumer_password, "app").await?;
     let mut subscribe = pubsub::subscribe(&args.service, NODE, consumer.bare());
     pubsub::sign(&mut subscribe, consumer.jid(), &app.signer(Some(&access)));
-    sent(&subscribe);
-    let reply = consumer
-        .iq(subscribe, WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    received(&reply);
+    let reply = exchange(&consumer, subscribe).await?;
     match pubsub::subscription_of(&reply) {
         Some((node, state)) if node == NODE && state == "subscribed" => {
             ok(&format!("{} is subscribed to {NODE}", consumer.bare()));
@@ -181,21 +184,9 @@ async fn play(args: &Args) -> Result<(), String> {
         "  {} holds no token and tries the same without <oauth/>:",
         args.outsider_jid
     ));
-    let outsider = Client::connect(
-        &args.xmpp,
-        &args.outsider_jid,
-        &Secret::new(args.outsider_password.clone()),
-        "nosy",
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let outsider = connect(args, &args.outsider_jid, &args.outsider_password, "nosy").await?;
     let attempt = pubsub::subscribe(&args.service, NODE, outsider.bare());
-    sent(&attempt);
-    let reply = outsider
-        .iq(attempt, WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    received(&reply);
+    let reply = exchange(&outsider, attempt).await?;
     match pubsub::error_of(&reply) {
         Some(e)
             if e.condition == "not-authorized" && e.app.as_deref() == Some("token-required") =>
@@ -218,27 +209,21 @@ async fn play(args: &Args) -> Result<(), String> {
         "\nStep 3. The location service publishes {}'s new location; no one polls",
         args.owner
     ));
-    let publisher = Client::connect(
-        &args.xmpp,
+    let publisher = connect(
+        args,
         &args.publisher_jid,
-        &Secret::new(args.publisher_password.clone()),
+        &args.publisher_password,
         "service",
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let publish = pubsub::publish(
         &args.service,
         NODE,
         None,
         location("the Ferry Building", "37.7955 -122.3937"),
     );
-    sent(&publish);
     let started = Instant::now();
-    let reply = publisher
-        .iq(publish, WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    received(&reply);
+    let reply = exchange(&publisher, publish).await?;
     let id = pubsub::published_id(&reply)
         .ok_or_else(|| format!("the publish was refused: {}", xml(&reply)))?;
     let event = wait_for_items(&mut consumer, WAIT)
@@ -293,12 +278,7 @@ async fn play(args: &Args) -> Result<(), String> {
         None,
         location("home", "37.7793 -122.4192"),
     );
-    sent(&publish);
-    let reply = publisher
-        .iq(publish, WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    received(&reply);
+    let reply = exchange(&publisher, publish).await?;
     pubsub::published_id(&reply)
         .ok_or_else(|| format!("the publish was refused: {}", xml(&reply)))?;
     if let Some(leak) = wait_for_items(&mut consumer, Duration::from_secs(2)).await {
