@@ -200,7 +200,7 @@ impl Service {
     ) -> Outcome {
         match (kind, payload.ns().as_str(), payload.name()) {
             ("get", ns::DISCO_INFO, "query") => self.disco_info(payload.attr("node")),
-            ("get", ns::DISCO_ITEMS, "query") => self.disco_items(payload.attr("node")),
+            ("get", ns::DISCO_ITEMS, "query") => self.disco_items(from, payload.attr("node")),
             ("get", ns::PING, "ping") => Ok(None),
             (_, ns::PUBSUB, "pubsub") => self.pubsub(kind, from, iq, payload, out),
             (_, ns::PUBSUB_OWNER, "pubsub") => {
@@ -263,11 +263,23 @@ impl Service {
         Ok(Some(query))
     }
 
-    fn disco_items(&self, node: Option<&str>) -> Outcome {
+    /// The nodes `from` may know of (XEP-0060 §5.2 lets a service list only those): the
+    /// open nodes, and the protected nodes it publishes to or is subscribed to. Listing
+    /// every protected node would tell anyone which accounts exist.
+    fn disco_items(&self, from: &str, node: Option<&str>) -> Outcome {
         let mut query = Element::builder("query", ns::DISCO_ITEMS).build();
         match node {
             None => {
-                for n in self.storage.nodes().map_err(storage_failed)? {
+                let subscriptions = self.storage.subscriptions(None).map_err(storage_failed)?;
+                let visible = |n: &Node| {
+                    n.access == Access::Open
+                        || n.is_publisher(from)
+                        || subscriptions
+                            .iter()
+                            .any(|s| s.node == n.name && jid::same_bare(&s.jid, from))
+                };
+                let nodes = self.storage.nodes().map_err(storage_failed)?;
+                for n in nodes.iter().filter(|n| visible(n)) {
                     query.append_child(
                         Element::builder("item", ns::DISCO_ITEMS)
                             .attr(name("jid"), self.domain.as_str())

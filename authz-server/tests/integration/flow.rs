@@ -351,3 +351,28 @@ fn revoking_on_the_owners_page_appears_in_the_change_log_at_once() {
             .contains("You have not authorized any application.")
     );
 }
+
+#[test]
+fn behind_a_proxy_signatures_are_checked_against_the_public_url() {
+    let s = setup();
+    let server = Server::start(&s.db, &["--public-url", "https://auth.example.org"]);
+    let send = |signed_url: &str| {
+        let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
+            .sign_http("POST", signed_url, &[], &[("oauth_callback", "oob")])
+            .unwrap();
+        http(
+            &server.addr,
+            "POST",
+            "/oauth/request_token",
+            &[("Authorization", &auth), FORM],
+            "",
+        )
+    };
+    // The consumer signs the URL it used: the proxy's (the default port 443 drops out).
+    let a = send("https://auth.example.org:443/oauth/request_token");
+    assert_eq!(a.status, 200, "{a:?}");
+    // A signature over the loopback address the proxy forwards to does not verify.
+    let a = send(&format!("{}/oauth/request_token", server.base));
+    assert_eq!(a.status, 401, "{a:?}");
+    assert_eq!(a.get("oauth_problem"), "signature_invalid");
+}

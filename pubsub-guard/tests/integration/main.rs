@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 mod cli;
+mod service;
 
 const SECRET: &str = "fake-server-secret";
 const WAIT: Duration = Duration::from_secs(10);

@@ -1,0 +1,651 @@
+//! The pubsub service without a network: stanzas in, stanzas out, on a real store in a temp
+//! folder. The end-to-end test (tests/e2e/guard.py) covers the main paths through Prosody;
+//! this one covers every XEP-0060 error condition and the revocation paths exactly.
+
+use std::sync::Arc;
+
+use authz_server::Store;
+use authz_server::store::RevokeBy;
+use minidom::Element;
+use oauth_xmpp::replay::SystemClock;
+use oauth_xmpp::sign::{Credentials, Signer};
+use oauth_xmpp::{Scope, Secret};
+use pubsub_guard::config::{Config, Template};
+use pubsub_guard::refusal::Refusal;
+use pubsub_guard::service::Service;
+use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
+use pubsub_guard::stream::StanzaHead;
+
+const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const APP: &str = "app@localhost/r";
+const LOC: &str = "loc@localhost/r";
+const EVE: &str = "eve@localhost/r";
+
+struct World {
+    _dir: tempfile::TempDir,
+    service: Service,
+    storage: SqliteStorage,
+    store: Arc<Store>,
+    key: String,
+    secret: String,
+    token: (String, String),
+    token_id: i64,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("authz.sqlite");
+    let store = Arc::new(Store::open(&db).unwrap());
+    let now = authz_server::store::now();
+    let (key, secret) = store.add_consumer("FindMeNow", None, None, now).unwrap();
+    store.add_owner("alice", &Secret::new("alice-password"), now).unwrap();
+    let grant = store
+        .grant("alice", &key, &Scope::parse("/location/alice"), None, now)
+        .unwrap();
+    let config = Config {
+        templates: vec![Template {
+            pattern: "/location/{owner}".into(),
+            access: Access::OAuth,
+            publishers: vec!["loc@localhost".into()],
+            max_items: 2,
+        }],
+        ..Config::default()
+    };
+    let storage = SqliteStorage::open(&db).unwrap();
+    for (name, owner, access) in [
+        ("/location/alice", Some("alice"), Access::OAuth),
+        ("/news", None, Access::Open),
+    ] {
+        storage
+            .create_node(&Node {
+                name: name.into(),
+                owner: owner.map(str::to_owned),
+                access,
+                publishers: vec!["loc@localhost".into()],
+                max_items: 2,
+                created_at: now,
+            })
+            .unwrap();
+    }
+    let service = Service::new(
+        &config,
+        Box::new(SqliteStorage::open(&db).unwrap()),
+        Arc::clone(&store),
+    );
+    World {
+        _dir: dir,
+        service,
+        storage,
+        store,
+        key,
+        secret: secret.expose().to_owned(),
+        token: (grant.token.clone(), grant.secret.expose().to_owned()),
+        token_id: grant.id,
+    }
+}
+
+fn iq(from: &str, kind: &str, payload: &str) -> Element {
+    format!(
+        "<iq xmlns='jabber:component:accept' type='{kind}' id='q' from='{from}' to='pubsub.localhost'>{payload}</iq>"
+    )
+    .parse()
+    .unwrap()
+}
+
+fn pubsub(from: &str, kind: &str, action: &str) -> Element {
+    iq(
+        from,
+        kind,
+        &format!("<pubsub xmlns='{PUBSUB}'>{action}</pubsub>"),
+    )
+}
+
+impl World {
+    /// A subscribe from APP to `node`, signed with the world's token.
+    fn signed_subscribe(&self, node: &str) -> Element {
+        let mut stanza = pubsub(
+            APP,
+            "set",
+            &format!("<subscribe node='{node}' jid='app@localhost'/>"),
+        );
+        let signer = Signer::new(
+            Credentials {
+                consumer_key: self.key.clone(),
+                consumer_secret: Secret::new(self.secret.clone()),
+                token: Some(self.token.0.clone()),
+                token_secret: Secret::new(self.token.1.clone()),
+            },
+            SystemClock,
+            || authz_server::random::token(16).unwrap(),
+        );
+        let oauth = signer.sign_stanza("iq", APP, "pubsub.localhost");
+        stanza
+            .get_child_mut("pubsub", PUBSUB)
+            .unwrap()
+            .append_child(oauth);
+        stanza
+    }
+
+    fn handle(&mut self, stanza: Element) -> Vec<Element> {
+        self.service.handle(&stanza)
+    }
+
+    /// The single reply; panics on more or fewer stanzas.
+    fn reply(&mut self, stanza: Element) -> Element {
+        let mut out = self.handle(stanza);
+        assert_eq!(
+            out.len(),
+            1,
+            "{:?}",
+            out.iter().map(String::from).collect::<Vec<_>>()
+        );
+        out.remove(0)
+    }
+}
+
+/// (type, condition, app condition, text) of an error reply.
+fn error(reply: &Element) -> (String, String, Option<String>, String) {
+    assert_eq!(reply.attr("type"), Some("error"), "{}", String::from(reply));
+    let e = reply.get_child("error", "jabber:component:accept").unwrap();
+    let mut condition = String::new();
+    let mut app = None;
+    let mut text = String::new();
+    for c in e.children() {
+        match (c.ns().as_str(), c.name()) {
+            ("urn:ietf:params:xml:ns:xmpp-stanzas", "text") => text = c.text(),
+            ("urn:ietf:params:xml:ns:xmpp-stanzas", n) => condition = n.to_owned(),
+            (_, n) => app = Some(n.to_owned()),
+        }
+    }
+    (e.attr("type").unwrap().to_owned(), condition, app, text)
+}
+
+fn expect(reply: &Element, kind: &str, condition: &str, app: Option<&str>, text: &str) {
+    assert_eq!(
+        error(reply),
+        (
+            kind.to_owned(),
+            condition.to_owned(),
+            app.map(str::to_owned),
+            text.to_owned()
+        )
+    );
+}
+
+#[test]
+fn every_refusal_has_its_condition_and_text() {
+    let mut w = world();
+    // One row per case: (sender, type, payload, error type, condition, app condition, text).
+    let cases: &[(&str, &str, &str, &str, &str, Option<&str>, &str)] = &[
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish/></pubsub>",
+            "modify",
+            "bad-request",
+            Some("nodeid-required"),
+            "the request names no node",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'/></pubsub>",
+            "modify",
+            "bad-request",
+            Some("item-required"),
+            "the publish carries no <item/>",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'><item><a xmlns='urn:a'/></item><item><a xmlns='urn:a'/></item></publish></pubsub>",
+            "modify",
+            "bad-request",
+            Some("invalid-payload"),
+            "a publish carries exactly one <item/>",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'><item/></publish></pubsub>",
+            "modify",
+            "bad-request",
+            Some("payload-required"),
+            "the item carries no payload; nodes here keep their items",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'><item><a xmlns='urn:a'/><b xmlns='urn:b'/></item></publish></pubsub>",
+            "modify",
+            "bad-request",
+            Some("invalid-payload"),
+            "an item carries exactly one payload element",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/nowhere'><item><a xmlns='urn:a'/></item></publish></pubsub>",
+            "cancel",
+            "item-not-found",
+            None,
+            "there is no node \"/nowhere\"",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'><item><a xmlns='urn:a'/></item></publish></pubsub>",
+            "auth",
+            "forbidden",
+            None,
+            "eve@localhost may not publish to \"/news\"",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/location/eve'><item><a xmlns='urn:a'/></item></publish></pubsub>",
+            "auth",
+            "forbidden",
+            None,
+            "eve@localhost may not publish to \"/location/eve\"",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='/news'/></pubsub>",
+            "modify",
+            "bad-request",
+            Some("item-required"),
+            "the retract names no item id",
+        ),
+        (
+            LOC,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='/news'><item id='zz'/></retract></pubsub>",
+            "cancel",
+            "item-not-found",
+            None,
+            "node \"/news\" has no item \"zz\"",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='/news'><item id='zz'/></retract></pubsub>",
+            "auth",
+            "forbidden",
+            None,
+            "eve@localhost may not retract items of \"/news\"",
+        ),
+        (
+            EVE,
+            "get",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='/news' max_items='ten'/></pubsub>",
+            "modify",
+            "bad-request",
+            None,
+            "max_items=\"ten\" is not a number",
+        ),
+        (
+            EVE,
+            "get",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='/news' jid='eve@localhost'/></pubsub>",
+            "modify",
+            "bad-request",
+            None,
+            "<subscribe/> must be sent in an IQ set",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='/news'/></pubsub>",
+            "modify",
+            "bad-request",
+            None,
+            "<items/> must be sent in an IQ get",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe jid='eve@localhost'/></pubsub>",
+            "modify",
+            "bad-request",
+            Some("nodeid-required"),
+            "the request names no node",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='/nowhere' jid='eve@localhost'/></pubsub>",
+            "cancel",
+            "item-not-found",
+            None,
+            "there is no node \"/nowhere\"",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><unsubscribe node='/news' jid='app@localhost'/></pubsub>",
+            "auth",
+            "forbidden",
+            None,
+            "eve@localhost may not unsubscribe \"app@localhost\"",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='/news' jid='eve@localhost'/><unsubscribe node='/news' jid='eve@localhost'/></pubsub>",
+            "modify",
+            "bad-request",
+            None,
+            "<pubsub/> must carry exactly one action element",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><purge node='/news'/></pubsub>",
+            "modify",
+            "bad-request",
+            None,
+            "<purge/> is not a pubsub action",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='/news'/></pubsub>",
+            "cancel",
+            "feature-not-implemented",
+            Some("unsupported"),
+            "this service does not implement the pubsub feature \"config-node\"",
+        ),
+        (
+            EVE,
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='/news'/></pubsub>",
+            "cancel",
+            "feature-not-implemented",
+            Some("unsupported"),
+            "this service does not implement the pubsub feature \"delete-nodes\"",
+        ),
+        (
+            EVE,
+            "get",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><affiliations/></pubsub>",
+            "cancel",
+            "feature-not-implemented",
+            Some("unsupported"),
+            "this service does not implement the pubsub feature \"retrieve-affiliations\"",
+        ),
+        (
+            EVE,
+            "get",
+            "<query xmlns='http://jabber.org/protocol/disco#info' node='/nowhere'/>",
+            "cancel",
+            "item-not-found",
+            None,
+            "there is no node \"/nowhere\"",
+        ),
+        (
+            EVE,
+            "get",
+            "<query xmlns='jabber:iq:last'/>",
+            "cancel",
+            "service-unavailable",
+            None,
+            "this service does not handle <query xmlns='jabber:iq:last'/> in an IQ get",
+        ),
+        (
+            EVE,
+            "get",
+            "<a xmlns='urn:a'/><b xmlns='urn:b'/>",
+            "modify",
+            "bad-request",
+            None,
+            "an IQ get or set must carry exactly one payload element",
+        ),
+    ];
+    for (from, kind, payload, etype, condition, app, text) in cases {
+        let reply = w.reply(iq(from, kind, payload));
+        assert_eq!(reply.attr("id"), Some("q"));
+        assert_eq!(reply.attr("to"), Some(*from));
+        assert_eq!(reply.attr("from"), Some("pubsub.localhost"));
+        expect(&reply, etype, condition, *app, text);
+    }
+    // Nothing was created by the refused template publish.
+    assert_eq!(w.storage.node("/location/eve").unwrap(), None);
+    // An IQ to an address with a local part in the component's domain.
+    let stanza: Element =
+        "<iq xmlns='jabber:component:accept' type='get' id='q' from='eve@localhost/r' \
+         to='someone@pubsub.localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            .parse()
+            .unwrap();
+    let reply = w.reply(stanza);
+    assert_eq!(reply.attr("from"), Some("someone@pubsub.localhost"));
+    expect(
+        &reply,
+        "cancel",
+        "service-unavailable",
+        None,
+        "there is no entity someone@pubsub.localhost here",
+    );
+    // Results and errors sent to the service get no answer.
+    assert!(w.handle(iq(EVE, "result", "")).is_empty());
+    assert!(w.handle(iq(EVE, "error", "")).is_empty());
+}
+
+#[test]
+fn templates_create_nodes_and_items_keep_max_items() {
+    let mut w = world();
+    let publish = |id: &str| {
+        pubsub(
+            LOC,
+            "set",
+            &format!(
+                "<publish node='/location/bob'><item id='{id}'><p xmlns='urn:p'>{id}</p></item></publish>"
+            ),
+        )
+    };
+    for id in ["a", "b", "c"] {
+        let reply = w.reply(publish(id));
+        assert_eq!(reply.attr("type"), Some("result"));
+    }
+    let node = w.storage.node("/location/bob").unwrap().unwrap();
+    assert_eq!(
+        (node.owner.as_deref(), node.access, node.max_items),
+        (Some("bob"), Access::OAuth, 2)
+    );
+    // The publisher reads its own protected node; max_items and ids select.
+    let reply = w.reply(pubsub(LOC, "get", "<items node='/location/bob'/>"));
+    let ids: Vec<_> = reply
+        .get_child("pubsub", PUBSUB)
+        .unwrap()
+        .get_child("items", PUBSUB)
+        .unwrap()
+        .children()
+        .map(|i| i.attr("id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+    let reply = w.reply(pubsub(
+        LOC,
+        "get",
+        "<items node='/location/bob'><item id='c'/><item id='a'/></items>",
+    ));
+    assert_eq!(
+        String::from(reply.get_child("pubsub", PUBSUB).unwrap()),
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='/location/bob'><item id='c'><p xmlns='urn:p'>c</p></item></items></pubsub>"
+    );
+    // Others need a token.
+    let reply = w.reply(pubsub(EVE, "get", "<items node='/location/bob'/>"));
+    assert_eq!(error(&reply).2.as_deref(), Some("token-required"));
+}
+
+#[test]
+fn disco_lists_only_the_nodes_the_asker_may_know() {
+    let mut w = world();
+    let listed = |w: &mut World, from: &str| -> Vec<String> {
+        let reply = w.reply(iq(
+            from,
+            "get",
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+        ));
+        reply
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .unwrap()
+            .children()
+            .map(|i| i.attr("node").unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(listed(&mut w, EVE), ["/news"]);
+    assert_eq!(listed(&mut w, LOC), ["/location/alice", "/news"]);
+    let subscribe = w.signed_subscribe("/location/alice");
+    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    assert_eq!(listed(&mut w, APP), ["/location/alice", "/news"]);
+    let reply = w.reply(iq(
+        EVE,
+        "get",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    ));
+    let query = reply
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let identity = query.children().next().unwrap();
+    assert_eq!(
+        (identity.attr("category"), identity.attr("type")),
+        (Some("pubsub"), Some("service"))
+    );
+    assert!(
+        query
+            .children()
+            .any(|f| f.attr("var") == Some("urn:xmpp:oauth:0"))
+    );
+    // Ping answers.
+    assert_eq!(
+        w.reply(iq(EVE, "get", "<ping xmlns='urn:xmpp:ping'/>"))
+            .attr("type"),
+        Some("result")
+    );
+}
+
+fn is_none_event(stanza: &Element) -> bool {
+    stanza
+        .get_child("event", "http://jabber.org/protocol/pubsub#event")
+        .and_then(|e| e.get_child("subscription", "http://jabber.org/protocol/pubsub#event"))
+        .is_some_and(|s| {
+            s.attr("subscription") == Some("none") && s.attr("jid") == Some("app@localhost")
+        })
+}
+
+fn publish_to_alice() -> Element {
+    pubsub(
+        LOC,
+        "set",
+        "<publish node='/location/alice'><item><p xmlns='urn:p'>x</p></item></publish>",
+    )
+}
+
+#[test]
+fn the_change_log_ends_subscriptions_once() {
+    let mut w = world();
+    let subscribe = w.signed_subscribe("/location/alice");
+    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    // Delivered while the token lives: the reply, then one event.
+    let out = w.handle(publish_to_alice());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].attr("to"), Some("app@localhost"));
+    assert_eq!(out[1].attr("from"), Some("pubsub.localhost"));
+    // Catch up with the log (the grant), then revoke.
+    w.service.follow_changes();
+    w.store
+        .revoke_tokens(&RevokeBy::Id(w.token_id), authz_server::store::now())
+        .unwrap();
+    let out = w.service.follow_changes();
+    assert_eq!(out.len(), 1);
+    assert!(is_none_event(&out[0]), "{}", String::from(&out[0]));
+    assert!(w.storage.subscriptions(None).unwrap().is_empty());
+    // Read once: the next poll has nothing to do.
+    assert!(w.service.follow_changes().is_empty());
+    assert_eq!(w.handle(publish_to_alice()).len(), 1);
+}
+
+#[test]
+fn delivery_checks_the_token_even_before_the_log_is_read() {
+    let mut w = world();
+    let subscribe = w.signed_subscribe("/location/alice");
+    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    w.store
+        .revoke_tokens(&RevokeBy::Id(w.token_id), authz_server::store::now())
+        .unwrap();
+    // No follow_changes: the publish itself finds the token dead, ends the subscription
+    // and delivers nothing.
+    let out = w.handle(publish_to_alice());
+    assert_eq!(
+        out.len(),
+        2,
+        "{:?}",
+        out.iter().map(String::from).collect::<Vec<_>>()
+    );
+    assert_eq!(out[0].attr("type"), Some("result"));
+    assert!(is_none_event(&out[1]));
+    assert!(w.storage.subscriptions(None).unwrap().is_empty());
+}
+
+#[test]
+fn the_startup_sweep_ends_subscriptions_of_dead_tokens() {
+    let mut w = world();
+    let subscribe = w.signed_subscribe("/location/alice");
+    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    let open = pubsub(APP, "set", "<subscribe node='/news' jid='app@localhost'/>");
+    assert_eq!(w.reply(open).attr("type"), Some("result"));
+    w.store
+        .revoke_consumer(&w.key, authz_server::store::now())
+        .unwrap();
+    let out = w.service.sweep();
+    assert_eq!(out.len(), 1);
+    assert!(is_none_event(&out[0]));
+    // The open node's subscription needs no token and stays.
+    let left = w.storage.subscriptions(None).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].node, "/news");
+}
+
+#[test]
+fn refused_heads_are_answered_when_the_kind_allows() {
+    let w = world();
+    let head = |name: &str, kind: Option<&str>| StanzaHead {
+        name: name.into(),
+        id: Some("big".into()),
+        from: Some(EVE.into()),
+        to: Some("pubsub.localhost".into()),
+        kind: kind.map(str::to_owned),
+    };
+    let refusal = Refusal::too_large(70000, 65536);
+    let reply = w
+        .service
+        .refuse_head(&head("message", None), &refusal)
+        .unwrap();
+    assert_eq!(reply.name(), "message");
+    expect(
+        &reply,
+        "modify",
+        "policy-violation",
+        None,
+        "the stanza has more than 65536 bytes (at least 70000); this service's limit is 65536",
+    );
+    assert!(
+        w.service
+            .refuse_head(&head("presence", None), &refusal)
+            .is_none()
+    );
+    assert!(
+        w.service
+            .refuse_head(&head("message", Some("error")), &refusal)
+            .is_none()
+    );
+    assert!(
+        w.service
+            .refuse_head(&head("iq", Some("result")), &refusal)
+            .is_none()
+    );
+    let mut anonymous = head("iq", Some("get"));
+    anonymous.from = None;
+    assert!(w.service.refuse_head(&anonymous, &refusal).is_none());
+}
