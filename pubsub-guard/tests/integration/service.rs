@@ -38,7 +38,9 @@ fn world() -> World {
     let store = Arc::new(Store::open(&db).unwrap());
     let now = authz_server::store::now();
     let (key, secret) = store.add_consumer("FindMeNow", None, None, now).unwrap();
-    store.add_owner("alice", &Secret::new("alice-password"), now).unwrap();
+    store
+        .add_owner("alice", &Secret::new("alice-password"), now)
+        .unwrap();
     let grant = store
         .grant("alice", &key, &Scope::parse("/location/alice"), None, now)
         .unwrap();
@@ -172,11 +174,22 @@ fn expect(reply: &Element, kind: &str, condition: &str, app: Option<&str>, text:
     );
 }
 
+/// (sender, IQ type, payload, error type, condition, app condition, text).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+);
+
 #[test]
 fn every_refusal_has_its_condition_and_text() {
     let mut w = world();
     // One row per case: (sender, type, payload, error type, condition, app condition, text).
-    let cases: &[(&str, &str, &str, &str, &str, Option<&str>, &str)] = &[
+    let cases: &[Case] = &[
         (
             LOC,
             "set",
