@@ -99,6 +99,7 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Some(db) = cli.database {
         config.database = db;
     }
+    let secret_in_file = config.secret.is_some();
     if let Ok(secret) = std::env::var("GUARD_SECRET") {
         config.secret = Some(Secret::new(secret));
     }
@@ -109,7 +110,14 @@ fn run(cli: Cli) -> Result<(), String> {
         let _ = writeln!(out, "{line}");
     };
     match cli.command {
-        Command::Run => serve(config),
+        Command::Run => {
+            let exposed = cli
+                .config
+                .as_deref()
+                .filter(|_| secret_in_file)
+                .and_then(readable_by_others);
+            serve(config, exposed)
+        }
         Command::Node(NodeCommand::Create {
             name,
             owner,
@@ -192,7 +200,22 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
+/// The file, if others than its owner may read it (it holds the component secret).
+fn readable_by_others(path: &std::path::Path) -> Option<PathBuf> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o044 != 0).then(|| path.to_path_buf())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+fn serve(config: Config, exposed_secret: Option<PathBuf>) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
@@ -201,6 +224,12 @@ fn serve(config: Config) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(path) = exposed_secret {
+        tracing::warn!(
+            config = %path.display(),
+            "the config file holds the component secret and others can read it: chmod 600 it, or pass the secret in GUARD_SECRET"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -481,6 +481,9 @@ def main() -> int:
             app = s.client("findmenow")
             loc = s.client("location")
             s.wait_for_guard(app)
+            # guard.toml holds the secret and is world-readable here: the guard says so.
+            check("the config file holds the component secret and others can read it"
+                  in s.guard_log.read_text(), "no warning about the readable secret")
             steps = [
                 ("1 subscribe with a token, publish, receive", lambda: scenario_1_subscribe_and_receive(s, token, app, loc)),
                 ("2 refusals", lambda: scenario_2_refusals(s, token, app)),
