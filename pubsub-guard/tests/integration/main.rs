@@ -22,6 +22,7 @@ use tokio::time::timeout;
 
 mod cli;
 mod service;
+mod stream_properties;
 
 const SECRET: &str = "fake-server-secret";
 const WAIT: Duration = Duration::from_secs(10);
