@@ -12,7 +12,8 @@
 //! - [`pubsub`]: the XEP-0060 requests the clients send, with the XEP-0235 signature.
 //!
 //! Binaries: `consumer` (subscribe with a token and print events), `publisher` (publish one
-//! item), and `quickstart-story` (the four steps `./quickstart` plays).
+//! item), `quickstart-story` (the four steps `./quickstart` plays), and `pubsub-bench` (the
+//! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`).
 
 pub mod flow;
 pub mod http;

@@ -728,15 +728,29 @@ impl Service {
             .attr(name("node"), node.name.as_str())
             .append(content)
             .build();
+        // Subscriptions often share a token (one application, several JIDs): check each
+        // token once per notification.
+        let mut checked: std::collections::HashMap<String, bool> = Default::default();
         for s in subscriptions {
-            if !self.token_is_live(&s) {
-                // The change log will say so too; ending it now means nothing slips through.
-                if let Some(token) = &s.token {
-                    self.end_token(token, out);
-                }
-                continue;
+            let live = match &s.token {
+                Some(token) => match checked.get(token) {
+                    Some(live) => *live,
+                    None => {
+                        let live = self.token_is_live(&s);
+                        checked.insert(token.clone(), live);
+                        if !live {
+                            // The change log will say so too; ending it now means nothing
+                            // slips through.
+                            self.end_token(token, out);
+                        }
+                        live
+                    }
+                },
+                None => true,
+            };
+            if live {
+                out.push(self.event_message(&s.jid, items.clone()));
             }
-            out.push(self.event_message(&s.jid, items.clone()));
         }
     }
 
