@@ -11,8 +11,10 @@
 //! - [`web`]: the HTTP endpoints (request token, authorize, access token) and the owner's
 //!   pages, every signed request checked by `oauth-xmpp`'s verifier.
 //! - [`config`]: settings from a TOML file, the environment and the command line.
+//! - [`logging`]: the services' log setup (also used by the pubsub guard).
 
 pub mod config;
+pub mod logging;
 pub mod random;
 pub mod store;
 pub mod web;

@@ -364,13 +364,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AUTHZ_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    authz_server::logging::init("AUTHZ_LOG");
     let store = Arc::new(Store::open(&config.database).map_err(|e| e.to_string())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

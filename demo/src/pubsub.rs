@@ -24,16 +24,7 @@ fn iq(kind: &str, service: &str, pubsub: Element) -> Element {
 
 /// `<subscribe node jid/>` to `service`, unsigned.
 pub fn subscribe(service: &str, node: &str, jid: &str) -> Element {
-    node_and_jid("subscribe", service, node, jid)
-}
-
-/// `<unsubscribe node jid/>`.
-pub fn unsubscribe(service: &str, node: &str, jid: &str) -> Element {
-    node_and_jid("unsubscribe", service, node, jid)
-}
-
-fn node_and_jid(action: &str, service: &str, node: &str, jid: &str) -> Element {
-    let action = Element::builder(action, PUBSUB)
+    let action = Element::builder("subscribe", PUBSUB)
         .attr(name("node"), node)
         .attr(name("jid"), jid)
         .build();
@@ -66,25 +57,6 @@ pub fn publish(service: &str, node: &str, id: Option<&str>, payload: Element) ->
         .build();
     iq(
         "set",
-        service,
-        Element::builder("pubsub", PUBSUB).append(action).build(),
-    )
-}
-
-/// `<items node [max_items]/>`.
-pub fn items(service: &str, node: &str, max_items: Option<u32>) -> Element {
-    let mut action = Element::builder("items", PUBSUB)
-        .attr(name("node"), node)
-        .build();
-    if let Some(max) = max_items {
-        action.set_attr(
-            minidom::rxml::Namespace::NONE,
-            name("max_items"),
-            max.to_string(),
-        );
-    }
-    iq(
-        "get",
         service,
         Element::builder("pubsub", PUBSUB).append(action).build(),
     )

@@ -15,8 +15,8 @@ use base64::Engine;
 use minidom::Element;
 use minidom::rxml::{Namespace, NcName};
 use oauth_xmpp::Secret;
-use pubsub_guard::stream::{StreamEvent, StreamParser};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pubsub_guard::stream::{StreamError, StreamEvent, StreamReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -39,7 +39,7 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     /// The stream failed (not well-formed, closed, a stream error).
     #[error(transparent)]
-    Stream(#[from] pubsub_guard::stream::StreamError),
+    Stream(#[from] StreamError),
     /// The server refused the login.
     #[error("the server refused the login of {jid}: {condition}")]
     Auth {
@@ -87,54 +87,27 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Reads stream events from a socket half.
-struct Events {
-    half: OwnedReadHalf,
-    parser: StreamParser,
-    pending: std::collections::VecDeque<StreamEvent>,
-}
+/// Reads the stream's stanzas (the guard's reader, with a client's view of failures).
+struct Events(StreamReader);
 
 impl Events {
     fn new(half: OwnedReadHalf) -> Self {
-        Self {
-            half,
-            parser: StreamParser::new(MAX_STANZA),
-            pending: Default::default(),
-        }
-    }
-
-    /// Starts reading a new stream on the same socket (after SASL, RFC 6120 §6.4.6).
-    fn restart(&mut self) {
-        self.parser = StreamParser::new(MAX_STANZA);
-        self.pending.clear();
-    }
-
-    async fn next(&mut self) -> Result<StreamEvent, ClientError> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Ok(event);
-            }
-            let mut buf = [0u8; 8192];
-            let n = self.half.read(&mut buf).await?;
-            if n == 0 {
-                return Err(ClientError::Closed);
-            }
-            let mut out = Vec::new();
-            self.parser.feed(&buf[..n], &mut out)?;
-            self.pending.extend(out);
-        }
+        Self(StreamReader::new(half, MAX_STANZA))
     }
 
     async fn stanza(&mut self) -> Result<Element, ClientError> {
         loop {
-            match self.next().await? {
-                StreamEvent::Stanza(e) if e.is("error", STREAMS) => {
-                    return Err(pubsub_guard::stream::StreamError::from_stream_error(&e).into());
+            match self.0.next().await {
+                Err(StreamError::Closed) | Ok(StreamEvent::Closed) => {
+                    return Err(ClientError::Closed);
                 }
-                StreamEvent::Stanza(e) => return Ok(e),
-                StreamEvent::Closed => return Err(ClientError::Closed),
-                StreamEvent::Header { .. } => {}
-                StreamEvent::Oversized { .. } | StreamEvent::Malformed { .. } => {
+                Err(e) => return Err(e.into()),
+                Ok(StreamEvent::Stanza(e)) if e.is("error", STREAMS) => {
+                    return Err(StreamError::from_stream_error(&e).into());
+                }
+                Ok(StreamEvent::Stanza(e)) => return Ok(e),
+                Ok(StreamEvent::Header { .. }) => {}
+                Ok(StreamEvent::Oversized { .. } | StreamEvent::Malformed { .. }) => {
                     return Err(ClientError::Protocol("an unreadable stanza".into()));
                 }
             }
@@ -207,7 +180,7 @@ impl Client {
             });
         }
 
-        events.restart();
+        events.0.restart();
         write.write_all(header(domain).as_bytes()).await?;
         let _features = events.stanza().await?;
         let bind = format!(

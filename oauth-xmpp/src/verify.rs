@@ -2,7 +2,7 @@
 
 use minidom::Element;
 
-use crate::credentials::{CredentialStore, Scope, TokenKind, TokenRecord};
+use crate::credentials::{ConsumerRecord, CredentialStore, Scope, TokenKind, TokenRecord};
 use crate::element::StanzaRequest;
 use crate::error::{StructureError, VerifyError};
 use crate::http::{CollectedRequest, HttpRequest};
@@ -10,6 +10,56 @@ use crate::params::{Form, OAuthParams, SignatureMethod};
 use crate::replay::{Clock, DEFAULT_WINDOW_SECS, NonceKey, NonceOutcome, NonceStore};
 use crate::secret::Secret;
 use crate::signature;
+
+/// Check 2 of the profile: the consumer is known and not revoked.
+fn check_consumer<S: CredentialStore>(
+    credentials: &S,
+    consumer_key: &str,
+) -> Result<ConsumerRecord, VerifyError> {
+    let consumer = credentials
+        .consumer(consumer_key)?
+        .ok_or_else(|| VerifyError::UnknownConsumer(crate::params::clip(consumer_key)))?;
+    if consumer.revoked {
+        return Err(VerifyError::ConsumerRevoked(crate::params::clip(
+            consumer_key,
+        )));
+    }
+    Ok(consumer)
+}
+
+/// The part of check 3 that does not depend on the request: the token is known, not
+/// revoked, not already used, not expired at `now`.
+fn check_token<S: CredentialStore>(
+    credentials: &S,
+    token: &str,
+    now: u64,
+) -> Result<TokenRecord, VerifyError> {
+    let record = credentials.token(token)?.ok_or(VerifyError::UnknownToken)?;
+    if record.revoked {
+        return Err(VerifyError::TokenRevoked);
+    }
+    if record.used {
+        return Err(VerifyError::TokenUsed);
+    }
+    if let Some(at) = record.expires_at.filter(|&at| at <= now) {
+        return Err(VerifyError::TokenExpired(at));
+    }
+    Ok(record)
+}
+
+/// Whether access granted by `token` still holds at `now`: checks 2 and 3 of the profile
+/// for a token already accepted once (known, not revoked, not used, not expired, and its
+/// consumer known and not revoked). A subscription backed by the token is checked with this
+/// before each delivery; the error says why access ended.
+pub fn check_live_token<S: CredentialStore>(
+    credentials: &S,
+    token: &str,
+    now: u64,
+) -> Result<TokenRecord, VerifyError> {
+    let record = check_token(credentials, token, now)?;
+    check_consumer(credentials, &record.consumer_key)?;
+    Ok(record)
+}
 
 /// Deployment settings of the verifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,17 +301,7 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
             return Err(StructureError::PlaintextDisabled.into());
         }
         // 2. The consumer.
-        let consumer = self
-            .credentials
-            .consumer(&params.consumer_key)?
-            .ok_or_else(|| {
-                VerifyError::UnknownConsumer(crate::params::clip(&params.consumer_key))
-            })?;
-        if consumer.revoked {
-            return Err(VerifyError::ConsumerRevoked(crate::params::clip(
-                &params.consumer_key,
-            )));
-        }
+        let consumer = check_consumer(&self.credentials, &params.consumer_key)?;
         let now = self.clock.now();
         // 3. The token.
         let token_value = params.token.as_deref().filter(|t| !t.is_empty());
@@ -275,19 +315,7 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
             }
             (_, None) => return Err(StructureError::MissingParameter("oauth_token").into()),
             (expected, Some(value)) => {
-                let record = self
-                    .credentials
-                    .token(value)?
-                    .ok_or(VerifyError::UnknownToken)?;
-                if record.revoked {
-                    return Err(VerifyError::TokenRevoked);
-                }
-                if record.used {
-                    return Err(VerifyError::TokenUsed);
-                }
-                if let Some(at) = record.expires_at.filter(|&at| at <= now) {
-                    return Err(VerifyError::TokenExpired(at));
-                }
+                let record = check_token(&self.credentials, value, now)?;
                 let expected_kind = match expected {
                     TokenUse::Temporary => TokenKind::Temporary,
                     _ => TokenKind::Access,

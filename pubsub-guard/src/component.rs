@@ -210,7 +210,6 @@ fn worker(mut service: Service, work: std_mpsc::Receiver<Work>, out: mpsc::Sende
             }
         }
     };
-    send(service.sweep());
     let mut next_poll = std::time::Instant::now();
     loop {
         let wait = next_poll.saturating_duration_since(std::time::Instant::now());

@@ -91,6 +91,16 @@ fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::E
 }
 
 impl Template {
+    /// The first of `templates` matching `node`, with the owner it gives.
+    pub fn first_match<'a>(
+        templates: &'a [Template],
+        node: &str,
+    ) -> Option<(&'a Template, String)> {
+        templates
+            .iter()
+            .find_map(|t| t.matches(node).map(|owner| (t, owner)))
+    }
+
     /// The owner this template gives `node`, or `None` when `node` does not match.
     /// A pattern without `{owner}` matches only itself and gives an empty owner.
     pub fn matches(&self, node: &str) -> Option<String> {
@@ -168,13 +178,6 @@ impl Config {
     /// The longest backoff between reconnection attempts.
     pub fn reconnect_max(&self) -> Duration {
         Duration::from_secs(self.reconnect_max_secs)
-    }
-
-    /// The first template matching `node`, with the owner it gives.
-    pub fn template_for(&self, node: &str) -> Option<(&Template, String)> {
-        self.templates
-            .iter()
-            .find_map(|t| t.matches(node).map(|owner| (t, owner)))
     }
 }
 

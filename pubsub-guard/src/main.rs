@@ -216,14 +216,7 @@ fn readable_by_others(path: &std::path::Path) -> Option<PathBuf> {
 }
 
 fn serve(config: Config, exposed_secret: Option<PathBuf>) -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    authz_server::logging::init("GUARD_LOG");
     if let Some(path) = exposed_secret {
         tracing::warn!(
             config = %path.display(),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use authz_server::Store;
 use minidom::Element;
-use oauth_xmpp::credentials::CredentialStore;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::{Verified, Verifier, VerifierConfig, VerifyError};
 use tracing::{debug, info, warn};
@@ -44,8 +43,12 @@ pub struct Service {
     store: Arc<Store>,
     verifier: VerifierConfig,
     templates: Vec<Template>,
-    /// The second in which expiries were last logged.
+    /// The second in which expiries were last logged. The authorization server logs them
+    /// too; the guard does so as well so that expiries end subscriptions when it runs alone.
     expiries_logged_at: u64,
+    /// The last change-log entry handled, once read from storage (the worker is its only
+    /// writer, so it is read once).
+    cursor: Option<i64>,
 }
 
 impl std::fmt::Debug for Service {
@@ -72,6 +75,7 @@ impl Service {
             },
             templates: config.templates.clone(),
             expiries_logged_at: 0,
+            cursor: None,
         }
     }
 
@@ -491,10 +495,7 @@ impl Service {
             }
             return Ok(node);
         }
-        let template = self
-            .templates
-            .iter()
-            .find_map(|t| t.matches(node_name).map(|o| (t, o)));
+        let template = Template::first_match(&self.templates, node_name);
         let Some((template, owner)) = template else {
             return Err(Refusal::item_not_found(format!(
                 "there is no node {node_name:?}"
@@ -635,14 +636,12 @@ impl Service {
     fn items(&self, from: &str, iq: &Element, action: &Element) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let node = self.node_or_not_found(node_name)?;
-        if node.access == Access::OAuth && !node.is_publisher(from) {
-            let has_oauth = oauth_xmpp::StanzaRequest::from_stanza(iq)
-                .map(|r| r.is_some())
-                .unwrap_or(true);
-            let subscribed = !has_oauth && self.live_subscription_of(&node, from)?;
-            if !subscribed {
-                self.gate(iq, &node)?;
-            }
+        // Profile N3: a publisher, a subscriber whose token lives, or a signed request.
+        if node.access == Access::OAuth
+            && !node.is_publisher(from)
+            && !self.live_subscription_of(&node, from)?
+        {
+            self.gate(iq, &node)?;
         }
         let max = match action.attr("max_items") {
             None => None,
@@ -695,23 +694,15 @@ impl Service {
         let Some(token) = &s.token else {
             return true;
         };
-        let now = SystemClock.now();
-        let record = match CredentialStore::token(&*self.store, token) {
-            Ok(Some(record)) => record,
-            Ok(None) => return false,
-            Err(e) => {
+        match oauth_xmpp::verify::check_live_token(&*self.store, token, SystemClock.now()) {
+            Ok(_) => true,
+            Err(VerifyError::Store(e)) => {
                 // Fail closed: nothing is delivered under a token that cannot be checked.
                 warn!(node = s.node, jid = s.jid, "the token store failed: {e}");
-                return false;
+                false
             }
-        };
-        if record.revoked || record.expires_at.is_some_and(|at| at <= now) {
-            return false;
+            Err(_) => false,
         }
-        matches!(
-            CredentialStore::consumer(&*self.store, &record.consumer_key),
-            Ok(Some(c)) if !c.revoked
-        )
     }
 
     /// Sends `content` (an `<item/>` or `<retract/>` in the event namespace) to every
@@ -785,7 +776,9 @@ impl Service {
     }
 
     /// Follows the authorization server's change log: ends the subscriptions of every token
-    /// revoked or expired since the last call (profile N4). Call it a few times a second.
+    /// revoked or expired since the last call (profile N4). Call it a few times a second. The
+    /// position is stored, so the first call after a restart catches up with what happened
+    /// while the guard was down.
     pub fn follow_changes(&mut self) -> Vec<Element> {
         let mut out = Vec::new();
         let now = SystemClock.now();
@@ -795,12 +788,15 @@ impl Service {
                 warn!("cannot log token expiries: {e}");
             }
         }
-        let cursor = match self.storage.change_cursor() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("cannot read the change cursor: {e}");
-                return out;
-            }
+        let cursor = match self.cursor {
+            Some(c) => c,
+            None => match self.storage.change_cursor() {
+                Ok(c) => *self.cursor.insert(c),
+                Err(e) => {
+                    warn!("cannot read the change cursor: {e}");
+                    return out;
+                }
+            },
         };
         let changes = match self.store.changes_since(cursor, CHANGES_PER_POLL) {
             Ok(changes) => changes,
@@ -817,27 +813,9 @@ impl Service {
                 self.end_token(token, &mut out);
             }
         }
+        self.cursor = Some(last);
         if let Err(e) = self.storage.set_change_cursor(last) {
             warn!("cannot save the change cursor: {e}");
-        }
-        out
-    }
-
-    /// Ends the subscriptions whose token is no longer live, whatever the change log says
-    /// (run once at start-up, to cover changes made while the guard was down and missed).
-    pub fn sweep(&mut self) -> Vec<Element> {
-        let mut out = Vec::new();
-        let subscriptions = match self.storage.subscriptions(None) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("cannot read subscriptions: {e}");
-                return out;
-            }
-        };
-        for s in subscriptions {
-            if let Some(token) = s.token.as_deref().filter(|_| !self.token_is_live(&s)) {
-                self.end_token(token, &mut out);
-            }
         }
         out
     }

@@ -126,7 +126,6 @@ impl StreamError {
 enum State {
     /// Before the root element's start tag is complete.
     Header {
-        is_root: bool,
         prefixes: BTreeMap<Option<String>, String>,
         id: Option<String>,
     },
@@ -174,7 +173,6 @@ impl StreamParser {
         Self {
             parser: RawParser::new(),
             state: State::Header {
-                is_root: false,
                 prefixes: BTreeMap::new(),
                 id: None,
             },
@@ -200,16 +198,12 @@ impl StreamParser {
 
     fn event(&mut self, event: RawEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         match &mut self.state {
-            State::Header {
-                is_root,
-                prefixes,
-                id,
-            } => match event {
+            State::Header { prefixes, id } => match event {
                 RawEvent::XmlDeclaration(..) => {}
                 RawEvent::ElementHeadOpen(_, (prefix, name)) => {
-                    *is_root = prefix.as_ref().map(|p| p.as_str()) == Some("stream")
+                    let is_root = prefix.as_ref().map(|p| p.as_str()) == Some("stream")
                         && name.as_str() == "stream";
-                    if !*is_root {
+                    if !is_root {
                         return Err(StreamError::BadHeader(format!(
                             "the root element is <{}{name}>",
                             prefix.map(|p| format!("{p}:")).unwrap_or_default()
@@ -391,15 +385,34 @@ fn escape_attr(value: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The reading half of an established component stream.
+/// The reading half of a stream: socket bytes through a [`StreamParser`]. The component
+/// uses it, and so do the demo clients.
 pub struct StreamReader {
     half: OwnedReadHalf,
     parser: StreamParser,
     pending: std::collections::VecDeque<StreamEvent>,
     buf: Box<[u8]>,
+    limit: usize,
 }
 
 impl StreamReader {
+    /// A reader of `half` that refuses stanzas over `limit` bytes.
+    pub fn new(half: OwnedReadHalf, limit: usize) -> Self {
+        Self {
+            half,
+            parser: StreamParser::new(limit),
+            pending: Default::default(),
+            buf: vec![0; 16 * 1024].into_boxed_slice(),
+            limit,
+        }
+    }
+
+    /// Reads a new stream on the same socket (a client does after SASL, RFC 6120 §6.4.6).
+    pub fn restart(&mut self) {
+        self.parser = StreamParser::new(self.limit);
+        self.pending.clear();
+    }
+
     /// The next event. Cancel-safe: dropping the future loses nothing.
     pub async fn next(&mut self) -> Result<StreamEvent, StreamError> {
         loop {
@@ -460,12 +473,7 @@ pub async fn connect(
         let socket = TcpStream::connect(server).await?;
         socket.set_nodelay(true)?;
         let (read, write) = socket.into_split();
-        let mut reader = StreamReader {
-            half: read,
-            parser: StreamParser::new(limit),
-            pending: Default::default(),
-            buf: vec![0; 16 * 1024].into_boxed_slice(),
-        };
+        let mut reader = StreamReader::new(read, limit);
         let mut writer = StreamWriter { half: write };
         writer.half.write_all(header(domain).as_bytes()).await?;
         let id = match reader.next().await? {

@@ -85,6 +85,29 @@ fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
     subtle::ConstantTimeEq::ct_eq(given.as_bytes(), session.csrf.as_bytes()).into()
 }
 
+/// The session a posted form acts for: signed in, and the form carries its CSRF token.
+/// Otherwise the answer to send: `signed_out()`, 403, or 500.
+fn form_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    signed_out: impl FnOnce() -> Response,
+) -> Result<Session, Box<Response>> {
+    let session = match session(state, headers) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(Box::new(signed_out())),
+        Err(e) => return Err(Box::new(internal(e))),
+    };
+    if !csrf_ok(&session, form) {
+        return Err(Box::new(message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This form did not come from this site (bad CSRF token).",
+        )));
+    }
+    Ok(session)
+}
+
 fn sign_in_form(next: &str, error: Option<&str>) -> String {
     let error = error.map_or(String::new(), |e| {
         format!("<p class=\"error\">{}</p>", esc(e))
@@ -277,24 +300,17 @@ pub(crate) async fn authorize_answer(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let session = match session(&state, &headers) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return message(
-                StatusCode::UNAUTHORIZED,
-                "Signed out",
-                "Your session has ended: open the authorization link again.",
-            );
-        }
-        Err(e) => return internal(e),
+    let signed_out = || {
+        message(
+            StatusCode::UNAUTHORIZED,
+            "Signed out",
+            "Your session has ended: open the authorization link again.",
+        )
     };
-    if !csrf_ok(&session, &form) {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "This form did not come from this site (bad CSRF token).",
-        );
-    }
+    let session = match form_session(&state, &headers, &form, signed_out) {
+        Ok(s) => s,
+        Err(response) => return *response,
+    };
     let token = form.get("oauth_token").map_or("", String::as_str);
     let temporary = match state.store.temporary(token) {
         Ok(Some(t)) => t,
@@ -420,14 +436,11 @@ pub(crate) async fn apps_revoke(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let session = match session(&state, &headers) {
-        Ok(Some(s)) => s,
-        Ok(None) => return Redirect::to("/apps").into_response(),
-        Err(e) => return internal(e),
+    let signed_out = || Redirect::to("/apps").into_response();
+    let session = match form_session(&state, &headers, &form, signed_out) {
+        Ok(s) => s,
+        Err(response) => return *response,
     };
-    if !csrf_ok(&session, &form) {
-        return message(StatusCode::FORBIDDEN, "Refused", "Bad CSRF token.");
-    }
     let Some(id) = form.get("id").and_then(|i| i.parse::<i64>().ok()) else {
         return message(StatusCode::BAD_REQUEST, "No application", "Which one?");
     };

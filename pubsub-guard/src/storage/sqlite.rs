@@ -214,11 +214,14 @@ impl Storage for SqliteStorage {
 
     fn subscribe(&self, s: &Subscription) -> Result<Subscription> {
         self.write(|tx| {
-            tx.execute(
-                "INSERT INTO guard_subscriptions (node, jid, subid, token, consumer_key, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (node, jid) DO UPDATE SET token = excluded.token,
-                     consumer_key = excluded.consumer_key, created_at = excluded.created_at",
+            Ok(tx.query_row(
+                &format!(
+                    "INSERT INTO guard_subscriptions (node, jid, subid, token, consumer_key, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (node, jid) DO UPDATE SET token = excluded.token,
+                         consumer_key = excluded.consumer_key, created_at = excluded.created_at
+                     RETURNING {SUBSCRIPTION_COLUMNS}"
+                ),
                 params![
                     s.node,
                     s.jid,
@@ -227,13 +230,6 @@ impl Storage for SqliteStorage {
                     s.consumer_key,
                     to_i64(s.created_at)
                 ],
-            )?;
-            Ok(tx.query_row(
-                &format!(
-                    "SELECT {SUBSCRIPTION_COLUMNS} FROM guard_subscriptions
-                     WHERE node = ?1 AND jid = ?2"
-                ),
-                params![s.node, s.jid],
                 subscription_row,
             )?)
         })

@@ -23,6 +23,8 @@ const EVE: &str = "eve@localhost/r";
 
 struct World {
     _dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    config: Config,
     service: Service,
     storage: SqliteStorage,
     store: Arc<Store>,
@@ -76,6 +78,8 @@ fn world() -> World {
     );
     World {
         _dir: dir,
+        db,
+        config,
         service,
         storage,
         store,
@@ -126,6 +130,12 @@ impl World {
             .unwrap()
             .append_child(oauth);
         stanza
+    }
+
+    /// APP subscribes to /location/alice with the world's token, and is subscribed.
+    fn subscribe_app(&mut self) {
+        let subscribe = self.signed_subscribe("/location/alice");
+        assert_eq!(self.reply(subscribe).attr("type"), Some("result"));
     }
 
     fn handle(&mut self, stanza: Element) -> Vec<Element> {
@@ -509,8 +519,7 @@ fn disco_lists_only_the_nodes_the_asker_may_know() {
     };
     assert_eq!(listed(&mut w, EVE), ["/news"]);
     assert_eq!(listed(&mut w, LOC), ["/location/alice", "/news"]);
-    let subscribe = w.signed_subscribe("/location/alice");
-    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    w.subscribe_app();
     assert_eq!(listed(&mut w, APP), ["/location/alice", "/news"]);
     let reply = w.reply(iq(
         EVE,
@@ -558,8 +567,7 @@ fn publish_to_alice() -> Element {
 #[test]
 fn the_change_log_ends_subscriptions_once() {
     let mut w = world();
-    let subscribe = w.signed_subscribe("/location/alice");
-    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    w.subscribe_app();
     // Delivered while the token lives: the reply, then one event.
     let out = w.handle(publish_to_alice());
     assert_eq!(out.len(), 2);
@@ -582,8 +590,7 @@ fn the_change_log_ends_subscriptions_once() {
 #[test]
 fn delivery_checks_the_token_even_before_the_log_is_read() {
     let mut w = world();
-    let subscribe = w.signed_subscribe("/location/alice");
-    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    w.subscribe_app();
     w.store
         .revoke_tokens(&RevokeBy::Id(w.token_id), authz_server::store::now())
         .unwrap();
@@ -602,16 +609,27 @@ fn delivery_checks_the_token_even_before_the_log_is_read() {
 }
 
 #[test]
-fn the_startup_sweep_ends_subscriptions_of_dead_tokens() {
+fn after_a_restart_the_first_poll_catches_up_with_the_log() {
     let mut w = world();
-    let subscribe = w.signed_subscribe("/location/alice");
-    assert_eq!(w.reply(subscribe).attr("type"), Some("result"));
+    w.subscribe_app();
     let open = pubsub(APP, "set", "<subscribe node='/news' jid='app@localhost'/>");
     assert_eq!(w.reply(open).attr("type"), Some("result"));
+    assert!(w.service.follow_changes().is_empty());
+    // Where it stopped reading is stored.
+    assert_eq!(
+        w.storage.change_cursor().unwrap(),
+        w.store.last_change().unwrap()
+    );
+    // The guard stops; meanwhile the consumer is revoked.
     w.store
         .revoke_consumer(&w.key, authz_server::store::now())
         .unwrap();
-    let out = w.service.sweep();
+    let mut restarted = Service::new(
+        &w.config,
+        Box::new(SqliteStorage::open(&w.db).unwrap()),
+        Arc::clone(&w.store),
+    );
+    let out = restarted.follow_changes();
     assert_eq!(out.len(), 1);
     assert!(is_none_event(&out[0]));
     // The open node's subscription needs no token and stays.
