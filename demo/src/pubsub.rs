@@ -62,6 +62,14 @@ pub fn publish(service: &str, node: &str, id: Option<&str>, payload: Element) ->
     )
 }
 
+/// An Atom entry with a GeoRSS point: what the seed's location service publishes.
+pub fn location_entry(title: &str, point: &str) -> Element {
+    Element::builder("entry", "http://www.w3.org/2005/Atom")
+        .append(Element::builder("title", "http://www.w3.org/2005/Atom").append(title))
+        .append(Element::builder("point", "http://www.georss.org/georss").append(point))
+        .build()
+}
+
 /// A stanza error, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorReply {

@@ -1,6 +1,6 @@
 //! A small XMPP client (RFC 6120) for loopback demos and tests: plaintext TCP, SASL PLAIN,
 //! resource binding, initial presence; then IQs with their replies and a queue of incoming
-//! messages. It reads the stream with the guard's [`StreamParser`].
+//! messages. It reads the stream with the guard's [`StreamReader`].
 //!
 //! Not for the open network: it does no TLS, so the server must allow unencrypted logins
 //! (Prosody: `c2s_require_encryption = false`, `allow_unencrypted_plain_auth = true`), which

@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prosody import Prosody  # noqa: E402
+import xmpp  # noqa: E402
 from xmpp import Client, error_info, new_nonce, now, oauth_element, sign_stanza  # noqa: E402
 
 COMPONENT = "pubsub.localhost"
@@ -471,6 +472,8 @@ def main() -> int:
     parser.add_argument("--bin", type=Path, default=Path("target/debug"), help="folder with the built binaries")
     args = parser.parse_args()
     bin_dir = args.bin.resolve()
+    # The Python signer must reproduce XEP-0235's own example before it judges the guard.
+    xmpp._self_test()
     with tempfile.TemporaryDirectory(prefix="guard-e2e-") as tmp:
         s = System(bin_dir, Path(tmp))
         try:

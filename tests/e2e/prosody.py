@@ -174,11 +174,6 @@ class Prosody:
         return self._component_secret
 
     @property
-    def pid(self) -> int | None:
-        """The process id while running, else None."""
-        return self._process.pid if self.running else None
-
-    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -317,10 +312,6 @@ class Prosody:
                 return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
-
-    def log_text(self) -> str:
-        """The whole Prosody log so far (all runs in this workdir)."""
-        return self._read_log()
 
     def _tail(self, lines: int = 30) -> str:
         parts = []

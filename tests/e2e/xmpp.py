@@ -68,7 +68,7 @@ class MessageQueue(queue.Queue):
 
     `get()`/`get_nowait()` behave as usual (oldest first).  `take(predicate, timeout)` removes
     and returns the oldest element matching `predicate`, leaving the others in order, and
-    waits for one to arrive if none is queued yet.  `snapshot()` lists what is queued now.
+    waits for one to arrive if none is queued yet.
     """
 
     def _put(self, item) -> None:
@@ -90,10 +90,6 @@ class MessageQueue(queue.Queue):
                 if remaining <= 0:
                     return None
                 self.not_empty.wait(remaining)
-
-    def snapshot(self) -> list[ET.Element]:
-        with self.mutex:
-            return list(self.queue)
 
     def clear(self) -> None:
         with self.mutex:
@@ -325,18 +321,6 @@ class Client:
         self.disconnect()
 
     # ----------------------------------------------------------------- sending
-
-    def send_raw(self, xml: str) -> None:
-        """Send any stanza as given (no reply awaited)."""
-        ET.fromstring(xml)  # refuse malformed XML here rather than break the stream
-        self._call(self._xmpp.send_raw, xml)
-
-    def send_message(self, to: str, body: str, type: str = "chat") -> None:
-        """Send a plain <message><body/></message>."""
-        self.send_raw(
-            f"<message to={quoteattr(to)} type={quoteattr(type)} id={quoteattr(uuid.uuid4().hex)}>"
-            f"<body>{xml_escape(body)}</body></message>"
-        )
 
     def send_iq_raw(self, xml: str, timeout: float = 5) -> ET.Element:
         """Send an <iq> given as XML text and return the reply (type result OR error).

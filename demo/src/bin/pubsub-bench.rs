@@ -226,14 +226,8 @@ async fn one_run(
     items: usize,
     round: usize,
 ) -> Result<Duration, String> {
-    let payload = |i: usize| -> Element {
-        format!(
-            "<entry xmlns='http://www.w3.org/2005/Atom'><title>run {round} item {i}</title>\
-             <point xmlns='http://www.georss.org/georss'>37.7955 -122.3937</point></entry>"
-        )
-        .parse()
-        .expect("a valid entry")
-    };
+    let payload =
+        |i: usize| pubsub::location_entry(&format!("run {round} item {i}"), "37.7955 -122.3937");
     let started = Instant::now();
     let counting: Vec<_> = std::mem::take(&mut target.subscribers)
         .into_iter()

@@ -96,16 +96,6 @@ fn ok(text: &str) {
     println!("  OK  {text}");
 }
 
-/// An Atom entry with a GeoRSS point, as the location service of the seed publishes.
-fn location(place: &str, point: &str) -> Element {
-    format!(
-        "<entry xmlns='http://www.w3.org/2005/Atom'><title>alice is at {place}</title>\
-         <point xmlns='http://www.georss.org/georss'>{point}</point></entry>"
-    )
-    .parse()
-    .expect("a valid entry")
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -220,7 +210,7 @@ async fn play(args: &Args) -> Result<(), String> {
         &args.service,
         NODE,
         None,
-        location("the Ferry Building", "37.7955 -122.3937"),
+        pubsub::location_entry("alice is at the Ferry Building", "37.7955 -122.3937"),
     );
     let started = Instant::now();
     let reply = exchange(&publisher, publish).await?;
@@ -276,7 +266,7 @@ async fn play(args: &Args) -> Result<(), String> {
         &args.service,
         NODE,
         None,
-        location("home", "37.7793 -122.4192"),
+        pubsub::location_entry("alice is at home", "37.7793 -122.4192"),
     );
     let reply = exchange(&publisher, publish).await?;
     pubsub::published_id(&reply)
