@@ -139,12 +139,7 @@ impl Store {
     /// migrations.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        create_private(&path)?;
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let conn = connect(&path)?;
         let store = Self {
             conn: Mutex::new(conn),
             path,
@@ -894,6 +889,20 @@ fn verify_password(hash: Option<&str>, password: &Secret) -> bool {
         .verify_password(password.expose().as_bytes(), &parsed)
         .is_ok();
     ok && hash.is_some()
+}
+
+/// A connection to the shared SQLite file as every program of the project opens it: the
+/// file created with mode 0600 if missing, WAL, `synchronous = NORMAL`, foreign keys on, and
+/// a busy timeout so two processes can write to it in turn. The pubsub guard opens its own
+/// tables with it.
+pub fn connect(path: &Path) -> Result<Connection> {
+    create_private(path)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
 }
 
 /// Creates `path` with mode 0600 if it does not exist (SQLite gives its `-wal` and `-shm`

@@ -2,15 +2,11 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::schema::MIGRATIONS;
 use super::{Access, Item, Node, Result, Storage, StorageError, Subscription};
-
-/// How long a writer waits for another process's lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The guard's state in the shared SQLite file.
 pub struct SqliteStorage {
@@ -32,18 +28,10 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl SqliteStorage {
-    /// Opens the guard's tables in the store at `path`, creating the file (private, with the
-    /// authorization server's tables) when it does not exist yet, and migrating.
+    /// Opens the guard's tables in the shared file at `path` (created private if missing, see
+    /// [`authz_server::store::connect`]), migrating them.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        if !path.exists() {
-            authz_server::Store::open(path)?;
-        }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let conn = authz_server::store::connect(path.as_ref())?;
         let storage = Self {
             conn: Mutex::new(conn),
         };
@@ -496,7 +484,7 @@ mod tests {
         assert_eq!(s.change_cursor().unwrap(), 42);
         assert_eq!(s.items("/location/alice", None).unwrap(), vec![item("a")]);
         assert_eq!(s.subscriptions(None).unwrap().len(), 1);
-        // The authorization server's tables are there too: one shared file.
+        // The authorization server opens the same file beside them.
         authz_server::Store::open(&path).unwrap();
     }
 }
