@@ -907,21 +907,27 @@ pub fn connect(path: &Path) -> Result<Connection> {
 
 /// Creates `path` with mode 0600 if it does not exist (SQLite gives its `-wal` and `-shm`
 /// files the same mode).
+///
+/// An existing file is never opened here: closing any descriptor of a file drops every POSIX
+/// lock the process holds on it, including the locks of SQLite connections this process
+/// already has on it. A process that holds no lock lets another process's `sqlite3` shell
+/// believe it is the last user and delete the `-wal` file under it.
 fn create_private(path: &Path) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options
-        .open(path)
-        .map(|_| ())
-        .map_err(|source| StoreError::Open {
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Open {
             path: path.to_path_buf(),
             source,
-        })
+        }),
+    }
 }
 
 #[cfg(test)]

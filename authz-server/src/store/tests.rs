@@ -299,3 +299,49 @@ fn unknown_owners_are_checked_against_a_real_hash() {
     use argon2::password_hash::PasswordHash;
     assert!(PasswordHash::new(DUMMY_HASH).is_ok());
 }
+
+/// The POSIX locks this process holds on `path`'s inode, from `/proc/locks`.
+#[cfg(target_os = "linux")]
+fn locks_held_on(path: &std::path::Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    let pid = std::process::id().to_string();
+    // Lines look like `1: POSIX  ADVISORY  READ 1234 fd:01:5678 1073741826 1073741826`
+    // (major:minor:inode, in hex for the device and decimal for the inode).
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(owner), Some(file)) = (fields.get(4), fields.get(5)) else {
+                return false;
+            };
+            *owner == pid && file.rsplit(':').next() == Some(meta.ino().to_string().as_str())
+        })
+        .count()
+}
+
+/// Opening the file a second time in the same process (as the guard does for its own
+/// tables) must not drop the locks of the first connection: closing any descriptor of a file
+/// drops every POSIX lock the process holds on it, and a process holding no lock lets an
+/// outside `sqlite3` delete the `-wal` under it (issue 10, case 1).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_second_connection_keeps_the_locks_of_the_first() {
+    let (dir, store) = open();
+    let path = dir.path().join("authz.sqlite");
+    seeded(&store);
+    let before = locks_held_on(&path);
+    assert!(
+        before >= 1,
+        "an open WAL connection holds a lock on its file"
+    );
+    let second = connect(&path).unwrap();
+    drop(second);
+    assert_eq!(locks_held_on(&path), before);
+    // The store still sees what another process would write: its lock is intact.
+    assert_eq!(
+        store.schema_version().unwrap(),
+        schema::MIGRATIONS.len() as i64
+    );
+}
