@@ -2,23 +2,29 @@
 //! worker thread that owns the [`Service`], and reconnection with backoff.
 //!
 //! ```text
-//!   server ──► StreamReader ──► worker thread (Service, SQLite) ──► queue ──► StreamWriter ──► server
-//!                                   ▲ every 200 ms: the change log (revocations)
+//!   server ──► reader ──► inbound queue ──► worker thread (Service, SQLite) ──► outbound queue ──► writer ──► server
+//!                                               ▲ every 200 ms: the change log (revocations)
 //! ```
 //!
+//! Both queues are bounded and nothing is ever dropped from them: when the server reads
+//! slowly, the writer waits, the outbound queue fills, the worker waits to hand over its next
+//! stanza, the inbound queue fills, and the reader stops reading the socket, so the server
+//! holds what it has not yet delivered. Memory stays bounded by the two queues (see
+//! [`INBOUND_CAPACITY`] and [`OUTBOUND_CAPACITY`]), whatever the burst.
+//!
 //! The worker runs on its own thread because the service's storage calls block. Stanzas the
-//! worker produces while the connection is down wait in the queue (bounded; the oldest are
-//! kept) and go out after the reconnect. Subscriptions and items live in the database, so a
-//! reconnect or a restart resumes where the guard stopped.
+//! worker produces while the connection is down wait in the outbound queue and go out after
+//! the reconnect; a batch whose write failed is written again on the next connection.
+//! Subscriptions and items live in the database, so a reconnect or a restart resumes where
+//! the guard stopped.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use minidom::Element;
-use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep};
+use tokio::sync::{mpsc, watch};
+use tokio::time::sleep;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -29,8 +35,17 @@ use crate::stream::{self, StreamError, StreamEvent};
 
 /// How often the worker reads the change log.
 pub const CHANGE_POLL: Duration = Duration::from_millis(200);
-/// How many outgoing stanzas wait while the connection is down.
-pub const QUEUE_CAPACITY: usize = 10_000;
+/// How many received stanzas wait for the worker. Each is at most `max_stanza_bytes`, so
+/// with the defaults the queue holds at most 4 MiB.
+pub const INBOUND_CAPACITY: usize = 64;
+/// How many stanzas wait for the writer. A notification is at most the published payload
+/// (itself within `max_stanza_bytes`) and a few hundred bytes of envelope.
+pub const OUTBOUND_CAPACITY: usize = 1024;
+/// The most bytes the writer gathers into one socket write.
+pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// How long a shutdown waits for the worker to finish what it received and for the writer
+/// to send what the worker produced.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first reconnection delay; it doubles up to `reconnect_max_secs`.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -63,6 +78,8 @@ pub enum RunError {
 enum Work {
     Stanza(Box<Element>),
     Refuse(Box<(stream::StanzaHead, Refusal)>),
+    /// Wakes an idle worker to read the change log.
+    Tick,
 }
 
 /// Runs the guard until `shutdown` completes (or the server refuses the component).
@@ -72,28 +89,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let storage = SqliteStorage::open(&config.database)?;
     let service = Service::new(&config, Box::new(storage), store);
 
-    let (work_tx, work_rx) = std_mpsc::channel::<Work>();
-    let (out_tx, mut out_rx) = mpsc::channel::<Element>(QUEUE_CAPACITY);
+    let (work_tx, work_rx) = mpsc::channel::<Work>(INBOUND_CAPACITY);
+    let (out_tx, mut out_rx) = mpsc::channel::<Element>(OUTBOUND_CAPACITY);
     let worker = std::thread::Builder::new()
         .name("pubsub-guard-service".into())
         .spawn(move || worker(service, work_rx, out_tx))
         .map_err(|_| RunError::Worker)?;
+    let ticker = tokio::spawn({
+        let work = work_tx.clone();
+        async move {
+            let mut every = tokio::time::interval(CHANGE_POLL);
+            loop {
+                every.tick().await;
+                // A full queue means the worker is busy; it reads the change log between
+                // stanzas anyway.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = work.try_send(Work::Tick) {
+                    return;
+                }
+            }
+        }
+    });
 
     tokio::pin!(shutdown);
+    let limits = config.limits();
+    let mut unsent = Unsent::default();
+    let mut held = None;
     let mut backoff = FIRST_BACKOFF;
+    let mut connection = None;
     let result = loop {
-        let attempt = stream::connect(
-            &config.server,
-            &config.component,
-            &secret,
-            config.max_stanza_bytes,
-        );
+        let attempt = stream::connect(&config.server, &config.component, &secret, limits);
         let connected = tokio::select! {
             () = &mut shutdown => break Ok(()),
             c = attempt => c,
         };
         match connected {
-            Ok((reader, writer)) => {
+            Ok((reader, mut writer)) => {
                 info!(
                     server = config.server,
                     component = config.component,
@@ -103,15 +133,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 let served = serve(
                     &config,
                     reader,
-                    writer,
+                    &mut writer,
                     &work_tx,
                     &mut out_rx,
+                    &mut unsent,
+                    &mut held,
                     &mut shutdown,
                 )
                 .await;
                 match served {
-                    Ok(()) => break Ok(()),
-                    Err(e) => warn!("disconnected: {e}"),
+                    Served::Shutdown { clean } => {
+                        connection = clean.then_some(writer);
+                        break Ok(());
+                    }
+                    Served::Failed(e) => warn!("disconnected: {e}"),
                 }
                 if worker.is_finished() {
                     break Err(RunError::Worker);
@@ -138,94 +173,229 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         backoff = (backoff * 2).min(config.reconnect_max());
     };
+    // The worker ends when its queue closes, after the stanzas already received.
+    ticker.abort();
+    if let Some(item) = held.take() {
+        let _ = work_tx.send(item).await;
+    }
     drop(work_tx);
-    // The worker ends when its queue closes; it holds no lock across stanzas.
+    if let Some(mut writer) = connection {
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while unsent.fill(&mut out_rx).await {
+                unsent.write(&mut writer).await?;
+            }
+            writer.close().await
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("could not send everything before stopping: {e}"),
+            Err(_) => warn!("stopped before everything was sent ({DRAIN_TIMEOUT:?})"),
+        }
+    }
+    // Dropping the queue unblocks a worker still waiting to hand over a stanza.
+    drop(out_rx);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     info!("stopped");
     result
 }
 
-/// Serves one connection until it fails (`Err`) or `shutdown` completes (`Ok`).
-async fn serve(
-    config: &Config,
-    mut reader: stream::StreamReader,
-    mut writer: stream::StreamWriter,
-    work: &std_mpsc::Sender<Work>,
-    outgoing: &mut mpsc::Receiver<Element>,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> Result<(), StreamError> {
-    let keepalive = config.keepalive();
-    let mut last_write = Instant::now();
-    loop {
-        let idle = sleep(keepalive.saturating_sub(last_write.elapsed()));
-        tokio::select! {
-            () = &mut *shutdown => {
-                let _ = writer.close().await;
-                return Ok(());
-            }
-            event = reader.next() => {
-                let work_item = match event? {
-                    StreamEvent::Stanza(e) if e.name() == "error" && e.ns() == crate::ns::STREAMS => {
-                        return Err(StreamError::from_stream_error(&e));
-                    }
-                    StreamEvent::Stanza(e) => Work::Stanza(Box::new(e)),
-                    StreamEvent::Oversized { head, bytes } => {
-                        Work::Refuse(Box::new((head, Refusal::too_large(bytes, config.max_stanza_bytes))))
-                    }
-                    StreamEvent::Malformed { head, reason } => {
-                        Work::Refuse(Box::new((head, Refusal::bad_request(None, format!("the stanza is malformed: {reason}")))))
-                    }
-                    StreamEvent::Closed => return Err(StreamError::Closed),
-                    StreamEvent::Header { .. } => continue,
-                };
-                if work.send(work_item).is_err() {
-                    return Err(StreamError::Io(std::io::Error::other("the service worker stopped")));
-                }
-            }
-            stanza = outgoing.recv() => {
-                let Some(stanza) = stanza else {
-                    return Err(StreamError::Io(std::io::Error::other("the service worker stopped")));
-                };
-                writer.send(&stanza).await?;
-                last_write = Instant::now();
-            }
-            () = idle => {
-                debug!("keepalive");
-                writer.keepalive().await?;
-                last_write = Instant::now();
+/// Stanzas taken from the outbound queue, serialized, not yet written. They outlive a
+/// connection: a batch whose write failed goes out first on the next one.
+#[derive(Default)]
+struct Unsent {
+    bytes: Vec<u8>,
+}
+
+impl Unsent {
+    /// Waits for at least one stanza unless some are already waiting, then takes what else is
+    /// queued, up to [`WRITE_BATCH_BYTES`]. `false` when the queue is closed and nothing waits.
+    async fn fill(&mut self, outgoing: &mut mpsc::Receiver<Element>) -> bool {
+        if self.bytes.is_empty() {
+            match outgoing.recv().await {
+                Some(stanza) => self.push(&stanza),
+                None => return false,
             }
         }
+        while self.bytes.len() < WRITE_BATCH_BYTES {
+            match outgoing.try_recv() {
+                Ok(stanza) => self.push(&stanza),
+                Err(_) => break,
+            }
+        }
+        true
+    }
+
+    fn push(&mut self, stanza: &Element) {
+        if let Err(e) = stanza.write_to(&mut self.bytes) {
+            // Every element the service builds serializes; this is a bug, not input.
+            error!("cannot serialize a stanza: {e}");
+        }
+    }
+
+    /// Writes the batch; it is kept when the write fails (or is cancelled).
+    async fn write(&mut self, writer: &mut stream::StreamWriter) -> Result<(), StreamError> {
+        writer.send_raw(&self.bytes).await?;
+        self.bytes.clear();
+        Ok(())
     }
 }
 
-/// The worker thread: handles stanzas in arrival order and follows the change log.
-fn worker(mut service: Service, work: std_mpsc::Receiver<Work>, out: mpsc::Sender<Element>) {
-    let send = |stanzas: Vec<Element>| {
-        for stanza in stanzas {
-            if let Err(mpsc::error::TrySendError::Full(stanza)) = out.try_send(stanza) {
-                warn!(
-                    to = stanza.attr("to"),
-                    "the outgoing queue is full ({QUEUE_CAPACITY}); dropped a stanza"
-                );
+/// How a connection ended.
+enum Served {
+    /// `shutdown` completed; `clean` when no write was cut short, so the stream can still
+    /// take what is left to send.
+    Shutdown {
+        /// Whether the stream is still usable.
+        clean: bool,
+    },
+    /// The connection failed.
+    Failed(StreamError),
+}
+
+/// Serves one connection until it fails or `shutdown` completes. The reader and the writer
+/// run side by side; each stops at its next safe point when the other fails or on shutdown.
+/// A received stanza the reader could not yet queue is kept in `held`.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config: &Config,
+    mut reader: stream::StreamReader,
+    writer: &mut stream::StreamWriter,
+    work: &mpsc::Sender<Work>,
+    outgoing: &mut mpsc::Receiver<Element>,
+    unsent: &mut Unsent,
+    held: &mut Option<Work>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Served {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let worker_gone = || StreamError::Io(std::io::Error::other("the service worker stopped"));
+    let read = async {
+        let result: Result<(), StreamError> = async {
+            loop {
+                let item = match held.take() {
+                    Some(item) => item,
+                    None => tokio::select! {
+                        event = reader.next() => match to_work(config, event?)? {
+                            Some(item) => item,
+                            None => continue,
+                        },
+                        () = stopped(stop_rx.clone()) => return Ok(()),
+                    },
+                };
+                // Waits while the worker is behind: the socket is not read meanwhile.
+                tokio::select! {
+                    permit = work.reserve() => permit.map_err(|_| worker_gone())?.send(item),
+                    () = stopped(stop_rx.clone()) => {
+                        *held = Some(item);
+                        return Ok(());
+                    }
+                }
             }
+        }
+        .await;
+        let _ = stop_tx.send(true);
+        result
+    };
+    let write = async {
+        let keepalive = config.keepalive();
+        let result: Result<(), StreamError> = async {
+            loop {
+                tokio::select! {
+                    () = stopped(stop_rx.clone()) => return Ok(()),
+                    filled = unsent.fill(outgoing) => {
+                        if !filled {
+                            return Err(worker_gone());
+                        }
+                    }
+                    () = sleep(keepalive) => {
+                        debug!("keepalive");
+                        writer.keepalive().await?;
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    written = unsent.write(writer) => written?,
+                    () = stopped(stop_rx.clone()) => {
+                        return Err(StreamError::Io(std::io::Error::other(
+                            "stopped in the middle of a write",
+                        )));
+                    }
+                }
+            }
+        }
+        .await;
+        let _ = stop_tx.send(true);
+        result
+    };
+    let watch_shutdown = async {
+        tokio::select! {
+            () = shutdown.as_mut() => {
+                let _ = stop_tx.send(true);
+                true
+            }
+            () = stopped(stop_rx.clone()) => false,
+        }
+    };
+    let (read, write, shut) = tokio::join!(read, write, watch_shutdown);
+    if shut {
+        return Served::Shutdown {
+            clean: write.is_ok(),
+        };
+    }
+    match read.and(write) {
+        Err(e) => Served::Failed(e),
+        Ok(()) => Served::Failed(StreamError::Closed),
+    }
+}
+
+/// What the worker must do with an event of the stream; `None` for events it does not see.
+fn to_work(config: &Config, event: StreamEvent) -> Result<Option<Work>, StreamError> {
+    Ok(Some(match event {
+        StreamEvent::Stanza(e) if e.name() == "error" && e.ns() == crate::ns::STREAMS => {
+            return Err(StreamError::from_stream_error(&e));
+        }
+        StreamEvent::Stanza(e) => Work::Stanza(Box::new(e)),
+        StreamEvent::Oversized { head, bytes } => Work::Refuse(Box::new((
+            head,
+            Refusal::too_large(bytes, config.max_stanza_bytes),
+        ))),
+        StreamEvent::TooDeep { head, limit } => {
+            Work::Refuse(Box::new((head, Refusal::too_deep(limit))))
+        }
+        StreamEvent::Malformed { head, reason } => Work::Refuse(Box::new((
+            head,
+            Refusal::bad_request(None, format!("the stanza is malformed: {reason}")),
+        ))),
+        StreamEvent::Closed => return Err(StreamError::Closed),
+        StreamEvent::Header { .. } => return Ok(None),
+    }))
+}
+
+/// The worker thread: handles stanzas in arrival order and follows the change log. It waits
+/// (blocks) whenever the outbound queue is full, and stops when either queue closes.
+fn worker(mut service: Service, mut work: mpsc::Receiver<Work>, out: mpsc::Sender<Element>) {
+    let mut open = true;
+    let mut send = |stanza: Element| {
+        if open && out.blocking_send(stanza).is_err() {
+            open = false;
         }
     };
     let mut next_poll = std::time::Instant::now();
-    loop {
-        let wait = next_poll.saturating_duration_since(std::time::Instant::now());
-        match work.recv_timeout(wait) {
-            Ok(Work::Stanza(stanza)) => send(service.handle(&stanza)),
-            Ok(Work::Refuse(refused)) => send(
-                service
-                    .refuse_head(&refused.0, &refused.1)
-                    .into_iter()
-                    .collect(),
-            ),
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+    while let Some(item) = work.blocking_recv() {
+        match item {
+            Work::Stanza(stanza) => service.handle_into(&stanza, &mut send),
+            Work::Refuse(refused) => {
+                if let Some(reply) = service.refuse_head(&refused.0, &refused.1) {
+                    send(reply);
+                }
+            }
+            Work::Tick => {}
         }
         if std::time::Instant::now() >= next_poll {
-            send(service.follow_changes());
+            service.follow_changes_into(&mut send);
             next_poll = std::time::Instant::now() + CHANGE_POLL;
         }
     }

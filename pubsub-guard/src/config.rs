@@ -32,6 +32,9 @@ pub struct Config {
     /// The largest stanza accepted from the server, in bytes; larger ones are refused with
     /// `policy-violation`.
     pub max_stanza_bytes: usize,
+    /// The deepest element nesting accepted in a stanza (the stanza element is depth 1);
+    /// deeper ones are refused with `policy-violation`.
+    pub max_depth: usize,
     /// After this many idle seconds the guard sends a whitespace keepalive.
     pub keepalive_secs: u64,
     /// The longest wait between two reconnection attempts, in seconds (backoff doubles from
@@ -52,7 +55,8 @@ impl Default for Config {
             window_secs: oauth_xmpp::replay::DEFAULT_WINDOW_SECS,
             allow_plaintext: true,
             accept_bare_jid_signatures: true,
-            max_stanza_bytes: 64 * 1024,
+            max_stanza_bytes: crate::stream::DEFAULT_MAX_STANZA_BYTES,
+            max_depth: crate::stream::DEFAULT_MAX_DEPTH,
             keepalive_secs: 60,
             reconnect_max_secs: 30,
             templates: Vec::new(),
@@ -141,6 +145,9 @@ impl Config {
         if self.max_stanza_bytes < 1024 {
             return Err("max_stanza_bytes must be at least 1024".into());
         }
+        if !(8..=1024).contains(&self.max_depth) {
+            return Err("max_depth must be between 8 and 1024".into());
+        }
         if self.keepalive_secs == 0 || self.reconnect_max_secs == 0 {
             return Err("keepalive_secs and reconnect_max_secs must be at least 1".into());
         }
@@ -168,6 +175,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The stanza limits of the stream.
+    pub fn limits(&self) -> crate::stream::Limits {
+        crate::stream::Limits {
+            max_stanza_bytes: self.max_stanza_bytes,
+            max_depth: self.max_depth,
+        }
     }
 
     /// The keepalive interval.

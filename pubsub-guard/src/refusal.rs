@@ -82,9 +82,27 @@ impl Refusal {
         Self::new(
             ErrorType::Modify,
             "policy-violation",
+            format!("the stanza has {bytes} bytes; this service's limit is {limit}"),
+        )
+    }
+
+    /// `policy-violation`: the stanza is nested deeper than the configured limit.
+    pub fn too_deep(limit: usize) -> Self {
+        Self::new(
+            ErrorType::Modify,
+            "policy-violation",
             format!(
-                "the stanza has more than {limit} bytes (at least {bytes}); this service's limit is {limit}"
+                "the stanza nests elements more than {limit} deep; this service's limit is {limit}"
             ),
+        )
+    }
+
+    /// `resource-constraint`, type `wait`: the storage is full, nothing was stored.
+    pub fn storage_full() -> Self {
+        Self::new(
+            ErrorType::Wait,
+            "resource-constraint",
+            "the service's storage is full; nothing was stored; try again later",
         )
     }
 

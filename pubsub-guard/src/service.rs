@@ -61,6 +61,9 @@ impl std::fmt::Debug for Service {
 
 type Outcome = Result<Option<Element>, Refusal>;
 
+/// Where the service hands each stanza it sends, in order.
+pub type Sink<'a> = &'a mut dyn FnMut(Element);
+
 impl Service {
     /// The service for the component `config.component`, on `storage` and the token `store`.
     pub fn new(config: &Config, storage: Box<dyn Storage>, store: Arc<Store>) -> Self {
@@ -79,12 +82,21 @@ impl Service {
         }
     }
 
-    /// Handles one stanza from the server; returns the stanzas to send (the reply, and any
-    /// notifications).
+    /// Handles one stanza from the server; returns the stanzas to send, in order (any
+    /// notifications, then the reply). [`Service::handle_into`] hands them over one by one.
     pub fn handle(&mut self, stanza: &Element) -> Vec<Element> {
         let mut out = Vec::new();
+        self.handle_into(stanza, &mut |e| out.push(e));
+        out
+    }
+
+    /// Handles one stanza from the server, giving each stanza to send to `out` as soon as it
+    /// is made: first the notifications the request caused, then the reply. A publish is
+    /// acknowledged only after the item is committed and its notifications were handed over,
+    /// and however many subscribers a node has, no more than one stanza is held at a time.
+    pub fn handle_into(&mut self, stanza: &Element, out: Sink<'_>) {
         match stanza.name() {
-            "iq" => self.iq(stanza, &mut out),
+            "iq" => self.iq(stanza, out),
             "message" if stanza.attr("type") == Some("error") => {
                 debug!(from = stanza.attr("from"), "a notification bounced");
             }
@@ -93,7 +105,6 @@ impl Service {
             }
             other => warn!(element = other, "ignored an unknown top-level element"),
         }
-        out
     }
 
     /// Answers a stanza the reader refused (too large, or malformed), from its head alone.
@@ -141,7 +152,7 @@ impl Service {
         }
     }
 
-    fn iq(&mut self, iq: &Element, out: &mut Vec<Element>) {
+    fn iq(&mut self, iq: &Element, out: Sink<'_>) {
         let kind = iq.attr("type").unwrap_or("");
         if !matches!(kind, "get" | "set") {
             if kind == "error" {
@@ -188,9 +199,9 @@ impl Service {
             }
             Err(refusal) => self.refuse_head(&head, &refusal),
         };
-        // The reply goes before the notifications the request caused.
+        // The reply goes after the notifications the request caused.
         if let Some(reply) = reply {
-            out.insert(0, reply);
+            out(reply);
         }
     }
 
@@ -200,7 +211,7 @@ impl Service {
         from: &str,
         iq: &Element,
         payload: &Element,
-        out: &mut Vec<Element>,
+        out: Sink<'_>,
     ) -> Outcome {
         match (kind, payload.ns().as_str(), payload.name()) {
             ("get", ns::DISCO_INFO, "query") => self.disco_info(payload.attr("node")),
@@ -309,7 +320,7 @@ impl Service {
         from: &str,
         iq: &Element,
         pubsub: &Element,
-        out: &mut Vec<Element>,
+        out: Sink<'_>,
     ) -> Outcome {
         // The <oauth/> child is read by the verifier; the action is the other child.
         // <options/> and <publish-options/> may follow the action (XEP-0060 §6.3.7, §7.1.5).
@@ -535,7 +546,7 @@ impl Service {
         }
     }
 
-    fn publish(&mut self, from: &str, action: &Element, out: &mut Vec<Element>) -> Outcome {
+    fn publish(&mut self, from: &str, action: &Element, out: Sink<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let mut items = action.children();
         let item = match (items.next(), items.next()) {
@@ -600,7 +611,7 @@ impl Service {
         Ok(Some(reply))
     }
 
-    fn retract(&mut self, from: &str, action: &Element, out: &mut Vec<Element>) -> Outcome {
+    fn retract(&mut self, from: &str, action: &Element, out: Sink<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let node = self.node_or_not_found(node_name)?;
         if !node.is_publisher(from) {
@@ -707,7 +718,7 @@ impl Service {
 
     /// Sends `content` (an `<item/>` or `<retract/>` in the event namespace) to every
     /// subscriber of `node` whose access still holds; ends the subscriptions whose token died.
-    fn notify(&mut self, node: &Node, content: Element, out: &mut Vec<Element>) {
+    fn notify(&mut self, node: &Node, content: Element, out: Sink<'_>) {
         let subscriptions = match self.storage.subscriptions(Some(&node.name)) {
             Ok(s) => s,
             Err(e) => {
@@ -740,7 +751,7 @@ impl Service {
                 None => true,
             };
             if live {
-                out.push(self.event_message(&s.jid, items.clone()));
+                out(self.event_message(&s.jid, items.clone()));
             }
         }
     }
@@ -757,7 +768,7 @@ impl Service {
 
     /// Ends every subscription backed by `token` and tells each subscriber
     /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4).
-    fn end_token(&mut self, token: &str, out: &mut Vec<Element>) {
+    fn end_token(&mut self, token: &str, out: Sink<'_>) {
         match self.storage.end_token(token) {
             Ok(ended) => {
                 for s in ended {
@@ -768,7 +779,7 @@ impl Service {
                         "subscription ended: access revoked or expired"
                     );
                     let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
-                    out.push(self.event_message(&s.jid, none));
+                    out(self.event_message(&s.jid, none));
                 }
             }
             Err(e) => warn!("cannot end the subscriptions of a revoked token: {e}"),
@@ -781,6 +792,12 @@ impl Service {
     /// while the guard was down.
     pub fn follow_changes(&mut self) -> Vec<Element> {
         let mut out = Vec::new();
+        self.follow_changes_into(&mut |e| out.push(e));
+        out
+    }
+
+    /// [`Service::follow_changes`], giving each stanza to `out` as soon as it is made.
+    pub fn follow_changes_into(&mut self, out: Sink<'_>) {
         let now = SystemClock.now();
         if now != self.expiries_logged_at {
             self.expiries_logged_at = now;
@@ -794,7 +811,7 @@ impl Service {
                 Ok(c) => *self.cursor.insert(c),
                 Err(e) => {
                     warn!("cannot read the change cursor: {e}");
-                    return out;
+                    return;
                 }
             },
         };
@@ -802,22 +819,21 @@ impl Service {
             Ok(changes) => changes,
             Err(e) => {
                 warn!("cannot read the change log: {e}");
-                return out;
+                return;
             }
         };
         let Some(last) = changes.last().map(|c| c.seq) else {
-            return out;
+            return;
         };
         for change in changes.iter().filter(|c| c.kind.ends_access()) {
             if let Some(token) = &change.token {
-                self.end_token(token, &mut out);
+                self.end_token(token, out);
             }
         }
         self.cursor = Some(last);
         if let Err(e) = self.storage.set_change_cursor(last) {
             warn!("cannot save the change cursor: {e}");
         }
-        out
     }
 }
 

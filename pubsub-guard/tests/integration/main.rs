@@ -141,10 +141,18 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(|_, _| {}).await
+}
+
+/// Starts the guard with the test config changed by `change`, which may also prepare the
+/// database (its path is given) before the guard opens it.
+async fn start_with(change: impl FnOnce(&mut Config, &Path)) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&addr, &dir.path().join("authz.sqlite"));
+    let db = dir.path().join("authz.sqlite");
+    let mut config = config(&addr, &db);
+    change(&mut config, &db);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(component::run(config, async {
         let _ = stopped.await;
@@ -278,4 +286,152 @@ async fn a_refused_secret_stops_the_guard_with_a_clear_error() {
         err.to_string(),
         "the XMPP server refused the component pubsub.localhost: stream error from the server: not-authorized"
     );
+}
+
+/// The text of an error reply's `<text/>`, checking its id, type and condition.
+fn error_text(reply: &Element, id: &str, kind: &str, condition: &str) -> String {
+    assert_eq!(reply.attr("id"), Some(id), "{}", String::from(reply));
+    assert_eq!(reply.attr("type"), Some("error"), "{}", String::from(reply));
+    let error = reply.get_child("error", "jabber:component:accept").unwrap();
+    assert_eq!(error.attr("type"), Some(kind));
+    assert!(
+        error.has_child(condition, "urn:ietf:params:xml:ns:xmpp-stanzas"),
+        "{}",
+        String::from(reply)
+    );
+    error
+        .get_child("text", "urn:ietf:params:xml:ns:xmpp-stanzas")
+        .unwrap()
+        .text()
+}
+
+/// Issue 10, cases 2 and 3: one long attribute or one deep stanza from any user is refused on
+/// its own; the stream, and the stanzas read together with it, are kept.
+#[tokio::test]
+async fn long_tokens_and_deep_nesting_are_refused_per_stanza_and_the_stream_stays() {
+    let running = start_with(|c, _| c.max_stanza_bytes = 64 * 1024).await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    let node = |id: &str, len: usize| {
+        format!(
+            "<iq type='get' id='{id}' from='alice@localhost/phone' to='pubsub.localhost'>\
+             <query xmlns='http://jabber.org/protocol/disco#info' node='/{}'/></iq>",
+            "n".repeat(len)
+        )
+    };
+    // A 9,000-byte attribute (over the XML parser's default token limit, well within the
+    // stanza limit), then a 100,000-byte one (over the stanza limit), then a publish nested
+    // 4,600 deep, each followed in the same write by an ordinary request.
+    let deep = format!(
+        "<iq type='set' id='deep' from='alice@localhost/phone' to='pubsub.localhost'>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'><item>\
+         {}{}</item></publish></pubsub></iq>",
+        "<a>".repeat(4600),
+        "</a>".repeat(4600)
+    );
+    let burst = format!(
+        "{}{}{}{}{}{}",
+        node("long", 9000),
+        disco("after-long"),
+        node("huge", 100_000),
+        disco("after-huge"),
+        deep,
+        disco("after-deep")
+    );
+    peer.send_split(&burst, 16 * 1024).await;
+    let long = peer.next_stanza().await;
+    assert_eq!(long.attr("id"), Some("long"));
+    assert_eq!(peer.next_stanza().await.attr("id"), Some("after-long"));
+    let huge = peer.next_stanza().await;
+    assert_eq!(
+        error_text(&huge, "huge", "modify", "policy-violation"),
+        format!(
+            "the stanza has {} bytes; this service's limit is 65536",
+            node("huge", 100_000).len()
+        )
+    );
+    assert_eq!(peer.next_stanza().await.attr("id"), Some("after-huge"));
+    let deep = peer.next_stanza().await;
+    assert_eq!(
+        error_text(&deep, "deep", "modify", "policy-violation"),
+        "the stanza nests elements more than 64 deep; this service's limit is 64"
+    );
+    let after = peer.next_stanza().await;
+    assert_eq!(after.attr("id"), Some("after-deep"));
+    assert_eq!(after.attr("type"), Some("result"));
+    running.stop().await.unwrap();
+}
+
+/// Issue 10, case 4: a burst never drops a stanza. The server reads nothing while 5
+/// publishes fan out to 6,000 subscribers each (30,000 notifications, more than the guard's
+/// queues and the socket buffers hold); then it reads, and gets every notification, and each
+/// publish result after that publish's notifications.
+#[tokio::test]
+async fn a_burst_to_many_subscribers_delivers_everything_in_order_when_the_server_reads_slowly() {
+    const SUBSCRIBERS: usize = 6000;
+    const PUBLISHES: usize = 5;
+    let running = start_with(|c, db| {
+        c.max_stanza_bytes = 64 * 1024;
+        use pubsub_guard::storage::Storage;
+        let storage = pubsub_guard::storage::SqliteStorage::open(db).unwrap();
+        storage
+            .create_node(&pubsub_guard::storage::Node {
+                name: "/news".into(),
+                owner: None,
+                access: pubsub_guard::storage::Access::Open,
+                publishers: vec!["news@localhost".into()],
+                max_items: 10,
+                created_at: 1,
+            })
+            .unwrap();
+        for i in 0..SUBSCRIBERS {
+            storage
+                .subscribe(&pubsub_guard::storage::Subscription {
+                    node: "/news".into(),
+                    jid: format!("reader{i}@localhost"),
+                    subid: format!("s{i}"),
+                    token: None,
+                    consumer_key: None,
+                    created_at: 1,
+                })
+                .unwrap();
+        }
+    })
+    .await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    let mut burst = String::new();
+    for p in 0..PUBLISHES {
+        burst.push_str(&format!(
+            "<iq type='set' id='pub{p}' from='news@localhost/desk' to='pubsub.localhost'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/news'>\
+             <item id='item{p}'><entry xmlns='http://www.w3.org/2005/Atom'><title>{}</title>\
+             </entry></item></publish></pubsub></iq>",
+            "t".repeat(200)
+        ));
+    }
+    peer.send(&burst).await;
+    // The server is busy elsewhere for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut events = vec![0usize; PUBLISHES];
+    for (p, count) in events.iter_mut().enumerate() {
+        loop {
+            let stanza = timeout(Duration::from_secs(60), peer.next_stanza())
+                .await
+                .expect("the guard stopped sending");
+            if stanza.name() == "iq" {
+                assert_eq!(stanza.attr("id"), Some(format!("pub{p}").as_str()));
+                assert_eq!(stanza.attr("type"), Some("result"));
+                break;
+            }
+            let item = stanza
+                .get_child("event", "http://jabber.org/protocol/pubsub#event")
+                .and_then(|e| e.get_child("items", "http://jabber.org/protocol/pubsub#event"))
+                .and_then(|i| i.get_child("item", "http://jabber.org/protocol/pubsub#event"))
+                .and_then(|i| i.attr("id"))
+                .expect("a notification");
+            assert_eq!(item, format!("item{p}"));
+            *count += 1;
+        }
+    }
+    assert_eq!(events, vec![SUBSCRIBERS; PUBLISHES]);
+    running.stop().await.unwrap();
 }

@@ -2,7 +2,7 @@
 //! and no input makes it panic.
 
 use proptest::prelude::*;
-use pubsub_guard::stream::{StreamEvent, StreamParser};
+use pubsub_guard::stream::{Limits, StreamEvent, StreamParser};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' id='p-1'>";
@@ -73,5 +73,54 @@ proptest! {
         let mut out = Vec::new();
         parser.feed(HEADER.as_bytes(), &mut out).unwrap();
         let _ = parser.feed(noise.as_bytes(), &mut out);
+    }
+
+    /// Long names and values and deep nesting, at any split: each stanza gives exactly one
+    /// event, the one its size and depth call for, and the stream goes on to the next.
+    #[test]
+    fn long_tokens_and_deep_nesting_are_refused_one_stanza_at_a_time(
+        shapes in proptest::collection::vec((0usize..3000, 0usize..40, any::<bool>()), 1..5),
+        cuts in proptest::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let limits = Limits { max_stanza_bytes: 1024, max_depth: 16 };
+        let mut body = String::new();
+        let mut expected = Vec::new();
+        for (i, (len, depth, in_name)) in shapes.iter().enumerate() {
+            let long = "v".repeat(*len);
+            let (attr, name) = if *in_name { (String::new(), format!("x{long}")) } else { (format!(" note='{long}'"), "x".to_owned()) };
+            let stanza = format!(
+                "<message id='m{i}' from='a@localhost/r' to='pubsub.localhost'{attr}><{name}>{}{}</{name}></message>",
+                "<d>".repeat(*depth),
+                "</d>".repeat(*depth),
+            );
+            expected.push(if stanza.len() > limits.max_stanza_bytes {
+                format!("oversized m{i} {}", stanza.len())
+            } else if depth + 2 > limits.max_depth {
+                format!("deep m{i}")
+            } else {
+                format!("stanza m{i}")
+            });
+            body.push_str(&stanza);
+        }
+        body.push_str("<presence id='last' from='a@localhost/r' to='pubsub.localhost'/>");
+        expected.push("stanza last".to_owned());
+        let text = format!("{HEADER}{body}");
+        let bytes = text.as_bytes();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut parser = StreamParser::with_limits(limits);
+        let mut out = Vec::new();
+        let mut last = 0;
+        for p in points.into_iter().chain([bytes.len()]) {
+            parser.feed(&bytes[last..p], &mut out).unwrap();
+            last = p;
+        }
+        let seen: Vec<String> = out.iter().skip(1).map(|e| match e {
+            StreamEvent::Stanza(s) => format!("stanza {}", s.attr("id").unwrap_or("?")),
+            StreamEvent::Oversized { head, bytes } => format!("oversized {} {bytes}", head.id.as_deref().unwrap_or("?")),
+            StreamEvent::TooDeep { head, .. } => format!("deep {}", head.id.as_deref().unwrap_or("?")),
+            other => format!("{other:?}"),
+        }).collect();
+        prop_assert_eq!(seen, expected);
     }
 }

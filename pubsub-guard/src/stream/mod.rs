@@ -53,8 +53,15 @@ pub enum StreamEvent {
     Oversized {
         /// Its start tag.
         head: StanzaHead,
-        /// How many bytes it had when it crossed the limit.
+        /// Its size in bytes.
         bytes: usize,
+    },
+    /// A stanza nested deeper than the limit; its content was skipped.
+    TooDeep {
+        /// Its start tag.
+        head: StanzaHead,
+        /// The nesting limit it went over.
+        limit: usize,
     },
     /// A well-formed stanza that does not make a tree (an undeclared prefix, say).
     Malformed {
@@ -122,6 +129,37 @@ impl StreamError {
     }
 }
 
+mod frame;
+
+use frame::{Framer, Scan};
+
+/// The limits on what one stanza may be. A stanza over either is refused on its own
+/// ([`StreamEvent::Oversized`], [`StreamEvent::TooDeep`]); the stream goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest stanza, in bytes. No name or attribute value can be longer, whatever the
+    /// XML parser's own token limit: the parser never sees more of a stanza than this.
+    pub max_stanza_bytes: usize,
+    /// The deepest element nesting of a stanza (the stanza element itself is depth 1).
+    pub max_depth: usize,
+}
+
+/// The default stanza size limit: 64 KiB.
+pub const DEFAULT_MAX_STANZA_BYTES: usize = 64 * 1024;
+/// The default nesting limit. A publish of an Atom entry is 7 deep
+/// (`iq/pubsub/publish/item/entry/author/name`); 64 leaves room for rich payloads and bounds
+/// every recursive walk of a stanza tree (building, cloning, writing, dropping).
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_stanza_bytes: DEFAULT_MAX_STANZA_BYTES,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
 /// Where the parser is in the stream.
 enum State {
     /// Before the root element's start tag is complete.
@@ -141,20 +179,14 @@ enum State {
 struct Current {
     /// The tree so far; `None` once it is being skipped.
     tree: Option<TreeBuilder>,
-    /// Its start tag, filled from the raw attributes.
-    head: StanzaHead,
-    /// Whether the start tag is complete.
-    head_done: bool,
     /// Element depth inside the stanza (1 = the stanza element itself).
     depth: usize,
-    /// Bytes read for it so far.
-    bytes: usize,
     /// Why it is skipped, if it is.
     skip: Option<Skip>,
 }
 
 enum Skip {
-    TooLarge(usize),
+    TooDeep,
     Malformed(String),
 }
 
@@ -164,34 +196,119 @@ pub struct StreamParser {
     state: State,
     /// The namespaces declared on the stream root, inherited by every stanza.
     root_prefixes: BTreeMap<Option<String>, String>,
-    limit: usize,
+    limits: Limits,
+    framer: Framer,
+}
+
+/// The XML parser, with a token limit no stanza within `limit` bytes can reach.
+fn raw_parser(limit: usize) -> RawParser {
+    <RawParser as rxml::WithOptions>::with_options(rxml::Options {
+        max_token_length: limit.saturating_add(1),
+        ..rxml::Options::default()
+    })
 }
 
 impl StreamParser {
-    /// A parser that refuses stanzas over `limit` bytes.
+    /// A parser that refuses stanzas over `limit` bytes, with the default nesting limit.
     pub fn new(limit: usize) -> Self {
+        Self::with_limits(Limits {
+            max_stanza_bytes: limit,
+            ..Limits::default()
+        })
+    }
+
+    /// A parser with these limits.
+    pub fn with_limits(limits: Limits) -> Self {
         Self {
-            parser: RawParser::new(),
+            parser: raw_parser(limits.max_stanza_bytes),
             state: State::Header {
                 prefixes: BTreeMap::new(),
                 id: None,
             },
             root_prefixes: BTreeMap::new(),
-            limit,
+            limits,
+            framer: Framer::new(limits.max_stanza_bytes),
         }
     }
 
     /// Parses all of `data`, appending what it completes to `out`. An error means the stream
     /// is unusable (not well-formed, or not an XMPP stream).
     pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
-        loop {
-            match self.parser.parse(&mut data, false) {
-                Ok(Some(event)) => self.event(event, out)?,
-                Ok(None) => return Ok(()),
-                Err(rxml::error::EndOrError::NeedMoreData) => return Ok(()),
-                Err(rxml::error::EndOrError::Error(e)) => {
-                    return Err(StreamError::NotWellFormed(e.to_string()));
+        while !data.is_empty() {
+            match self.state {
+                State::Done => return Ok(()),
+                State::Header { .. } => {
+                    // The header goes to the XML parser alone, one event at a time, so that
+                    // the framer starts on the first byte after it.
+                    if !self.parse_one(&mut data, out)? {
+                        return Ok(());
+                    }
+                    continue;
                 }
+                State::Open | State::Stanza(_) => {}
+            }
+            let skipping = self.framer.skipping();
+            match self.framer.scan(data) {
+                Scan::All => {
+                    if !skipping {
+                        self.parse(data, out)?;
+                    }
+                    return Ok(());
+                }
+                Scan::End { at, skipped: false } => {
+                    self.parse(&data[..at], out)?;
+                    data = &data[at..];
+                }
+                Scan::End { at, skipped: true } => {
+                    data = &data[at..];
+                    out.push(StreamEvent::Oversized {
+                        head: self.framer.take_head(),
+                        bytes: self.framer.last_bytes(),
+                    });
+                }
+                Scan::Overflow(at) => {
+                    // The parser gets nothing more of this stanza; a fresh one, inside the
+                    // stream root, takes the stream up after it.
+                    self.parse(&data[..at], out)?;
+                    data = &data[at..];
+                    self.parser = raw_parser(self.limits.max_stanza_bytes);
+                    let mut root: &[u8] = b"<stream:stream>";
+                    loop {
+                        match self.parser.parse(&mut root, false) {
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(rxml::error::EndOrError::NeedMoreData) => break,
+                            Err(rxml::error::EndOrError::Error(e)) => {
+                                return Err(StreamError::NotWellFormed(e.to_string()));
+                            }
+                        }
+                    }
+                    self.state = State::Open;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives all of `data` to the XML parser.
+    fn parse(&mut self, mut data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        while self.parse_one(&mut data, out)? {}
+        Ok(())
+    }
+
+    /// Reads one event from `data`; `false` when `data` is used up (or the stream is over).
+    fn parse_one(
+        &mut self,
+        data: &mut &[u8],
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<bool, StreamError> {
+        match self.parser.parse(data, false) {
+            Ok(Some(event)) => {
+                self.event(event, out)?;
+                Ok(true)
+            }
+            Ok(None) | Err(rxml::error::EndOrError::NeedMoreData) => Ok(false),
+            Err(rxml::error::EndOrError::Error(e)) => {
+                Err(StreamError::NotWellFormed(e.to_string()))
             }
         }
     }
@@ -249,7 +366,7 @@ impl StreamParser {
                     self.state = State::Done;
                     out.push(StreamEvent::Closed);
                 }
-                RawEvent::ElementHeadOpen(metrics, (ref prefix, ref name)) => {
+                RawEvent::ElementHeadOpen(_, (ref prefix, _)) => {
                     // The stanza inherits the stream's namespaces; the `stream` prefix only
                     // when it is a stream-level element (`<stream:error/>`), so that stanzas
                     // do not carry a stray `xmlns:stream` when written out again.
@@ -259,25 +376,26 @@ impl StreamParser {
                     }
                     let mut current = Box::new(Current {
                         tree: Some(TreeBuilder::new().with_prefixes_stack(vec![inherited.into()])),
-                        head: StanzaHead {
-                            name: name.to_string(),
-                            ..StanzaHead::default()
-                        },
-                        head_done: false,
                         depth: 1,
-                        bytes: metrics.len(),
                         skip: None,
                     });
-                    current.feed(event, self.limit);
+                    current.feed(event);
                     self.state = State::Stanza(current);
                 }
-                RawEvent::Attribute(..) | RawEvent::ElementHeadClose(_) => {
-                    unreachable!("the parser reports attributes only after a head opens")
-                }
+                // The parser reports attributes only after a head opens.
+                RawEvent::Attribute(..) | RawEvent::ElementHeadClose(_) => {}
             },
             State::Stanza(current) => {
-                if let Some(done) = current.step(event, self.limit) {
-                    out.push(done);
+                if let Some(done) = current.step(event, self.limits.max_depth) {
+                    let head = self.framer.take_head();
+                    out.push(match done {
+                        Ok(element) => StreamEvent::Stanza(element),
+                        Err(Skip::TooDeep) => StreamEvent::TooDeep {
+                            head,
+                            limit: self.limits.max_depth,
+                        },
+                        Err(Skip::Malformed(reason)) => StreamEvent::Malformed { head, reason },
+                    });
                     self.state = State::Open;
                 }
             }
@@ -288,63 +406,37 @@ impl StreamParser {
 }
 
 impl Current {
-    /// Handles one event inside the stanza; returns the finished stanza when it closes.
-    fn step(&mut self, event: RawEvent, limit: usize) -> Option<StreamEvent> {
-        let bytes = match &event {
-            RawEvent::XmlDeclaration(m, _)
-            | RawEvent::ElementHeadOpen(m, _)
-            | RawEvent::Attribute(m, _, _)
-            | RawEvent::ElementHeadClose(m)
-            | RawEvent::ElementFoot(m)
-            | RawEvent::Text(m, _) => m.len(),
-        };
-        self.bytes = self.bytes.saturating_add(bytes);
+    /// Handles one event inside the stanza; returns the finished stanza (or why it was
+    /// skipped) when it closes.
+    fn step(&mut self, event: RawEvent, max_depth: usize) -> Option<Result<Element, Skip>> {
         match &event {
-            RawEvent::Attribute(_, (None, name), value) if !self.head_done => {
-                let slot = match name.as_str() {
-                    "id" => &mut self.head.id,
-                    "from" => &mut self.head.from,
-                    "to" => &mut self.head.to,
-                    "type" => &mut self.head.kind,
-                    _ => &mut None,
-                };
-                *slot = Some(value.clone());
+            RawEvent::ElementHeadOpen(..) => {
+                self.depth += 1;
+                if self.depth > max_depth && self.skip.is_none() {
+                    self.skip = Some(Skip::TooDeep);
+                }
             }
-            RawEvent::ElementHeadClose(_) if self.depth == 1 => self.head_done = true,
-            RawEvent::ElementHeadOpen(..) => self.depth += 1,
             RawEvent::ElementFoot(_) => self.depth -= 1,
             _ => {}
         }
         let closed = self.depth == 0;
-        self.feed(event, limit);
+        self.feed(event);
         if !closed {
             return None;
         }
         Some(match self.skip.take() {
-            Some(Skip::TooLarge(bytes)) => StreamEvent::Oversized {
-                head: std::mem::take(&mut self.head),
-                bytes,
-            },
-            Some(Skip::Malformed(reason)) => StreamEvent::Malformed {
-                head: std::mem::take(&mut self.head),
-                reason,
-            },
-            None => match self.tree.take().and_then(|mut t| t.root.take()) {
-                Some(element) => StreamEvent::Stanza(element),
-                None => StreamEvent::Malformed {
-                    head: std::mem::take(&mut self.head),
-                    reason: "the stanza did not form an element".into(),
-                },
-            },
+            Some(skip) => Err(skip),
+            None => self
+                .tree
+                .take()
+                .and_then(|mut t| t.root.take())
+                .ok_or_else(|| Skip::Malformed("the stanza did not form an element".into())),
         })
     }
 
     /// Passes the event to the tree builder unless the stanza is being skipped; starts
-    /// skipping when the stanza grows over the limit or does not make a tree.
-    fn feed(&mut self, event: RawEvent, limit: usize) {
-        if self.skip.is_none() && self.bytes > limit {
-            self.skip = Some(Skip::TooLarge(self.bytes));
-        }
+    /// skipping when it does not make a tree.
+    fn feed(&mut self, event: RawEvent) {
         if self.skip.is_some() {
             self.tree = None;
             return;
@@ -392,24 +484,35 @@ pub struct StreamReader {
     parser: StreamParser,
     pending: std::collections::VecDeque<StreamEvent>,
     buf: Box<[u8]>,
-    limit: usize,
+    limits: Limits,
 }
 
 impl StreamReader {
-    /// A reader of `half` that refuses stanzas over `limit` bytes.
+    /// A reader of `half` that refuses stanzas over `limit` bytes (and the default depth).
     pub fn new(half: OwnedReadHalf, limit: usize) -> Self {
+        Self::with_limits(
+            half,
+            Limits {
+                max_stanza_bytes: limit,
+                ..Limits::default()
+            },
+        )
+    }
+
+    /// A reader of `half` with these limits.
+    pub fn with_limits(half: OwnedReadHalf, limits: Limits) -> Self {
         Self {
             half,
-            parser: StreamParser::new(limit),
+            parser: StreamParser::with_limits(limits),
             pending: Default::default(),
             buf: vec![0; 16 * 1024].into_boxed_slice(),
-            limit,
+            limits,
         }
     }
 
     /// Reads a new stream on the same socket (a client does after SASL, RFC 6120 §6.4.6).
     pub fn restart(&mut self) {
-        self.parser = StreamParser::new(self.limit);
+        self.parser = StreamParser::with_limits(self.limits);
         self.pending.clear();
     }
 
@@ -446,6 +549,12 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Writes bytes that are already serialized stanzas.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        self.half.write_all(bytes).await?;
+        Ok(())
+    }
+
     /// Writes a single space: a whitespace keepalive (RFC 6120 §4.6.1).
     pub async fn keepalive(&mut self) -> Result<(), StreamError> {
         self.half.write_all(b" ").await?;
@@ -467,13 +576,13 @@ pub async fn connect(
     server: &str,
     domain: &str,
     secret: &Secret,
-    limit: usize,
+    limits: Limits,
 ) -> Result<(StreamReader, StreamWriter), StreamError> {
     let attempt = async {
         let socket = TcpStream::connect(server).await?;
         socket.set_nodelay(true)?;
         let (read, write) = socket.into_split();
-        let mut reader = StreamReader::new(read, limit);
+        let mut reader = StreamReader::with_limits(read, limits);
         let mut writer = StreamWriter { half: write };
         writer.half.write_all(header(domain).as_bytes()).await?;
         let id = match reader.next().await? {
