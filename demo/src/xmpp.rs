@@ -107,7 +107,11 @@ impl Events {
                 }
                 Ok(StreamEvent::Stanza(e)) => return Ok(e),
                 Ok(StreamEvent::Header { .. }) => {}
-                Ok(StreamEvent::Oversized { .. } | StreamEvent::Malformed { .. }) => {
+                Ok(
+                    StreamEvent::Oversized { .. }
+                    | StreamEvent::TooDeep { .. }
+                    | StreamEvent::Malformed { .. },
+                ) => {
                     return Err(ClientError::Protocol("an unreadable stanza".into()));
                 }
             }

@@ -112,9 +112,10 @@ impl Template {
             None => (self.pattern == node).then(String::new),
             Some((prefix, suffix)) => {
                 let owner = node.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                // A node no scope could express is never created (profile N7).
                 let valid = !owner.is_empty()
-                    && !owner.contains(['/', ' '])
-                    && owner.chars().all(|c| !c.is_control());
+                    && !owner.contains('/')
+                    && crate::storage::check_node_name(node).is_ok();
                 valid.then(|| owner.to_owned())
             }
         }
@@ -158,9 +159,22 @@ impl Config {
                     t.pattern
                 ));
             }
+            if let Err(e) = crate::storage::check_node_name(&t.pattern.replace("{owner}", "x")) {
+                return Err(format!("template {:?}: {e}", t.pattern));
+            }
             if t.access == Access::OAuth && !t.pattern.contains("{owner}") {
                 return Err(format!(
                     "template {:?} is protected (access = \"oauth\") but has no {{owner}}",
+                    t.pattern
+                ));
+            }
+            if let Some((p, e)) = t
+                .publishers
+                .iter()
+                .find_map(|p| crate::jid::normalize(p).err().map(|e| (p, e)))
+            {
+                return Err(format!(
+                    "template {:?}: publisher {p:?} is not a JID: {e}",
                     t.pattern
                 ));
             }
@@ -216,6 +230,9 @@ mod tests {
         assert_eq!(t.matches("/location/"), None);
         assert_eq!(t.matches("/location/a/b"), None);
         assert_eq!(t.matches("/photos/alice"), None);
+        // Names no scope can express are not matched.
+        assert_eq!(t.matches("/location/a b"), None);
+        assert_eq!(t.matches("/location/a\u{2003}b"), None);
         let t = template("/photos/{owner}/all");
         assert_eq!(t.matches("/photos/bob/all").as_deref(), Some("bob"));
         assert_eq!(t.matches("/photos/bob/some"), None);

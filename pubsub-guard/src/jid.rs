@@ -1,8 +1,13 @@
-//! The little JID handling the guard needs (RFC 7622): the bare part and the domain.
-//!
-//! The server has already checked the addresses it stamps on stanzas, so these helpers only
-//! split them; they never accept a JID from a client without comparing it to one the server
-//! stamped.
+//! JIDs (RFC 7622) as the guard handles them. Every address that comes in (the `from` the
+//! server stamps, the `jid` of a subscribe, the publishers of the config and the CLI) is
+//! parsed and normalized once, at the edge, with the `jid` crate (nodeprep, nameprep,
+//! resourceprep). Everywhere else, two addresses are the same exactly when their strings are,
+//! so `FINDMENOW@LOCALHOST/x` and `findmenow@localhost` are one subscriber.
+
+/// The normalized form of `address`, or why it is not a JID.
+pub fn normalize(address: &str) -> Result<String, jid::Error> {
+    Ok(jid::Jid::new(address)?.as_str().to_owned())
+}
 
 /// The JID without its resource: `alice@localhost/phone` → `alice@localhost`.
 pub fn bare(jid: &str) -> &str {
@@ -20,10 +25,9 @@ pub fn has_local(jid: &str) -> bool {
     bare(jid).contains('@')
 }
 
-/// Whether two JIDs have the same bare JID. Local part and domain compare without regard to
-/// ASCII case (the server has already applied nodeprep/nameprep to what it stamps).
+/// Whether two normalized JIDs have the same bare JID.
 pub fn same_bare(a: &str, b: &str) -> bool {
-    bare(a).eq_ignore_ascii_case(bare(b))
+    bare(a) == bare(b)
 }
 
 #[cfg(test)]
@@ -39,7 +43,27 @@ mod tests {
         assert_eq!(domain("pubsub.localhost/x@y"), "pubsub.localhost");
         assert!(has_local("a@b/c"));
         assert!(!has_local("b/c@d"));
-        assert!(same_bare("Alice@Localhost/x", "alice@localhost"));
         assert!(!same_bare("alice@localhost", "alice@localhost.evil"));
+    }
+
+    #[test]
+    fn normalizes_case_and_keeps_the_resource() {
+        assert_eq!(
+            normalize("FINDMENOW@LOCALHOST/x").unwrap(),
+            "findmenow@localhost/x"
+        );
+        assert_eq!(
+            normalize("FindMeNow@LocalHost").unwrap(),
+            "findmenow@localhost"
+        );
+        assert!(same_bare(
+            &normalize("FINDMENOW@LOCALHOST/x").unwrap(),
+            &normalize("findmenow@localhost").unwrap()
+        ));
+        // The resource keeps its case (resourceprep does not fold it).
+        assert_eq!(normalize("a@b/Phone").unwrap(), "a@b/Phone");
+        assert!(normalize("a@b@c").is_err());
+        assert!(normalize("").is_err());
+        assert!(normalize("@localhost").is_err());
     }
 }

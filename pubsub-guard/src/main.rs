@@ -129,26 +129,23 @@ fn run(cli: Cli) -> Result<(), String> {
             if access == Access::OAuth && owner.is_none() {
                 return Err("a protected node needs --owner (or pass --open)".into());
             }
-            if name.is_empty() {
-                return Err("the node name is empty".into());
-            }
             if max_items == 0 {
                 return Err("--max-items must be at least 1".into());
             }
-            if let Some(bad) = publishers
+            let publishers = publishers
                 .iter()
-                .find(|p| !pubsub_guard::jid::has_local(p) && !p.contains('.'))
-            {
-                return Err(format!("--publisher {bad:?} is not a JID"));
-            }
+                .map(|p| {
+                    pubsub_guard::jid::normalize(p)
+                        .map(|j| pubsub_guard::jid::bare(&j).to_owned())
+                        .map_err(|e| format!("--publisher {p:?} is not a JID: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            pubsub_guard::storage::check_node_name(&name)?;
             let node = Node {
                 name,
                 owner,
                 access,
-                publishers: publishers
-                    .iter()
-                    .map(|p| pubsub_guard::jid::bare(p).to_owned())
-                    .collect(),
+                publishers,
                 max_items,
                 created_at: authz_server::store::now(),
             };

@@ -24,3 +24,5 @@ pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const PING: &str = "urn:xmpp:ping";
 /// XEP-0235: the OAuth element and disco feature.
 pub const OAUTH: &str = oauth_xmpp::ns::OAUTH;
+/// XEP-0059: result set management (ignored beside pubsub actions).
+pub const RSM: &str = "http://jabber.org/protocol/rsm";

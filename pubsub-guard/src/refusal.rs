@@ -46,6 +46,11 @@ impl Refusal {
         }
     }
 
+    /// `jid-malformed`: an address that is not a JID.
+    pub fn jid_malformed(text: impl Into<String>) -> Self {
+        Self::new(ErrorType::Modify, "jid-malformed", text)
+    }
+
     /// `item-not-found`: no such node (or item).
     pub fn item_not_found(text: impl Into<String>) -> Self {
         Self::new(ErrorType::Cancel, "item-not-found", text)

@@ -76,7 +76,23 @@ impl Service {
                 accept_bare_jid_signatures: config.accept_bare_jid_signatures,
                 allow_plaintext: config.allow_plaintext,
             },
-            templates: config.templates.clone(),
+            // Publishers are compared normalized (the config's check refused any that is
+            // not a JID).
+            templates: config
+                .templates
+                .iter()
+                .map(|t| Template {
+                    publishers: t
+                        .publishers
+                        .iter()
+                        .map(|p| {
+                            jid::normalize(p)
+                                .map_or_else(|_| p.clone(), |p| jid::bare(&p).to_owned())
+                        })
+                        .collect(),
+                    ..t.clone()
+                })
+                .collect(),
             expiries_logged_at: 0,
             cursor: None,
         }
@@ -175,14 +191,22 @@ impl Service {
             warn!("an IQ without from or to; nothing to answer");
             return;
         };
+        // The sender, normalized once here; the signature check reads the stanza's own
+        // `from`, as the consumer signed it.
+        let sender = jid::normalize(from);
         let outcome = if jid::has_local(to) {
             Err(Refusal::service_unavailable(format!(
                 "there is no entity {to} here"
             )))
+        } else if let Err(e) = &sender {
+            Err(Refusal::jid_malformed(format!(
+                "the sender {from:?} is not a valid JID: {e}"
+            )))
         } else {
+            let sender = sender.as_deref().unwrap_or(from);
             let mut payloads = iq.children();
             match (payloads.next(), payloads.next()) {
-                (Some(payload), None) => self.dispatch(kind, from, iq, payload, out),
+                (Some(payload), None) => self.dispatch(kind, sender, iq, payload, out),
                 _ => Err(Refusal::bad_request(
                     None,
                     "an IQ get or set must carry exactly one payload element",
@@ -214,7 +238,7 @@ impl Service {
         out: Sink<'_>,
     ) -> Outcome {
         match (kind, payload.ns().as_str(), payload.name()) {
-            ("get", ns::DISCO_INFO, "query") => self.disco_info(payload.attr("node")),
+            ("get", ns::DISCO_INFO, "query") => self.disco_info(from, payload.attr("node")),
             ("get", ns::DISCO_ITEMS, "query") => self.disco_items(from, payload.attr("node")),
             ("get", ns::PING, "ping") => Ok(None),
             (_, ns::PUBSUB, "pubsub") => self.pubsub(kind, from, iq, payload, out),
@@ -237,7 +261,7 @@ impl Service {
 
     // ----- XEP-0030 -----
 
-    fn disco_info(&self, node: Option<&str>) -> Outcome {
+    fn disco_info(&self, from: &str, node: Option<&str>) -> Outcome {
         let mut query = Element::builder("query", ns::DISCO_INFO).build();
         let identity = |kind: &str| {
             Element::builder("identity", ns::DISCO_INFO)
@@ -256,7 +280,7 @@ impl Service {
                 query.append_child(identity);
             }
             Some(node) => {
-                self.node_or_not_found(node)?;
+                self.known_node(node, from)?;
                 query.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
                 query.append_child(identity("leaf"));
             }
@@ -305,7 +329,7 @@ impl Service {
             }
             // Item ids of a node are listed through pubsub retrieval, under its access rules.
             Some(node) => {
-                self.node_or_not_found(node)?;
+                self.known_node(node, from)?;
                 query.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
             }
         }
@@ -324,11 +348,20 @@ impl Service {
     ) -> Outcome {
         // The <oauth/> child is read by the verifier; the action is the other child.
         // <options/> and <publish-options/> may follow the action (XEP-0060 §6.3.7, §7.1.5).
+        // An RSM <set/> beside the action is ignored (XEP-0059 §4: a service that does not
+        // support result sets must ignore it).
         let mut actions = pubsub.children().filter(|c| {
             !oauth_xmpp::ns::OAUTH_ALIASES.contains(&c.ns().as_str())
                 && !matches!(c.name(), "options" | "publish-options")
+                && !c.is("set", ns::RSM)
         });
-        let (Some(action), None) = (actions.next(), actions.next()) else {
+        let (first, second) = (actions.next(), actions.next());
+        if first.is_none() && pubsub.has_child("options", ns::PUBSUB) {
+            // A subscription options request or submission on its own (XEP-0060 §6.3.2,
+            // §6.3.5): this service has no subscription options.
+            return Err(Refusal::unsupported("subscription-options"));
+        }
+        let (Some(action), None) = (first, second) else {
             return Err(Refusal::bad_request(
                 None,
                 "<pubsub/> must carry exactly one action element",
@@ -374,6 +407,22 @@ impl Service {
             .ok_or_else(|| Refusal::item_not_found(format!("there is no node {node:?}")))
     }
 
+    /// A node `from` may learn exists: an open one, or one it publishes to or holds a live
+    /// subscription to. Any other node, protected or missing, is `item-not-found` with the
+    /// same text, so that nobody learns which owners have nodes (profile N6).
+    fn known_node(&self, name: &str, from: &str) -> Result<Node, Refusal> {
+        let hidden = || Refusal::item_not_found(format!("there is no node {name:?}"));
+        let node = self
+            .storage
+            .node(name)
+            .map_err(storage_failed)?
+            .ok_or_else(hidden)?;
+        let known = node.access == Access::Open
+            || node.is_publisher(from)
+            || self.live_subscription_of(&node, from)?;
+        if known { Ok(node) } else { Err(hidden()) }
+    }
+
     /// The `node` attribute, required.
     fn node_attr(action: &Element) -> Result<&str, Refusal> {
         action
@@ -384,44 +433,72 @@ impl Service {
             })
     }
 
-    /// Verifies the request's `<oauth/>` for `node` (profile checks O1–O7).
-    fn gate(&self, iq: &Element, node: &Node) -> Result<Verified, Refusal> {
+    /// Verifies the request's `<oauth/>` for the protected or missing node `name` (profile
+    /// checks O1–O7). The answer depends on the name, the token and the templates, never on
+    /// whether the node exists (profile N6): a token that its owner did not grant for `name`
+    /// gets the same refusal either way, and only a token of the (would-be) owner that covers
+    /// `name` learns that a missing node is missing.
+    fn gate(&self, iq: &Element, name: &str, node: Option<&Node>) -> Result<Verified, Refusal> {
         let verifier =
             Verifier::with_config(self.verifier, &*self.store, &*self.store, SystemClock);
         let from = iq.attr("from").unwrap_or("");
-        let checked = verifier.verify_stanza(iq).and_then(|verified| {
-            let owner = node.owner.as_deref().unwrap_or("");
-            verified
-                .authorize_node(&node.name, owner)
-                .map(|()| verified)
-        });
-        checked.map_err(|e| {
+        let verified = verifier.verify_stanza(iq).map_err(|e| {
             if let VerifyError::Store(cause) = &e {
-                warn!(from, node = node.name, "the token store failed: {cause}");
+                warn!(from, node = name, "the token store failed: {cause}");
             }
             Refusal::oauth(&e)
-        })
+        })?;
+        let owner = match node {
+            Some(node) => node.owner.clone(),
+            None => Template::first_match(&self.templates, name)
+                .map(|(_, owner)| owner)
+                .filter(|owner| !owner.is_empty()),
+        };
+        let owner = owner.filter(|owner| verified.owner() == Some(owner.as_str()));
+        let Some(owner) = owner else {
+            return Err(Refusal::oauth(&VerifyError::OutOfScope(format!(
+                "node {name:?} is not covered by this token"
+            ))));
+        };
+        verified
+            .authorize_node(name, &owner)
+            .map_err(|e| Refusal::oauth(&e))?;
+        if node.is_none() {
+            return Err(Refusal::item_not_found(format!(
+                "there is no node {name:?}"
+            )));
+        }
+        Ok(verified)
     }
 
     fn subscribe(&mut self, from: &str, iq: &Element, action: &Element) -> Outcome {
         let node_name = Self::node_attr(action)?;
-        let jid = action.attr("jid").unwrap_or("");
-        if jid.is_empty() || !jid::same_bare(jid, from) {
+        let given = action.attr("jid").unwrap_or("");
+        let jid = jid::normalize(given).map_err(|e| {
+            Refusal::bad_request(
+                Some("invalid-jid"),
+                format!("the subscribed JID {given:?} is not a valid JID: {e}"),
+            )
+        })?;
+        if !jid::same_bare(&jid, from) {
             return Err(Refusal::bad_request(
                 Some("invalid-jid"),
                 format!(
-                    "the subscribed JID {jid:?} must have the bare JID of the sender, {}",
+                    "the subscribed JID {given:?} must have the bare JID of the sender, {}",
                     jid::bare(from)
                 ),
             ));
         }
-        let node = self.node_or_not_found(node_name)?;
-        let (token, consumer_key) = match node.access {
-            Access::Open => (None, None),
-            Access::OAuth => {
-                let verified = self.gate(iq, &node)?;
+        let jid = jid.as_str();
+        let stored = self.storage.node(node_name).map_err(storage_failed)?;
+        let (node, token, consumer_key) = match stored {
+            Some(node) if node.access == Access::Open => (node, None, None),
+            // Protected or missing: the same gate answers both.
+            stored => {
+                let verified = self.gate(iq, node_name, stored.as_ref())?;
+                let node = stored.ok_or_else(Refusal::internal)?;
                 let token = verified.token().map(|t| t.token.clone());
-                (token, Some(verified.consumer_key().to_owned()))
+                (node, token, Some(verified.consumer_key().to_owned()))
             }
         };
         let subscription = self
@@ -452,14 +529,18 @@ impl Service {
 
     fn unsubscribe(&mut self, from: &str, action: &Element) -> Outcome {
         let node_name = Self::node_attr(action)?;
-        let jid = action.attr("jid").unwrap_or("");
-        if jid.is_empty() || !jid::same_bare(jid, from) {
-            return Err(Refusal::forbidden(format!(
-                "{} may not unsubscribe {jid:?}",
-                jid::bare(from)
-            )));
-        }
-        self.node_or_not_found(node_name)?;
+        let given = action.attr("jid").unwrap_or("");
+        let jid = match jid::normalize(given) {
+            Ok(jid) if jid::same_bare(&jid, from) => jid,
+            _ => {
+                return Err(Refusal::forbidden(format!(
+                    "{} may not unsubscribe {given:?}",
+                    jid::bare(from)
+                )));
+            }
+        };
+        let jid = jid.as_str();
+        // A missing node answers as a node the sender is not subscribed to (profile N6).
         match self
             .storage
             .unsubscribe(node_name, jid)
@@ -476,10 +557,8 @@ impl Service {
     }
 
     fn subscriptions(&self, from: &str, action: &Element) -> Outcome {
+        // A missing node lists nothing, as a node the sender is not subscribed to.
         let node = action.attr("node");
-        if let Some(node) = node {
-            self.node_or_not_found(node)?;
-        }
         let mut list = Element::builder("subscriptions", ns::PUBSUB).build();
         if let Some(node) = node {
             list.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
@@ -508,8 +587,11 @@ impl Service {
         }
         let template = Template::first_match(&self.templates, node_name);
         let Some((template, owner)) = template else {
-            return Err(Refusal::item_not_found(format!(
-                "there is no node {node_name:?}"
+            // As for a node that exists: nobody learns which nodes do (profile N6).
+            info!(from, node = node_name, "refused: no such node or template");
+            return Err(Refusal::forbidden(format!(
+                "{} may not publish to {node_name:?}",
+                jid::bare(from)
             )));
         };
         let node = Node {
@@ -613,13 +695,17 @@ impl Service {
 
     fn retract(&mut self, from: &str, action: &Element, out: Sink<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
-        let node = self.node_or_not_found(node_name)?;
-        if !node.is_publisher(from) {
-            return Err(Refusal::forbidden(format!(
-                "{} may not retract items of {node_name:?}",
-                jid::bare(from)
-            )));
-        }
+        let node = self
+            .storage
+            .node(node_name)
+            .map_err(storage_failed)?
+            .filter(|node| node.is_publisher(from))
+            .ok_or_else(|| {
+                Refusal::forbidden(format!(
+                    "{} may not retract items of {node_name:?}",
+                    jid::bare(from)
+                ))
+            })?;
         let id = action
             .get_child("item", ns::PUBSUB)
             .and_then(|i| i.attr("id"))
@@ -646,14 +732,21 @@ impl Service {
 
     fn items(&self, from: &str, iq: &Element, action: &Element) -> Outcome {
         let node_name = Self::node_attr(action)?;
-        let node = self.node_or_not_found(node_name)?;
-        // Profile N3: a publisher, a subscriber whose token lives, or a signed request.
-        if node.access == Access::OAuth
-            && !node.is_publisher(from)
-            && !self.live_subscription_of(&node, from)?
-        {
-            self.gate(iq, &node)?;
+        let stored = self.storage.node(node_name).map_err(storage_failed)?;
+        // Profile N3: an open node, a publisher, a subscriber whose token lives, or a signed
+        // request; a missing node goes through the same gate (N6).
+        let entitled = match &stored {
+            Some(node) => {
+                node.access == Access::Open
+                    || node.is_publisher(from)
+                    || self.live_subscription_of(node, from)?
+            }
+            None => false,
+        };
+        if !entitled {
+            self.gate(iq, node_name, stored.as_ref())?;
         }
+        stored.ok_or_else(Refusal::internal)?;
         let max = match action.attr("max_items") {
             None => None,
             Some(v) => Some(v.parse::<u32>().map_err(|_| {
@@ -860,6 +953,10 @@ fn item_element(namespace: &str, item: &Item) -> Result<Element, Refusal> {
 }
 
 fn storage_failed(e: StorageError) -> Refusal {
+    if e.is_full() {
+        warn!("storage is full: {e}");
+        return Refusal::storage_full();
+    }
     warn!("storage failed: {e}");
     Refusal::internal()
 }

@@ -13,6 +13,33 @@ pub use sqlite::SqliteStorage;
 
 use serde::Deserialize;
 
+/// The longest node name, in bytes.
+pub const MAX_NODE_NAME_BYTES: usize = 1023;
+
+/// Checks that `name` can be a node name: 1 to [`MAX_NODE_NAME_BYTES`] bytes, no white space
+/// and no control character (a token's scope is a space-separated list of node names, so no
+/// scope could name such a node), and not `*` (the scope entry that covers every node).
+pub fn check_node_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("the node name is empty".into());
+    }
+    if name.len() > MAX_NODE_NAME_BYTES {
+        return Err(format!(
+            "the node name has {} bytes; at most {MAX_NODE_NAME_BYTES} are allowed",
+            name.len()
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the node name {name:?} holds white space or a control character, which no token scope (a space-separated list of node names) can express"
+        ));
+    }
+    if name == "*" {
+        return Err("\"*\" is the scope entry that covers every node; it cannot name one".into());
+    }
+    Ok(())
+}
+
 /// Who may subscribe to a node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,7 +81,7 @@ pub struct Node {
     pub owner: Option<String>,
     /// Who may subscribe.
     pub access: Access,
-    /// Bare JIDs allowed to publish and retract.
+    /// Bare JIDs (normalized) allowed to publish and retract.
     pub publishers: Vec<String>,
     /// How many items it keeps; publishing more drops the oldest.
     pub max_items: u32,
@@ -63,7 +90,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Whether `jid` (full or bare) may publish to it.
+    /// Whether `jid` (normalized, full or bare) may publish to it.
     pub fn is_publisher(&self, jid: &str) -> bool {
         self.publishers
             .iter()
@@ -76,7 +103,8 @@ impl Node {
 pub struct Subscription {
     /// The node.
     pub node: String,
-    /// The subscribed JID, as the subscribe request gave it (bare or full).
+    /// The subscribed JID, normalized, bare or full as the subscribe request gave it:
+    /// where notifications go. There is one subscription per (node, bare JID).
     pub jid: String,
     /// The subscription id given to the subscriber.
     pub subid: String,
@@ -119,6 +147,21 @@ pub enum StorageError {
     Store(#[from] authz_server::StoreError),
 }
 
+impl StorageError {
+    /// Whether the disk (or the database's size limit) is full: nothing was written, and the
+    /// same request can succeed once space returns.
+    pub fn is_full(&self) -> bool {
+        let sqlite = match self {
+            Self::Database(e) | Self::Store(authz_server::StoreError::Sqlite(e)) => e,
+            _ => return false,
+        };
+        matches!(
+            sqlite.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DiskFull)
+        )
+    }
+}
+
 /// The result of storage calls.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -133,10 +176,11 @@ pub trait Storage: Send {
     /// Deletes a node with its items and subscriptions; returns the subscriptions it had.
     fn delete_node(&self, name: &str) -> Result<Option<Vec<Subscription>>>;
 
-    /// Adds or replaces the subscription of (`node`, `jid`). A replaced subscription keeps
-    /// its subid; the returned value is what is now stored.
+    /// Adds or replaces the subscription of (`node`, bare JID of `jid`). A replaced
+    /// subscription keeps its subid and takes the new address and token; the returned value
+    /// is what is now stored.
     fn subscribe(&self, subscription: &Subscription) -> Result<Subscription>;
-    /// Removes the subscription of (`node`, `jid`); returns it if there was one.
+    /// Removes the subscription of (`node`, bare JID of `jid`); returns it if there was one.
     fn unsubscribe(&self, node: &str, jid: &str) -> Result<Option<Subscription>>;
     /// Subscriptions, optionally only one node's; oldest first.
     fn subscriptions(&self, node: Option<&str>) -> Result<Vec<Subscription>>;

@@ -3,7 +3,8 @@
 //! server's tables (which use `PRAGMA user_version`).
 
 /// Each migration, in order; the version after running migration `i` is `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE guard_nodes (
+pub(super) const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE guard_nodes (
         name TEXT PRIMARY KEY,
         owner TEXT,
         access TEXT NOT NULL,
@@ -33,4 +34,30 @@ pub(super) const MIGRATIONS: &[&str] = &["CREATE TABLE guard_nodes (
         publisher TEXT NOT NULL,
         published_at INTEGER NOT NULL,
         UNIQUE (node, id)
-    );"];
+    );",
+    // One subscription per (node, bare JID): `bare` is the key, `jid` the address that
+    // notifications go to (the subscribed JID as normalized at the edge). Older rows are
+    // folded to lower case, and the newest of each bare JID is kept.
+    "CREATE TABLE guard_subscriptions_v2 (
+        node TEXT NOT NULL REFERENCES guard_nodes(name) ON DELETE CASCADE,
+        bare TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        subid TEXT NOT NULL,
+        token TEXT,
+        consumer_key TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (node, bare)
+    );
+    INSERT OR REPLACE INTO guard_subscriptions_v2
+        (node, bare, jid, subid, token, consumer_key, created_at)
+        SELECT node,
+               lower(CASE WHEN instr(jid, '/') > 0 THEN substr(jid, 1, instr(jid, '/') - 1)
+                     ELSE jid END),
+               lower(jid), subid, token, consumer_key, created_at
+        FROM guard_subscriptions ORDER BY created_at;
+    DROP TABLE guard_subscriptions;
+    ALTER TABLE guard_subscriptions_v2 RENAME TO guard_subscriptions;
+    CREATE INDEX guard_subscriptions_token ON guard_subscriptions(token);
+    UPDATE OR IGNORE guard_publishers SET jid = lower(jid);
+    DELETE FROM guard_publishers WHERE jid <> lower(jid);",
+];

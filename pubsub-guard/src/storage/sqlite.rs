@@ -204,10 +204,12 @@ impl Storage for SqliteStorage {
         self.write(|tx| {
             Ok(tx.query_row(
                 &format!(
-                    "INSERT INTO guard_subscriptions (node, jid, subid, token, consumer_key, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (node, jid) DO UPDATE SET token = excluded.token,
-                         consumer_key = excluded.consumer_key, created_at = excluded.created_at
+                    "INSERT INTO guard_subscriptions
+                         (node, jid, subid, token, consumer_key, created_at, bare)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (node, bare) DO UPDATE SET jid = excluded.jid,
+                         token = excluded.token, consumer_key = excluded.consumer_key,
+                         created_at = excluded.created_at
                      RETURNING {SUBSCRIPTION_COLUMNS}"
                 ),
                 params![
@@ -216,7 +218,8 @@ impl Storage for SqliteStorage {
                     s.subid,
                     s.token,
                     s.consumer_key,
-                    to_i64(s.created_at)
+                    to_i64(s.created_at),
+                    crate::jid::bare(&s.jid)
                 ],
                 subscription_row,
             )?)
@@ -228,10 +231,10 @@ impl Storage for SqliteStorage {
             Ok(tx
                 .query_row(
                     &format!(
-                        "DELETE FROM guard_subscriptions WHERE node = ?1 AND jid = ?2
+                        "DELETE FROM guard_subscriptions WHERE node = ?1 AND bare = ?2
                          RETURNING {SUBSCRIPTION_COLUMNS}"
                     ),
-                    params![node, jid],
+                    params![node, crate::jid::bare(jid)],
                     subscription_row,
                 )
                 .optional()?)
@@ -486,5 +489,42 @@ mod tests {
         assert_eq!(s.subscriptions(None).unwrap().len(), 1);
         // The authorization server opens the same file beside them.
         authz_server::Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_full_database_is_told_apart_and_keeps_what_it_had() {
+        let (_dir, s) = open();
+        s.create_node(&node("/location/alice")).unwrap();
+        s.publish("/location/alice", &item("kept"), 100_000)
+            .unwrap();
+        // The database may not grow: SQLite answers as it does on a full disk.
+        let pages: i64 = s
+            .lock()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        s.lock()
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let big = Item {
+            payload: format!("<p xmlns='urn:test'>{}</p>", "x".repeat(20_000)),
+            ..item("big")
+        };
+        let err = (0..50)
+            .find_map(|i| {
+                let item = Item {
+                    id: format!("big{i}"),
+                    ..big.clone()
+                };
+                s.publish("/location/alice", &item, 100_000).err()
+            })
+            .expect("the database filled up");
+        assert!(err.is_full(), "{err}");
+        let ids: Vec<String> = s
+            .items("/location/alice", Some(1_000))
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids.first().map(String::as_str), Some("kept"));
     }
 }

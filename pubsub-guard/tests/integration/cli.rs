@@ -135,6 +135,61 @@ fn refuses_bad_node_definitions() {
         ],
     );
     assert_eq!(out.stderr, "pubsub-guard: the node /n already exists\n");
+    // Profile N7: a name no token scope can express is refused at creation.
+    let cases = [
+        (
+            "/a b",
+            "pubsub-guard: the node name \"/a b\" holds white space or a control character, which no token scope (a space-separated list of node names) can express\n",
+        ),
+        (
+            "*",
+            "pubsub-guard: \"*\" is the scope entry that covers every node; it cannot name one\n",
+        ),
+    ];
+    for (name, message) in cases {
+        let out = guard(
+            &db,
+            &[
+                "node",
+                "create",
+                name,
+                "--open",
+                "--publisher",
+                "l@localhost",
+            ],
+        );
+        assert!(!out.ok);
+        assert_eq!(out.stderr, message);
+    }
+    let out = guard(
+        &db,
+        &["node", "create", "/m", "--open", "--publisher", "a@b@c"],
+    );
+    assert_eq!(
+        out.stderr,
+        "pubsub-guard: --publisher \"a@b@c\" is not a JID: second @ found before parsing the resource\n"
+    );
+    // Publishers are stored normalized.
+    assert!(
+        guard(
+            &db,
+            &[
+                "node",
+                "create",
+                "/m",
+                "--open",
+                "--publisher",
+                "News@LocalHost/desk"
+            ]
+        )
+        .ok
+    );
+    let list = guard(&db, &["node", "list"]);
+    assert!(
+        list.stdout.contains("/m\topen\t-\t10\tnews@localhost\n"),
+        "{}",
+        list.stdout
+    );
 }
 
 #[test]

@@ -109,10 +109,15 @@ fn pubsub(from: &str, kind: &str, action: &str) -> Element {
 impl World {
     /// A subscribe from APP to `node`, signed with the world's token.
     fn signed_subscribe(&self, node: &str) -> Element {
+        self.signed_subscribe_as(APP, node, "app@localhost")
+    }
+
+    /// A subscribe from `from` for `jid`, signed with the world's token over `from`.
+    fn signed_subscribe_as(&self, from: &str, node: &str, jid: &str) -> Element {
         let mut stanza = pubsub(
-            APP,
+            from,
             "set",
-            &format!("<subscribe node='{node}' jid='app@localhost'/>"),
+            &format!("<subscribe node='{node}' jid='{jid}'/>"),
         );
         let signer = Signer::new(
             Credentials {
@@ -124,7 +129,7 @@ impl World {
             SystemClock,
             || authz_server::random::token(16).unwrap(),
         );
-        let oauth = signer.sign_stanza("iq", APP, "pubsub.localhost");
+        let oauth = signer.sign_stanza("iq", from, "pubsub.localhost");
         stanza
             .get_child_mut("pubsub", PUBSUB)
             .unwrap()
@@ -249,10 +254,10 @@ fn every_refusal_has_its_condition_and_text() {
             LOC,
             "set",
             "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='/nowhere'><item><a xmlns='urn:a'/></item></publish></pubsub>",
-            "cancel",
-            "item-not-found",
+            "auth",
+            "forbidden",
             None,
-            "there is no node \"/nowhere\"",
+            "loc@localhost may not publish to \"/nowhere\"",
         ),
         (
             EVE,
@@ -339,10 +344,10 @@ fn every_refusal_has_its_condition_and_text() {
             EVE,
             "set",
             "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='/nowhere' jid='eve@localhost'/></pubsub>",
-            "cancel",
-            "item-not-found",
-            None,
-            "there is no node \"/nowhere\"",
+            "auth",
+            "not-authorized",
+            Some("token-required"),
+            "this node is protected: the request must carry an <oauth xmlns='urn:xmpp:oauth:0'/> element with an access token",
         ),
         (
             EVE,
@@ -662,7 +667,7 @@ fn refused_heads_are_answered_when_the_kind_allows() {
         "modify",
         "policy-violation",
         None,
-        "the stanza has more than 65536 bytes (at least 70000); this service's limit is 65536",
+        "the stanza has 70000 bytes; this service's limit is 65536",
     );
     assert!(
         w.service
@@ -682,4 +687,195 @@ fn refused_heads_are_answered_when_the_kind_allows() {
     let mut anonymous = head("iq", Some("get"));
     anonymous.from = None;
     assert!(w.service.refuse_head(&anonymous, &refusal).is_none());
+}
+
+/// Profile N6: to an asker who may not know it, a protected node that exists answers every
+/// request exactly as one that does not.
+#[test]
+fn protected_nodes_answer_the_same_whether_or_not_they_exist() {
+    let mut w = world();
+    w.storage
+        .create_node(&Node {
+            name: "/location/bob".into(),
+            owner: Some("bob".into()),
+            access: Access::OAuth,
+            publishers: vec!["loc@localhost".into()],
+            max_items: 2,
+            created_at: 1,
+        })
+        .unwrap();
+    let requests = [
+        (
+            "get",
+            "<query xmlns='http://jabber.org/protocol/disco#info' node='{}'/>",
+        ),
+        (
+            "get",
+            "<query xmlns='http://jabber.org/protocol/disco#items' node='{}'/>",
+        ),
+        (
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='{}' jid='eve@localhost'/></pubsub>",
+        ),
+        (
+            "get",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{}'/></pubsub>",
+        ),
+        (
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><unsubscribe node='{}' jid='eve@localhost'/></pubsub>",
+        ),
+        (
+            "get",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscriptions node='{}'/></pubsub>",
+        ),
+        (
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{}'><item><a xmlns='urn:a'/></item></publish></pubsub>",
+        ),
+        (
+            "set",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='{}'><item id='i'/></retract></pubsub>",
+        ),
+    ];
+    let answer = |w: &mut World, kind: &str, payload: &str, node: &str| {
+        let reply = w.reply(iq(EVE, kind, &payload.replace("{}", node)));
+        String::from(&reply).replace(node, "NODE")
+    };
+    for (kind, payload) in requests {
+        let existing = answer(&mut w, kind, payload, "/location/bob");
+        let missing = answer(&mut w, kind, payload, "/location/zed");
+        assert_eq!(existing, missing, "{payload}");
+    }
+    // A valid token from another owner: the same refusal for bob's node and a missing one.
+    let existing = w.reply(w.signed_subscribe("/location/bob"));
+    let missing = w.reply(w.signed_subscribe("/location/zed"));
+    let text = |reply: &Element, node: &str| {
+        let (kind, condition, app, text) = error(reply);
+        (kind, condition, app, text.replace(node, "NODE"))
+    };
+    assert_eq!(
+        text(&existing, "/location/bob"),
+        (
+            "auth".to_owned(),
+            "forbidden".to_owned(),
+            None,
+            "node \"NODE\" is not covered by this token".to_owned()
+        )
+    );
+    assert_eq!(
+        text(&missing, "/location/zed"),
+        text(&existing, "/location/bob")
+    );
+    // The owner's own application may learn that a node of hers is missing.
+    expect(
+        &w.reply(w.signed_subscribe("/location/alice/none")),
+        "auth",
+        "forbidden",
+        None,
+        "node \"/location/alice/none\" is not covered by this token",
+    );
+}
+
+/// Issue 10, case 5: JIDs are normalized at the edge, one subscription per (node, bare JID).
+#[test]
+fn one_subscription_per_bare_jid_whatever_its_case_or_resource() {
+    let mut w = world();
+    let first = w.reply(w.signed_subscribe_as(
+        "FINDMENOW@LOCALHOST/x",
+        "/location/alice",
+        "FINDMENOW@LOCALHOST/x",
+    ));
+    // Another consumer account would not have the bare JID; the world's token is the
+    // consumer's, so the test uses its own JID in two spellings.
+    assert_eq!(
+        first.attr("type"),
+        Some("result"),
+        "{}",
+        String::from(&first)
+    );
+    let second = w.reply(w.signed_subscribe_as(
+        "findmenow@localhost/y",
+        "/location/alice",
+        "findmenow@localhost",
+    ));
+    assert_eq!(second.attr("type"), Some("result"));
+    let subid = |reply: &Element| {
+        reply
+            .get_child("pubsub", PUBSUB)
+            .and_then(|p| p.get_child("subscription", PUBSUB))
+            .and_then(|s| s.attr("subid"))
+            .map(str::to_owned)
+    };
+    assert_eq!(subid(&first), subid(&second));
+    let stored = w.storage.subscriptions(Some("/location/alice")).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].jid, "findmenow@localhost");
+    let out = w.handle(publish_to_alice());
+    let events: Vec<_> = out.iter().filter(|e| e.name() == "message").collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].attr("to"), Some("findmenow@localhost"));
+    // An address that is not a JID is refused with its reason.
+    expect(
+        &w.reply(pubsub(
+            APP,
+            "set",
+            "<subscribe node='/news' jid='app@@localhost'/>",
+        )),
+        "modify",
+        "bad-request",
+        Some("invalid-jid"),
+        "the subscribed JID \"app@@localhost\" is not a valid JID: second @ found before parsing the resource",
+    );
+}
+
+/// Issue 10, case 7: an RSM `<set/>` beside `<items/>` is ignored (XEP-0059 §4), and the
+/// subscription options request is `feature-not-implemented` (XEP-0060 §6.3.2).
+#[test]
+fn rsm_beside_items_is_ignored_and_options_are_not_implemented() {
+    let mut w = world();
+    let published = w.handle(pubsub(
+        LOC,
+        "set",
+        "<publish node='/news'><item id='one'><a xmlns='urn:a'/></item></publish>",
+    ));
+    assert_eq!(
+        published.last().and_then(|r| r.attr("type")),
+        Some("result")
+    );
+    let reply = w.reply(pubsub(
+        EVE,
+        "get",
+        "<items node='/news'/><set xmlns='http://jabber.org/protocol/rsm'><max>5</max></set>",
+    ));
+    assert_eq!(
+        reply.attr("type"),
+        Some("result"),
+        "{}",
+        String::from(&reply)
+    );
+    let items = reply
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("items", PUBSUB))
+        .unwrap();
+    assert_eq!(
+        items
+            .children()
+            .filter_map(|i| i.attr("id"))
+            .collect::<Vec<_>>(),
+        ["one"]
+    );
+    for kind in ["get", "set"] {
+        expect(
+            &w.reply(pubsub(
+                EVE,
+                kind,
+                "<options node='/news' jid='eve@localhost'/>",
+            )),
+            "cancel",
+            "feature-not-implemented",
+            Some("unsupported"),
+            "this service does not implement the pubsub feature \"subscription-options\"",
+        );
+    }
 }
