@@ -318,7 +318,7 @@ def scenario_2_refusals(s: System, token: Consumer, app: Client) -> None:
     expect_error(reply, "auth", "not-authorized", f"{{{OAUTH_ERRORS}}}invalid-nonce", info["text"])
     # Another owner's node.
     expect_error(app.send_iq_raw(subscribe_iq("/location/bob", jid, token.oauth(app.jid))), "auth", "forbidden", None,
-                 'node "/location/bob" belongs to "bob", and the token was granted by "alice"')
+                 'node "/location/bob" is not covered by this token')
     # An unknown consumer.
     stranger = Consumer("no-such-consumer", "x", token.token, token.token_secret)
     expect_error(app.send_iq_raw(subscribe_iq(node, jid, stranger.oauth(app.jid))), "auth", "not-authorized",
@@ -454,7 +454,15 @@ def scenario_5_items_unsubscribe_unknown(s: System, token: Consumer, app: Client
     expect_error(app.send_iq_raw(f"<iq type='set' to='{COMPONENT}'><pubsub xmlns='{PUBSUB}'><create node='/x'/></pubsub></iq>"),
                  "cancel", "feature-not-implemented", f"{{{PUBSUB_ERRORS}}}unsupported",
                  'this service does not implement the pubsub feature "create-nodes"')
-    expect_error(app.send_iq_raw(items_iq("/nowhere")), "cancel", "item-not-found", None, 'there is no node "/nowhere"')
+    # A missing node answers as a protected one does to an asker without a token (profile N6).
+    token_required = ("auth", "not-authorized", f"{{{OAUTH_ERRORS}}}token-required",
+                      "this node is protected: the request must carry an <oauth xmlns='urn:xmpp:oauth:0'/> "
+                      "element with an access token")
+    expect_error(eve.send_iq_raw(items_iq("/nowhere")), *token_required)
+    expect_error(eve.send_iq_raw(items_iq("/location/alice")), *token_required)
+    for node in ("/nowhere", "/location/alice"):
+        expect_error(eve.send_iq_raw(f"<iq type='get' to='{COMPONENT}'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/></iq>"),
+                     "cancel", "item-not-found", None, f'there is no node "{node}"')
     # Oversized stanzas are refused and the service goes on.
     big = "x" * 20000
     reply = loc.send_iq_raw(publish_iq("/news", f"<big xmlns='urn:x'>{big}</big>"))
