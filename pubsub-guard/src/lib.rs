@@ -7,7 +7,8 @@
 //! with `oauth-xmpp` against the shared SQLite store. It follows the store's change log, so a
 //! revoked or expired token ends its subscriptions within a second.
 //!
-//! - [`stream`]: the component stream: incremental reader, handshake, writer.
+//! - [`stream`]: the component stream: incremental reader with per-stanza size and depth
+//!   limits, handshake, writer.
 //! - [`service`]: the pubsub service and the OAuth gate; sans-IO (stanzas in, stanzas out).
 //! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait.
 //! - [`component`]: the running component (worker thread, keepalive, reconnect).

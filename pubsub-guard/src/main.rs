@@ -17,7 +17,7 @@ use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
 #[command(version, about, long_about)]
 struct Cli {
     /// The TOML config file (component, secret, server, database, window_secs,
-    /// allow_plaintext, accept_bare_jid_signatures, max_stanza_bytes, keepalive_secs,
+    /// allow_plaintext, accept_bare_jid_signatures, max_stanza_bytes, max_depth, keepalive_secs,
     /// reconnect_max_secs, [[template]]).
     #[arg(long, env = "GUARD_CONFIG", global = true)]
     config: Option<PathBuf>,
