@@ -527,4 +527,55 @@ mod tests {
             .collect();
         assert_eq!(ids.first().map(String::as_str), Some("kept"));
     }
+
+    #[test]
+    fn version_1_subscriptions_fold_into_one_per_bare_jid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = authz_server::store::connect(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE guard_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO guard_state VALUES ('schema_version', 1);",
+            )
+            .unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO guard_nodes VALUES ('/n', 'alice', 'oauth', 10, 1);
+                 INSERT INTO guard_publishers VALUES ('/n', 'Loc@LocalHost');
+                 INSERT INTO guard_publishers VALUES ('/n', 'loc@localhost');
+                 INSERT INTO guard_subscriptions VALUES ('/n', 'FINDMENOW@LOCALHOST/x', 's1', 't1', 'ck', 5);
+                 INSERT INTO guard_subscriptions VALUES ('/n', 'findmenow@localhost', 's2', 't2', 'ck', 6);
+                 INSERT INTO guard_subscriptions VALUES ('/n', 'other@localhost/r', 's3', 't3', 'ck', 7);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStorage::open(&path).unwrap();
+        let subscriptions = s.subscriptions(Some("/n")).unwrap();
+        let seen: Vec<(&str, &str)> = subscriptions
+            .iter()
+            .map(|s| (s.jid.as_str(), s.subid.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [("findmenow@localhost", "s2"), ("other@localhost/r", "s3")]
+        );
+        assert_eq!(s.node("/n").unwrap().unwrap().publishers, ["loc@localhost"]);
+        // The new key holds: the same bare JID again replaces, keeping the subid.
+        let again = s
+            .subscribe(&Subscription {
+                node: "/n".into(),
+                jid: "other@localhost/phone".into(),
+                subid: "new".into(),
+                token: Some("t4".into()),
+                consumer_key: Some("ck".into()),
+                created_at: 8,
+            })
+            .unwrap();
+        assert_eq!(
+            (again.jid.as_str(), again.subid.as_str()),
+            ("other@localhost/phone", "s3")
+        );
+        assert_eq!(s.subscriptions(Some("/n")).unwrap().len(), 2);
+    }
 }
