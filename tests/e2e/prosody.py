@@ -8,6 +8,7 @@ Usage:
         server.c2s_port        # clients log in here (plain text, loopback only)
         server.component_port  # the pubsub component (XEP-0114) connects here
         server.register("carol", "carolpass")   # also works while the server runs
+        server.register_many({"sub1": "pw", "sub2": "pw"})   # thousands in a second
         server.restart()       # same ports, same data
 
 Everything Prosody needs lives in `workdir`: the config (prosody.cfg.lua), the data folder
@@ -29,22 +30,38 @@ Facts this relies on (measured with Debian's Prosody 0.12.3, see
   * `prosodyctl --config FILE register NAME HOST PASS` writes the account file directly
     (file storage), so it works before start and while the server runs: the next login
     reads the new account.  Registering an existing name silently replaces its password.
+  * It takes ~85 ms an account (a Lua start each time), so register_many() writes the same
+    file itself for plain names and passwords: data/localhost/accounts/NAME.dat, the Lua table
+    mod_auth_internal_hashed stores (SCRAM-SHA-1: iteration_count 10000, a uuid salt,
+    stored_key = hex SHA1(HMAC(salted, "Client Key")), server_key = hex HMAC(salted,
+    "Server Key"), salted = PBKDF2-HMAC-SHA1(password, salt, 10000)), checked against
+    prosodyctl's own file byte for byte and by logging in.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
+import hmac
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 DOMAIN = "localhost"
 LOOPBACK = "127.0.0.1"
 TEMPLATE = Path(__file__).resolve().parents[2] / "scripts" / "prosody.cfg.lua.in"
+
+# mod_auth_internal_hashed's default_iteration_count in Prosody 0.12.
+SCRAM_ITERATIONS = 10000
+# Names and passwords register_many() writes itself: nodeprep and Prosody's file-name
+# encoding leave such names unchanged, and SASLprep such passwords.
+_PLAIN_NAME = re.compile(r"[a-z0-9]+")
+_PLAIN_PASSWORD = re.compile(r"[\x20-\x7e]+")
 
 # How long start() waits for the listeners, and stop() for a clean exit.
 START_TIMEOUT = 10.0
@@ -92,6 +109,21 @@ def _lua(value: str) -> str:
     return f'"{escaped}"'
 
 
+def _scram_record(password: str, salt: str) -> str:
+    """The account file mod_auth_internal_hashed writes (Prosody 0.12, SCRAM-SHA-1)."""
+    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(), SCRAM_ITERATIONS)
+    stored_key = hashlib.sha1(hmac.new(salted, b"Client Key", "sha1").digest()).hexdigest()
+    server_key = hmac.new(salted, b"Server Key", "sha1").hexdigest()
+    return (
+        "return {\n"
+        f'\t["iteration_count"] = {SCRAM_ITERATIONS};\n'
+        f'\t["stored_key"] = "{stored_key}";\n'
+        f'\t["server_key"] = "{server_key}";\n'
+        f'\t["salt"] = "{salt}";\n'
+        "};\n"
+    )
+
+
 class Prosody:
     """One Prosody process with a VirtualHost "localhost" and one external component."""
 
@@ -132,8 +164,7 @@ class Prosody:
         (self._workdir / "certs").mkdir(exist_ok=True)
         self.config_path.write_text(self._config_text())
 
-        for name, password in (users or {}).items():
-            self.register(name, password)
+        self.register_many(users or {})
 
     # ----------------------------------------------------------------- properties
 
@@ -172,6 +203,11 @@ class Prosody:
     @property
     def component_secret(self) -> str:
         return self._component_secret
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id, or None."""
+        return self._process.pid if self.running else None
 
     @property
     def running(self) -> bool:
@@ -214,6 +250,32 @@ class Prosody:
                 f"prosodyctl register {name} {DOMAIN} failed (exit {result.returncode}):\n"
                 f"{result.stdout}{result.stderr}"
             )
+
+    def register_many(self, users: dict[str, str]) -> None:
+        """register() for each name, fast: plain names (a-z, 0-9) with printable ASCII
+        passwords get their account file written directly (one PBKDF2 per distinct password,
+        so accounts with the same password share a salt); any other goes through prosodyctl.
+        Works whether or not the server runs (the next login reads the file)."""
+        plain = {
+            name: password
+            for name, password in users.items()
+            if _PLAIN_NAME.fullmatch(name) and _PLAIN_PASSWORD.fullmatch(password)
+        }
+        for name, password in users.items():
+            if name not in plain:
+                self.register(name, password)
+        if not plain:
+            return
+        accounts = self._workdir / "data" / DOMAIN / "accounts"
+        for folder in (accounts.parent, accounts):
+            folder.mkdir(mode=0o750, exist_ok=True)
+        records = {p: _scram_record(p, str(uuid.uuid4())) for p in set(plain.values())}
+        for name, password in plain.items():
+            # Written aside and renamed, as Prosody does: a login never reads half a file.
+            scratch = accounts / f"{name}.dat~"
+            scratch.write_text(records[password])
+            scratch.chmod(0o640)
+            os.replace(scratch, accounts / f"{name}.dat")
 
     # ----------------------------------------------------------------- lifecycle
 
