@@ -12,8 +12,10 @@
 //! - [`pubsub`]: the XEP-0060 requests the clients send, with the XEP-0235 signature.
 //!
 //! Binaries: `consumer` (subscribe with a token and print events), `publisher` (publish one
-//! item), `quickstart-story` (the four steps `./quickstart` plays), and `pubsub-bench` (the
-//! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`).
+//! item), `quickstart-story` (the four steps `./quickstart` plays), `pubsub-bench` (the
+//! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`), and
+//! `pubsub-burst` (a fan-out burst and an IQ burst that count every delivery and reply,
+//! driven by `scripts/burst_guard.py` and `scripts/bench-burst`).
 
 pub mod flow;
 pub mod http;
