@@ -3,8 +3,7 @@
 //! Property: the reader does not depend on how the bytes arrive. Fed in one piece or in
 //! pieces cut at fuzzer-chosen points, the same bytes give exactly the same events and the
 //! same outcome (the same error text, or none). On every input, the header comes first and
-//! nothing comes after `Closed`. (One exception while a finding is open: see
-//! `regressions/README.md`.)
+//! nothing comes after `Closed`.
 //!
 //! Input: byte 0 chooses the shape of the run, byte 1 the stanza limit, then one byte per
 //! piece length, then the stream bytes.
@@ -90,18 +89,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let split = run(limit, pieces.iter().copied());
     let sizes: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
-    // Open finding (regressions/README.md): bytes after `</stream:stream>` are an error only
-    // when they arrive in the same piece as the closing tag. Until the parser is fixed, the
-    // outcome after `Closed` is not compared; the events are, in full. Remove this exception
-    // with the fix.
-    let closed = [&whole, &split]
-        .iter()
-        .any(|o| o.events.last() == Some(&StreamEvent::Closed));
-    if closed {
-        assert_eq!(whole.events, split.events, "pieces of {sizes:?} bytes");
-    } else {
-        assert_eq!(whole, split, "pieces of {sizes:?} bytes");
-    }
+    assert_eq!(whole, split, "pieces of {sizes:?} bytes");
 
     for (i, event) in whole.events.iter().enumerate() {
         match event {

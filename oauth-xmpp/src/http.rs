@@ -133,9 +133,11 @@ pub fn parse_authorization(params: &str) -> Result<Vec<(String, String)>, Struct
             return Err(malformed("parameters must be separated by commas"));
         }
         rest = after.trim_start_matches([' ', '\t', ',']);
+        // Names are percent-encoded too: `r%65alm` is `realm`.
+        let name = percent_decode_str(name, "an Authorization header parameter name")?;
         if name != "realm" {
             out.push((
-                percent_decode_str(name, "an Authorization header parameter name")?,
+                name,
                 percent_decode_str(value, "an Authorization header parameter value")?,
             ));
         }
@@ -195,6 +197,15 @@ mod tests {
         assert_eq!(
             parse_authorization(params).unwrap(),
             vec![("oauth_nonce".to_owned(), "a b".to_owned())]
+        );
+    }
+
+    /// Found by the `http_params` fuzz target: the name was compared before decoding.
+    #[test]
+    fn a_percent_encoded_realm_is_dropped_too() {
+        assert_eq!(
+            parse_authorization("r%65alm=\"x\", oauth_nonce=\"n\"").unwrap(),
+            vec![("oauth_nonce".to_owned(), "n".to_owned())]
         );
     }
 

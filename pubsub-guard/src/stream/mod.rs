@@ -289,9 +289,10 @@ impl StreamParser {
         Ok(())
     }
 
-    /// Gives all of `data` to the XML parser.
+    /// Gives all of `data` to the XML parser, up to the end of the stream: whatever follows
+    /// `</stream:stream>` is ignored, however the bytes were cut.
     fn parse(&mut self, mut data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
-        while self.parse_one(&mut data, out)? {}
+        while !matches!(self.state, State::Done) && self.parse_one(&mut data, out)? {}
         Ok(())
     }
 
@@ -704,6 +705,28 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(stanza(&events[2]).name(), "presence");
+    }
+
+    /// Found by the `stream_parser` fuzz target: bytes after the stream's end were an error
+    /// only when they came in the same read as `</stream:stream>`.
+    #[test]
+    fn bytes_after_the_end_of_the_stream_are_ignored_however_they_are_cut() {
+        let text = format!("{HEADER}</stream:stream>s<");
+        let bytes = text.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut parser = StreamParser::new(4096);
+            let mut out = Vec::new();
+            parser.feed(&bytes[..cut], &mut out).unwrap();
+            parser.feed(&bytes[cut..], &mut out).unwrap();
+            assert_eq!(
+                out,
+                [
+                    StreamEvent::Header { id: "abc-1".into() },
+                    StreamEvent::Closed
+                ],
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]
