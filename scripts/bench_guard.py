@@ -19,16 +19,11 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from prosody import Prosody  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from guard_setup import provision  # noqa: E402
+
 BIN = REPO / "target" / "release"
 PASSWORD = "bench-password"
-
-
-def cli(program: str, db: Path, *args: str, stdin: str | None = None) -> dict[str, str]:
-    done = subprocess.run([str(BIN / program), "--database", str(db), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        sys.exit(f"bench-guard: {program} {' '.join(args)} failed: {done.stderr}")
-    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 
 
 def main() -> int:
@@ -42,18 +37,8 @@ def main() -> int:
         db = work / "authz.sqlite"
         users = {"publisher": PASSWORD, **{f"sub{i}": PASSWORD for i in range(1, args.subscribers + 1)}}
         server = Prosody(work / "prosody", users=users)
-        cli("authz-server", db, "owner", "add", "bench", stdin="bench-owner-password\n")
-        app = cli("authz-server", db, "consumer", "add", "--name", "Bench")
-        grant = cli("authz-server", db, "token", "grant", "--owner", "bench",
-                    f"--consumer={app['consumer_key']}", "--scope", "/location/bench")
-        cli("pubsub-guard", db, "node", "create", "/location/bench", "--owner", "bench",
-            "--publisher", "publisher@localhost")
-        config = work / "guard.toml"
-        config.write_text(
-            f'component = "{server.component}"\n'
-            f'server = "127.0.0.1:{server.component_port}"\n'
-            f'database = "{db}"\n'
-        )
+        setup = provision(BIN, work, db, server, "bench", "/location/bench", who="bench-guard")
+        app, grant, config = setup.app, setup.grant, setup.config
         guard = None
         try:
             server.start()

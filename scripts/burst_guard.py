@@ -35,6 +35,9 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from prosody import Prosody  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from guard_setup import provision  # noqa: E402
+
 PASSWORD = "burst-password"
 NODE = "/location/burst"
 FULL = {"subscribers": 1000, "publishes": 100, "in_flight": 50, "iqs": 200_000, "window": 0}
@@ -51,14 +54,6 @@ SPARE_FILES = 256
 def fail(message: str) -> None:
     print(f"burst-guard: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def cli(bin_dir: Path, program: str, db: Path, *args: str, stdin: str | None = None) -> dict[str, str]:
-    done = subprocess.run([str(bin_dir / program), "--database", str(db), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        fail(f"{program} {' '.join(args)} failed: {done.stderr}")
-    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 
 
 def raise_file_limit(needed: int) -> None:
@@ -181,18 +176,8 @@ def main() -> int:
         db = work / "authz.sqlite"
         users = {"publisher": PASSWORD, **{f"sub{i}": PASSWORD for i in range(1, args.subscribers + 1)}}
         server = Prosody(work / "prosody", users=users)
-        cli(bin_dir, "authz-server", db, "owner", "add", "burst", stdin="burst-owner-password\n")
-        app = cli(bin_dir, "authz-server", db, "consumer", "add", "--name", "Burst")
-        grant = cli(bin_dir, "authz-server", db, "token", "grant", "--owner", "burst",
-                    f"--consumer={app['consumer_key']}", "--scope", NODE)
-        cli(bin_dir, "pubsub-guard", db, "node", "create", NODE, "--owner", "burst",
-            "--publisher", "publisher@localhost")
-        config = work / "guard.toml"
-        config.write_text(
-            f'component = "{server.component}"\n'
-            f'server = "127.0.0.1:{server.component_port}"\n'
-            f'database = "{db}"\n'
-        )
+        setup = provision(bin_dir, work, db, server, "burst", NODE, who="burst-guard")
+        app, grant, config = setup.app, setup.grant, setup.config
         guard_log = work / "guard.log"
         env = {**os.environ, "BURST_PASSWORD": PASSWORD,
                "BURST_CONSUMER_SECRET": app["consumer_secret"],
