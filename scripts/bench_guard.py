@@ -59,8 +59,8 @@ def main() -> int:
                  "--runs", str(args.runs), f"--consumer-key={app['consumer_key']}",
                  f"--token={grant['oauth_token']}"],
                 env={**os.environ, "BENCH_PASSWORD": PASSWORD,
-                     "BENCH_CONSUMER_SECRET": app["consumer_secret"],
-                     "BENCH_TOKEN_SECRET": grant["oauth_token_secret"]},
+                     "CONSUMER_SECRET": app["consumer_secret"],
+                     "TOKEN_SECRET": grant["oauth_token_secret"]},
                 timeout=1800,
             )
             return done.returncode

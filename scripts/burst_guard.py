@@ -180,8 +180,8 @@ def main() -> int:
         app, grant, config = setup.app, setup.grant, setup.config
         guard_log = work / "guard.log"
         env = {**os.environ, "BURST_PASSWORD": PASSWORD,
-               "BURST_CONSUMER_SECRET": app["consumer_secret"],
-               "BURST_TOKEN_SECRET": grant["oauth_token_secret"]}
+               "CONSUMER_SECRET": app["consumer_secret"],
+               "TOKEN_SECRET": grant["oauth_token_secret"]}
         guard = sampler = None
         rows: list[tuple[str, str]] = []
         failures: list[str] = []

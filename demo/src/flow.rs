@@ -51,6 +51,44 @@ pub struct TokenPair {
     pub secret: Secret,
 }
 
+/// The command-line arguments of a client that signs with a consumer's access token: the
+/// key and token as flags, their secrets from the environment (`CONSUMER_SECRET`,
+/// `TOKEN_SECRET`) or flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Grant {
+    /// The consumer key.
+    #[arg(long, allow_hyphen_values = true)]
+    pub consumer_key: String,
+    /// The consumer secret.
+    #[arg(long, env = "CONSUMER_SECRET", hide_env_values = true)]
+    pub consumer_secret: String,
+    /// The access token.
+    #[arg(long, allow_hyphen_values = true)]
+    pub token: String,
+    /// The access token's secret.
+    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: String,
+}
+
+impl Grant {
+    /// The consumer application (no authorization server URL: it only signs).
+    pub fn app(&self) -> App {
+        App {
+            authz_url: String::new(),
+            consumer_key: self.consumer_key.clone(),
+            consumer_secret: Secret::new(self.consumer_secret.clone()),
+        }
+    }
+
+    /// The access token and its secret.
+    pub fn token(&self) -> TokenPair {
+        TokenPair {
+            token: self.token.clone(),
+            secret: Secret::new(self.token_secret.clone()),
+        }
+    }
+}
+
 impl App {
     /// A signer with this app's credentials and `token`, if any.
     pub fn signer(&self, token: Option<&TokenPair>) -> Signer<SystemClock, fn() -> String> {

@@ -7,10 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use demo::flow::{App, TokenPair};
+use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{Account, xml};
-use oauth_xmpp::Secret;
 
 /// Subscribe to a protected pubsub node with an OAuth access token and print its items.
 #[derive(Debug, Parser)]
@@ -24,18 +23,8 @@ struct Args {
     /// The node.
     #[arg(long)]
     node: String,
-    /// The consumer key.
-    #[arg(long, allow_hyphen_values = true)]
-    consumer_key: String,
-    /// The consumer secret.
-    #[arg(long, env = "CONSUMER_SECRET", hide_env_values = true)]
-    consumer_secret: String,
-    /// The access token.
-    #[arg(long, allow_hyphen_values = true)]
-    token: String,
-    /// The access token's secret.
-    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    #[command(flatten)]
+    grant: Grant,
     /// Stop after this many items.
     #[arg(long)]
     count: Option<usize>,
@@ -54,15 +43,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let app = App {
-        authz_url: String::new(),
-        consumer_key: args.consumer_key,
-        consumer_secret: Secret::new(args.consumer_secret),
-    };
-    let token = TokenPair {
-        token: args.token,
-        secret: Secret::new(args.token_secret),
-    };
+    let (app, token) = (args.grant.app(), args.grant.token());
     let mut client = args
         .account
         .connect(&args.resource)

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use demo::flow::{App, TokenPair};
+use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name};
 use minidom::Element;
@@ -49,18 +49,8 @@ struct Args {
     /// Measured runs per service (after one warm-up each).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The consumer key the subscribers sign with.
-    #[arg(long, allow_hyphen_values = true)]
-    consumer_key: String,
-    /// Its secret.
-    #[arg(long, env = "BENCH_CONSUMER_SECRET", hide_env_values = true)]
-    consumer_secret: String,
-    /// An access token covering the guard's node.
-    #[arg(long, allow_hyphen_values = true)]
-    token: String,
-    /// Its secret.
-    #[arg(long, env = "BENCH_TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    #[command(flatten)]
+    grant: Grant,
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -120,15 +110,7 @@ async fn run(args: &Args) -> Result<(), String> {
         ));
     }
 
-    let app = App {
-        authz_url: String::new(),
-        consumer_key: args.consumer_key.clone(),
-        consumer_secret: Secret::new(args.consumer_secret.clone()),
-    };
-    let token = TokenPair {
-        token: args.token.clone(),
-        secret: Secret::new(args.token_secret.clone()),
-    };
+    let (app, token) = (args.grant.app(), args.grant.token());
     let mut targets = Vec::new();
     for (label, service, node, signed) in [
         (

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use demo::flow::{App, TokenPair};
+use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name, xml};
 use minidom::Element;
@@ -103,18 +103,8 @@ struct Fanout {
     /// Logins (and subscribes) at once, at most.
     #[arg(long, default_value_t = 50)]
     logins: usize,
-    /// The consumer key the subscribers sign with.
-    #[arg(long, allow_hyphen_values = true)]
-    consumer_key: String,
-    /// Its secret.
-    #[arg(long, env = "BURST_CONSUMER_SECRET", hide_env_values = true)]
-    consumer_secret: String,
-    /// An access token covering the guard's node.
-    #[arg(long, allow_hyphen_values = true)]
-    token: String,
-    /// Its secret.
-    #[arg(long, env = "BURST_TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    #[command(flatten)]
+    grant: Grant,
 }
 
 #[derive(Debug, clap::Args)]
@@ -499,15 +489,7 @@ async fn run_fanout(
     }
 
     // Log in and subscribe, `logins` at a time.
-    let app = App {
-        authz_url: String::new(),
-        consumer_key: fanout.consumer_key.clone(),
-        consumer_secret: Secret::new(fanout.consumer_secret.clone()),
-    };
-    let token = TokenPair {
-        token: fanout.token.clone(),
-        secret: Secret::new(fanout.token_secret.clone()),
-    };
+    let (app, token) = (fanout.grant.app(), fanout.grant.token());
     let permits = Arc::new(Semaphore::new(fanout.logins.max(1)));
     let mut setups = JoinSet::new();
     for i in 1..=fanout.subscribers {
