@@ -173,24 +173,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         backoff = (backoff * 2).min(config.reconnect_max());
     };
-    // The worker ends when its queue closes, after the stanzas already received.
+    // The worker ends when its queue closes, after the stanzas already received. A stanza
+    // the reader still held goes to the worker while the writer drains, so that neither
+    // waits on the other.
     ticker.abort();
-    if let Some(item) = held.take() {
-        let _ = work_tx.send(item).await;
-    }
-    drop(work_tx);
-    if let Some(mut writer) = connection {
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while unsent.fill(&mut out_rx).await {
-                unsent.write(&mut writer).await?;
+    let feed = async move {
+        if let Some(item) = held.take() {
+            let _ = work_tx.send(item).await;
+        }
+        drop(work_tx);
+    };
+    match connection {
+        Some(mut writer) => {
+            let drain = async {
+                while unsent.fill(&mut out_rx).await {
+                    unsent.write(&mut writer).await?;
+                }
+                writer.close().await
+            };
+            let drained =
+                tokio::time::timeout(DRAIN_TIMEOUT, async { tokio::join!(feed, drain).1 }).await;
+            match drained {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("could not send everything before stopping: {e}"),
+                Err(_) => warn!("stopped before everything was sent ({DRAIN_TIMEOUT:?})"),
             }
-            writer.close().await
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("could not send everything before stopping: {e}"),
-            Err(_) => warn!("stopped before everything was sent ({DRAIN_TIMEOUT:?})"),
+        }
+        None => {
+            // Nothing can be sent: the worker must not wait for the writer.
+            out_rx.close();
+            if tokio::time::timeout(DRAIN_TIMEOUT, feed).await.is_err() {
+                warn!("stopped with the worker still busy ({DRAIN_TIMEOUT:?})");
+            }
         }
     }
     // Dropping the queue unblocks a worker still waiting to hand over a stanza.

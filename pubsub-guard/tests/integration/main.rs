@@ -435,3 +435,31 @@ async fn a_burst_to_many_subscribers_delivers_everything_in_order_when_the_serve
     assert_eq!(events, vec![SUBSCRIBERS; PUBLISHES]);
     running.stop().await.unwrap();
 }
+
+/// On shutdown the guard stops reading, answers every stanza it had read (in order, none
+/// skipped), and closes the stream politely.
+#[tokio::test]
+async fn shutdown_answers_what_was_read_then_closes_the_stream() {
+    let running = start().await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    let burst: String = (0..500).map(|i| disco(&format!("d{i}"))).collect();
+    peer.send(&burst).await;
+    // The first reply shows the guard is reading; then it is told to stop.
+    assert_eq!(peer.next_stanza().await.attr("id"), Some("d0"));
+    let Running { stop, task, .. } = running;
+    let _ = stop.unwrap().send(());
+    let mut answered = 1;
+    loop {
+        match peer.next().await {
+            StreamEvent::Stanza(reply) => {
+                assert_eq!(reply.attr("id"), Some(format!("d{answered}").as_str()));
+                assert_eq!(reply.attr("type"), Some("result"));
+                answered += 1;
+            }
+            StreamEvent::Closed => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(answered <= 500);
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
