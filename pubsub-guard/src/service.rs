@@ -417,10 +417,19 @@ impl Service {
             .node(name)
             .map_err(storage_failed)?
             .ok_or_else(hidden)?;
-        let known = node.access == Access::Open
+        if self.may_know(&node, from)? {
+            Ok(node)
+        } else {
+            Err(hidden())
+        }
+    }
+
+    /// Whether `from` may know `node` and read its items without a signed request (profile
+    /// N3, N6): it is open, or `from` publishes to it or holds a live subscription to it.
+    fn may_know(&self, node: &Node, from: &str) -> Result<bool, Refusal> {
+        Ok(node.access == Access::Open
             || node.is_publisher(from)
-            || self.live_subscription_of(&node, from)?;
-        if known { Ok(node) } else { Err(hidden()) }
+            || self.live_subscription_of(node, from)?)
     }
 
     /// The `node` attribute, required.
@@ -438,7 +447,12 @@ impl Service {
     /// whether the node exists (profile N6): a token that its owner did not grant for `name`
     /// gets the same refusal either way, and only a token of the (would-be) owner that covers
     /// `name` learns that a missing node is missing.
-    fn gate(&self, iq: &Element, name: &str, node: Option<&Node>) -> Result<Verified, Refusal> {
+    fn gate(
+        &self,
+        iq: &Element,
+        name: &str,
+        node: Option<Node>,
+    ) -> Result<(Verified, Node), Refusal> {
         let verifier =
             Verifier::with_config(self.verifier, &*self.store, &*self.store, SystemClock);
         let from = iq.attr("from").unwrap_or("");
@@ -448,7 +462,7 @@ impl Service {
             }
             Refusal::oauth(&e)
         })?;
-        let owner = match node {
+        let owner = match &node {
             Some(node) => node.owner.clone(),
             None => Template::first_match(&self.templates, name)
                 .map(|(_, owner)| owner)
@@ -463,12 +477,9 @@ impl Service {
         verified
             .authorize_node(name, &owner)
             .map_err(|e| Refusal::oauth(&e))?;
-        if node.is_none() {
-            return Err(Refusal::item_not_found(format!(
-                "there is no node {name:?}"
-            )));
-        }
-        Ok(verified)
+        let node =
+            node.ok_or_else(|| Refusal::item_not_found(format!("there is no node {name:?}")))?;
+        Ok((verified, node))
     }
 
     fn subscribe(&mut self, from: &str, iq: &Element, action: &Element) -> Outcome {
@@ -495,8 +506,7 @@ impl Service {
             Some(node) if node.access == Access::Open => (node, None, None),
             // Protected or missing: the same gate answers both.
             stored => {
-                let verified = self.gate(iq, node_name, stored.as_ref())?;
-                let node = stored.ok_or_else(Refusal::internal)?;
+                let (verified, node) = self.gate(iq, node_name, stored)?;
                 let token = verified.token().map(|t| t.token.clone());
                 (node, token, Some(verified.consumer_key().to_owned()))
             }
@@ -735,18 +745,12 @@ impl Service {
         let stored = self.storage.node(node_name).map_err(storage_failed)?;
         // Profile N3: an open node, a publisher, a subscriber whose token lives, or a signed
         // request; a missing node goes through the same gate (N6).
-        let entitled = match &stored {
-            Some(node) => {
-                node.access == Access::Open
-                    || node.is_publisher(from)
-                    || self.live_subscription_of(node, from)?
+        match stored {
+            Some(node) if self.may_know(&node, from)? => {}
+            stored => {
+                self.gate(iq, node_name, stored)?;
             }
-            None => false,
-        };
-        if !entitled {
-            self.gate(iq, node_name, stored.as_ref())?;
         }
-        stored.ok_or_else(Refusal::internal)?;
         let max = match action.attr("max_items") {
             None => None,
             Some(v) => Some(v.parse::<u32>().map_err(|_| {

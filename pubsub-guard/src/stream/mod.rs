@@ -540,17 +540,7 @@ pub struct StreamWriter {
 }
 
 impl StreamWriter {
-    /// Writes one stanza.
-    pub async fn send(&mut self, stanza: &Element) -> Result<(), StreamError> {
-        let mut bytes = Vec::with_capacity(512);
-        stanza
-            .write_to(&mut bytes)
-            .map_err(|e| StreamError::Io(std::io::Error::other(e.to_string())))?;
-        self.half.write_all(&bytes).await?;
-        Ok(())
-    }
-
-    /// Writes bytes that are already serialized stanzas.
+    /// Writes bytes that are already serialized stanzas (the component batches them).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
         self.half.write_all(bytes).await?;
         Ok(())
