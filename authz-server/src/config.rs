@@ -28,6 +28,12 @@ pub struct Config {
     pub session_lifetime_secs: u64,
     /// Whether consumers may sign with PLAINTEXT (only sensible over TLS).
     pub allow_plaintext: bool,
+    /// Behind a reverse proxy: the header it sets to the client's address (its last entry
+    /// is used, e.g. `X-Forwarded-For`). Without it the connection's peer is the client.
+    /// Set it only when every request comes through that proxy: clients can send it too.
+    pub client_address_header: Option<String>,
+    /// Sign-in throttling (`[sign_in.per_name]` and `[sign_in.per_address]` tables).
+    pub sign_in: crate::throttle::SignInPolicy,
 }
 
 impl Default for Config {
@@ -41,6 +47,8 @@ impl Default for Config {
             temporary_lifetime_secs: 600,
             session_lifetime_secs: 3600,
             allow_plaintext: true,
+            client_address_header: None,
+            sign_in: crate::throttle::SignInPolicy::default(),
         }
     }
 }
@@ -77,7 +85,25 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file; settings it leaves out keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        read_toml(path)
+        let config: Self = read_toml(path)?;
+        config.check().map_err(|message| ConfigError::Unusable {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// What is inconsistent in these settings, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        self.sign_in.check()?;
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "public_url must start with http:// or https:// (got {url:?})"
+            ));
+        }
+        Ok(())
     }
 }
 

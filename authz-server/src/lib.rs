@@ -10,6 +10,7 @@
 //!   the guard follows.
 //! - [`web`]: the HTTP endpoints (request token, authorize, access token) and the owner's
 //!   pages, every signed request checked by `oauth-xmpp`'s verifier.
+//! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout).
 //! - [`config`]: settings from a TOML file, the environment and the command line.
 //! - [`logging`]: the services' log setup (also used by the pubsub guard).
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod logging;
 pub mod random;
 pub mod store;
+pub mod throttle;
 pub mod web;
 
 pub use store::{Store, StoreError};

@@ -364,6 +364,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    config.check()?;
     authz_server::logging::init("AUTHZ_LOG");
     let store = Arc::new(Store::open(&config.database).map_err(|e| e.to_string())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -385,15 +386,15 @@ fn serve(config: Config) -> Result<(), String> {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(e) = sweeper.log_expiries(store::now()) {
+                let store = Arc::clone(&sweeper);
+                let swept =
+                    tokio::task::spawn_blocking(move || store.log_expiries(store::now())).await;
+                if let Ok(Err(e)) = swept {
                     tracing::warn!(error = %e, "logging expiries failed");
                 }
             }
         });
-        let app = router(AppState {
-            store,
-            config: Arc::new(config),
-        });
+        let app = router(AppState::new(store, config));
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

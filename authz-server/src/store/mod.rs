@@ -10,6 +10,7 @@
 mod model;
 mod oauth;
 mod schema;
+mod signin;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -19,9 +20,10 @@ use oauth_xmpp::{Scope, Secret};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use model::{
-    AccessToken, Change, ChangeKind, Consumer, Grant, Owner, RevokeBy, Session, TemporaryState,
-    TemporaryToken,
+    AccessToken, Change, ChangeKind, Consumer, FailedSignIns, Grant, Owner, RevokeBy, Session,
+    TemporaryState, TemporaryToken,
 };
+pub use signin::{Attempt, Throttled, ThrottledBy};
 
 use crate::random;
 
@@ -113,6 +115,8 @@ pub struct Store {
     path: PathBuf,
     /// The second in which expired nonces were last deleted (at most once a second).
     nonces_purged_at: std::sync::atomic::AtomicU64,
+    /// When stale sign-in counters were last deleted.
+    throttle_purged_at: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,6 +148,7 @@ impl Store {
             conn: Mutex::new(conn),
             path,
             nonces_purged_at: std::sync::atomic::AtomicU64::new(0),
+            throttle_purged_at: std::sync::atomic::AtomicU64::new(0),
         };
         store.migrate()?;
         Ok(store)
@@ -267,6 +272,10 @@ impl Store {
     // ----- consumers -----
 
     /// Registers a consumer application. Returns its key and secret (shown once).
+    ///
+    /// `callback` is where owners are sent back after answering (an absolute http(s) URL
+    /// with no user info, fragment or control character); its requests must use that one
+    /// (profile C1). Without one, the application can only use `oob`.
     pub fn add_consumer(
         &self,
         name: &str,
@@ -278,6 +287,14 @@ impl Store {
             return Err(StoreError::Refused(
                 "a consumer needs a name (shown to owners)".into(),
             ));
+        }
+        if let Some(callback) = callback {
+            crate::web::targets::check_callback_url(callback).map_err(|e| {
+                StoreError::Refused(format!(
+                    "the callback {callback:?} is refused: {}",
+                    e.to_string().trim_start_matches("oauth_callback ")
+                ))
+            })?;
         }
         let key = random::token(16)?;
         let secret = Secret::new(random::token(32)?);
@@ -449,52 +466,109 @@ impl Store {
     }
 
     /// Exchanges approved temporary credentials and their verifier for an access token
-    /// (RFC 5849 §2.3), once. The caller has verified the request's signature.
-    pub fn exchange(&self, token: &str, verifier: &str, now: u64) -> Result<Grant> {
+    /// (RFC 5849 §2.3), once. The caller has verified the request's signature; `nonce` is
+    /// its nonce key ([`oauth_xmpp::replay::NonceKey::write_canonical`]).
+    ///
+    /// The exchange is safe to retry (profile P6): for `retry_secs` after it, a signed
+    /// request with the same verifier gets the same access token back, as long as it is
+    /// live, so an answer lost to a crash or a broken connection is not a grant the
+    /// consumer can never collect.
+    pub fn exchange(
+        &self,
+        token: &str,
+        verifier: &str,
+        nonce: &str,
+        retry_secs: u64,
+        now: u64,
+    ) -> Result<Grant> {
         self.write(|tx| {
             let row: Option<TemporaryRow> = tx
                 .query_row(
-                    "SELECT state, consumer_key, scope, owner, verifier, expires_at
+                    "SELECT state, consumer_key, scope, owner, verifier, expires_at,
+                            exchanged_at, access_token_id
                      FROM temporary_tokens WHERE token = ?1",
                     [token],
                     |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ))
+                        Ok(TemporaryRow {
+                            state: r.get(0)?,
+                            consumer_key: r.get(1)?,
+                            scope: r.get(2)?,
+                            owner: r.get(3)?,
+                            verifier: r.get(4)?,
+                            expires_at: r.get(5)?,
+                            exchanged_at: r.get::<_, Option<i64>>(6)?.map(to_u64),
+                            access_token_id: r.get(7)?,
+                        })
                     },
                 )
                 .optional()?;
-            let Some((state, consumer_key, scope, owner, expected, expires_at)) = row else {
+            let Some(row) = row else {
                 return Err(StoreError::NotFound("unknown temporary token".into()));
             };
-            match TemporaryState::parse(&state) {
+            // `approve` sets both with the state; their absence means it never ran.
+            let same_verifier = row.verifier.as_deref().is_some_and(|expected| {
+                subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), verifier.as_bytes()).into()
+            });
+            match TemporaryState::parse(&row.state) {
                 TemporaryState::Approved => {}
-                TemporaryState::Used => return Err(ExchangeRefused::Used.into()),
+                TemporaryState::Used => {
+                    let in_window = row
+                        .exchanged_at
+                        .is_some_and(|at| now <= at.saturating_add(retry_secs));
+                    return match row.access_token_id {
+                        Some(id) if in_window && same_verifier => {
+                            live_grant_in(tx, id, now)?.ok_or(ExchangeRefused::Used.into())
+                        }
+                        _ => Err(ExchangeRefused::Used.into()),
+                    };
+                }
                 TemporaryState::Denied => return Err(ExchangeRefused::Denied.into()),
                 TemporaryState::Pending => return Err(ExchangeRefused::NotApproved.into()),
             }
-            if to_u64(expires_at) <= now {
+            if to_u64(row.expires_at) <= now {
                 return Err(ExchangeRefused::Expired.into());
             }
-            // `approve` sets both with the state; their absence means it never ran.
-            let (Some(owner), Some(expected)) = (owner, expected) else {
+            let Some(owner) = row.owner else {
                 return Err(ExchangeRefused::NotApproved.into());
             };
-            let same: bool =
-                subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), verifier.as_bytes()).into();
-            if !same {
+            if !same_verifier {
                 return Err(ExchangeRefused::WrongVerifier.into());
             }
-            tx.execute(
-                "UPDATE temporary_tokens SET state = 'used' WHERE token = ?1",
-                [token],
+            let grant = insert_grant(
+                tx,
+                &row.consumer_key,
+                &owner,
+                Scope::parse(&row.scope),
+                None,
+                now,
             )?;
-            insert_grant(tx, &consumer_key, &owner, Scope::parse(&scope), None, now)
+            tx.execute(
+                "UPDATE temporary_tokens SET state = 'used', exchanged_at = ?2,
+                        exchange_nonce = ?3, access_token_id = ?4
+                 WHERE token = ?1",
+                params![token, to_i64(now), nonce, grant.id],
+            )?;
+            Ok(grant)
+        })
+    }
+
+    /// For temporary credentials exchanged less than `retry_secs` ago: the nonce key of
+    /// that exchange (a byte-for-byte retry of it carries the same one). `None` otherwise.
+    pub fn exchange_retry(&self, token: &str, retry_secs: u64, now: u64) -> Result<Option<String>> {
+        let row: Option<(Option<i64>, Option<String>)> = self
+            .lock()
+            .query_row(
+                "SELECT exchanged_at, exchange_nonce FROM temporary_tokens
+                 WHERE token = ?1 AND state = 'used'",
+                [token],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            Some((Some(at), Some(nonce))) if now <= to_u64(at).saturating_add(retry_secs) => {
+                Some(nonce)
+            }
+            _ => None,
         })
     }
 
@@ -629,27 +703,58 @@ impl Store {
 
     // ----- owner sessions (the web pages) -----
 
-    /// Starts a signed-in session for `owner`, good for `lifetime` seconds.
+    /// Starts a signed-in session for `owner`, good for `lifetime` seconds, after a right
+    /// password: her name's sign-in counter is forgotten, and the failed sign-ins since her
+    /// previous sign-in move into the session (to be shown to her) and are reset.
     pub fn create_session(&self, owner: &str, lifetime: u64, now: u64) -> Result<Session> {
-        let session = Session {
-            id: random::token(32)?,
-            owner: owner.to_owned(),
-            csrf: random::token(16)?,
-        };
+        let id = random::token(32)?;
+        let csrf = random::token(16)?;
         self.write(|tx| {
             tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [to_i64(now)])?;
+            if let Some(subject) = signin::name_subject(owner) {
+                tx.execute("DELETE FROM sign_in_throttle WHERE subject = ?1", [subject])?;
+            }
+            let failed_before = tx
+                .query_row(
+                    "SELECT failed_sign_ins, last_failed_sign_in, lockouts FROM owners
+                     WHERE name = ?1",
+                    [owner],
+                    |r| {
+                        Ok(FailedSignIns {
+                            count: to_u64(r.get(0)?),
+                            last_at: r.get::<_, Option<i64>>(1)?.map(to_u64),
+                            lockouts: to_u64(r.get(2)?),
+                        })
+                    },
+                )
+                .optional()?
+                .unwrap_or_default();
             tx.execute(
-                "INSERT INTO sessions (id, owner, csrf, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                "UPDATE owners SET failed_sign_ins = 0, last_failed_sign_in = NULL, lockouts = 0
+                 WHERE name = ?1",
+                [owner],
+            )?;
+            tx.execute(
+                "INSERT INTO sessions (id, owner, csrf, expires_at, failed_sign_ins,
+                                       last_failed_sign_in, lockouts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
-                    session.id,
-                    session.owner,
-                    session.csrf,
-                    to_i64(now.saturating_add(lifetime))
+                    id,
+                    owner,
+                    csrf,
+                    to_i64(now.saturating_add(lifetime)),
+                    to_i64(failed_before.count),
+                    failed_before.last_at.map(to_i64),
+                    to_i64(failed_before.lockouts)
                 ],
             )?;
-            Ok(())
-        })?;
-        Ok(session)
+            Ok(Session {
+                id,
+                owner: owner.to_owned(),
+                csrf,
+                failed_before,
+            })
+        })
     }
 
     /// The live session with this id.
@@ -657,13 +762,19 @@ impl Store {
         Ok(self
             .lock()
             .query_row(
-                "SELECT id, owner, csrf FROM sessions WHERE id = ?1 AND expires_at > ?2",
+                "SELECT id, owner, csrf, failed_sign_ins, last_failed_sign_in, lockouts
+                 FROM sessions WHERE id = ?1 AND expires_at > ?2",
                 params![id, to_i64(now)],
                 |r| {
                     Ok(Session {
                         id: r.get(0)?,
                         owner: r.get(1)?,
                         csrf: r.get(2)?,
+                        failed_before: FailedSignIns {
+                            count: to_u64(r.get(3)?),
+                            last_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
+                            lockouts: to_u64(r.get(5)?),
+                        },
                     })
                 },
             )
@@ -679,8 +790,38 @@ impl Store {
     }
 }
 
-/// state, consumer key, scope, owner, verifier, expiry.
-type TemporaryRow = (String, String, String, Option<String>, Option<String>, i64);
+/// What an exchange reads of temporary credentials.
+struct TemporaryRow {
+    state: String,
+    consumer_key: String,
+    scope: String,
+    owner: Option<String>,
+    verifier: Option<String>,
+    expires_at: i64,
+    exchanged_at: Option<u64>,
+    access_token_id: Option<i64>,
+}
+
+/// The access token `id` as a grant, if it is neither revoked nor expired at `now`.
+fn live_grant_in(tx: &rusqlite::Transaction<'_>, id: i64, now: u64) -> Result<Option<Grant>> {
+    Ok(tx
+        .query_row(
+            "SELECT token, secret, consumer_key, owner, scope FROM access_tokens
+             WHERE id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+            params![id, to_i64(now)],
+            |r| {
+                Ok(Grant {
+                    id,
+                    token: r.get(0)?,
+                    secret: Secret::new(r.get::<_, String>(1)?),
+                    consumer_key: r.get(2)?,
+                    owner: r.get(3)?,
+                    scope: Scope::parse(&r.get::<_, String>(4)?),
+                })
+            },
+        )
+        .optional()?)
+}
 
 const CONSUMER_SELECT: &str =
     "SELECT key, name, jid, callback, created_at, revoked_at FROM consumers";

@@ -197,4 +197,18 @@ pub struct Session {
     pub owner: String,
     /// The token every form of this session must carry.
     pub csrf: String,
+    /// The failed sign-ins for this owner between her previous sign-in and this one.
+    pub failed_before: FailedSignIns,
+}
+
+/// Failed sign-ins for one owner's name since she last signed in, told to her when she
+/// next does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailedSignIns {
+    /// How many attempts failed.
+    pub count: u64,
+    /// When the last one was (seconds since 1970).
+    pub last_at: Option<u64>,
+    /// How many of them locked the name out.
+    pub lockouts: u64,
 }

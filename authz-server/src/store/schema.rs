@@ -65,4 +65,24 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         consumer_key TEXT,
         owner        TEXT
     ) STRICT;",
+    // 2: sign-in throttling and the owner's notice of failed sign-ins; a retry-safe
+    // access-token exchange (profile P6).
+    "CREATE TABLE sign_in_throttle (
+        -- 'name:alice' or 'addr:192.0.2.1' (IPv6: the /64)
+        subject      TEXT PRIMARY KEY NOT NULL,
+        failures     INTEGER NOT NULL,
+        last_failure INTEGER NOT NULL,
+        locked_until INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    -- failed sign-ins since the owner's last sign-in, shown to her at the next one
+    ALTER TABLE owners ADD COLUMN failed_sign_ins INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE owners ADD COLUMN last_failed_sign_in INTEGER;
+    ALTER TABLE owners ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN failed_sign_ins INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN last_failed_sign_in INTEGER;
+    ALTER TABLE sessions ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0;
+    -- the exchange that used the temporary token: when, its nonce, the access token it gave
+    ALTER TABLE temporary_tokens ADD COLUMN exchanged_at INTEGER;
+    ALTER TABLE temporary_tokens ADD COLUMN exchange_nonce TEXT;
+    ALTER TABLE temporary_tokens ADD COLUMN access_token_id INTEGER;",
 ];

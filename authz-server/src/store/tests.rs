@@ -118,15 +118,34 @@ fn the_flow_issues_one_access_token_per_verifier() {
         .approve(&temp, "alice", &Scope::parse("/location/alice"), 1001)
         .unwrap();
     assert!(matches!(
-        store.exchange(&temp, "wrong", 1002),
+        store.exchange(&temp, "wrong", "n0", 300, 1002),
         Err(StoreError::Exchange(ExchangeRefused::WrongVerifier))
     ));
-    let grant = store.exchange(&temp, &verifier, 1002).unwrap();
+    assert_eq!(store.exchange_retry(&temp, 300, 1002).unwrap(), None);
+    let grant = store.exchange(&temp, &verifier, "n1", 300, 1002).unwrap();
     assert_eq!(
         (grant.owner.as_str(), grant.scope.to_string().as_str()),
         ("alice", "/location/alice")
     );
-    let err = store.exchange(&temp, &verifier, 1003).unwrap_err();
+    // Within the retry window the same verifier gets the same token back (profile P6),
+    // and the nonce of the first exchange is known for a byte-for-byte retry.
+    assert_eq!(
+        store.exchange_retry(&temp, 300, 1302).unwrap().as_deref(),
+        Some("n1")
+    );
+    let again = store.exchange(&temp, &verifier, "n2", 300, 1302).unwrap();
+    assert_eq!(
+        (again.id, again.token.as_str(), again.secret.expose()),
+        (grant.id, grant.token.as_str(), grant.secret.expose())
+    );
+    assert!(matches!(
+        store.exchange(&temp, "wrong", "n3", 300, 1003),
+        Err(StoreError::Exchange(ExchangeRefused::Used))
+    ));
+    assert_eq!(store.exchange_retry(&temp, 300, 1303).unwrap(), None);
+    let err = store
+        .exchange(&temp, &verifier, "n4", 300, 1303)
+        .unwrap_err();
     assert!(matches!(err, StoreError::Exchange(ExchangeRefused::Used)));
     assert_eq!(
         err.to_string(),

@@ -2,7 +2,11 @@
 //! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications).
 
 mod flow;
+mod html;
 mod pages;
+pub(crate) mod pool;
+mod signin;
+pub(crate) mod targets;
 
 use std::sync::Arc;
 
@@ -15,17 +19,35 @@ use oauth_xmpp::VerifierConfig;
 
 use crate::config::Config;
 use crate::store::Store;
+use pool::Pools;
 
-/// What every handler shares.
+/// What every handler shares: the store (reached only through bounded blocking pools, so
+/// no SQLite call or password hash runs on the async runtime) and the settings.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The token store.
-    pub store: Arc<Store>,
-    /// The settings.
-    pub config: Arc<Config>,
+    pools: Arc<Pools>,
+    config: Arc<Config>,
 }
 
 impl AppState {
+    /// The state of a server on `store` with `config`.
+    pub fn new(store: Arc<Store>, config: Config) -> Self {
+        Self {
+            pools: Arc::new(Pools::new(store)),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The token store.
+    pub fn store(&self) -> &Arc<Store> {
+        self.pools.store()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     fn verifier_config(&self) -> VerifierConfig {
         VerifierConfig {
             window_secs: self.config.window_secs,
@@ -33,9 +55,26 @@ impl AppState {
             ..VerifierConfig::default()
         }
     }
+
+    /// Runs `f` on the store off the runtime; a pool failure is the 500 to answer.
+    pub(crate) async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T, Response> {
+        self.pools.run(f).await.map_err(internal)
+    }
+
+    /// Whether cookies get `Secure` (the public URL is https).
+    fn secure_cookies(&self) -> bool {
+        self.config.public_url.as_deref().is_some_and(|u| {
+            u.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        })
+    }
 }
 
-/// The whole application.
+/// The whole application. Every answer carries the security headers of
+/// `html::security_headers` (CSP, `nosniff`, frame denial, no referrer).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/oauth/request_token", post(flow::request_token))
@@ -44,13 +83,27 @@ pub fn router(state: AppState) -> Router {
             "/oauth/authorize",
             get(pages::authorize_page).post(pages::authorize_answer),
         )
-        .route("/login", post(pages::login))
+        .route("/login", get(signin::login_page).post(signin::login))
         .route("/logout", post(pages::logout))
         .route("/apps", get(pages::apps_page))
         .route("/apps/revoke", post(pages::apps_revoke))
+        .route("/style.css", get(html::stylesheet))
         .route("/", get(pages::home))
+        .layer(axum::middleware::from_fn(html::security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
+}
+
+/// A 303 to `location`. The location was checked (a path here, or a registered callback);
+/// should it still not be a valid header value, the answer is a 500 rather than a 303
+/// without `Location`.
+pub(crate) fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
+        Err(_) => internal(format!(
+            "a redirect target is not a header value: {location:?}"
+        )),
+    }
 }
 
 /// An OAuth error answer (RFC 5849 §3.2 and the Problem Reporting extension): the status,
@@ -78,7 +131,7 @@ pub(crate) fn problem(state: &AppState, status: u16, problem: &str, advice: &str
 
 /// A store failure: logged, and a 500 that says only that.
 pub(crate) fn internal(error: impl std::fmt::Display) -> Response {
-    tracing::error!(%error, "store failure");
+    tracing::error!(%error, "internal failure");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal error: the token store failed; see the server log\n",
