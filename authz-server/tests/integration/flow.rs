@@ -5,7 +5,7 @@ use oauth_xmpp::{Secret, SignatureMethod};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Answer, FORM, Server, Setup, cli, csrf_in, http, setup, sign_in};
+use crate::{Answer, CALLBACK, FORM, Server, Setup, cli, csrf_in, http, setup, sign_in};
 
 fn signer(
     key: &str,
@@ -32,7 +32,7 @@ fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
             "POST",
             &url,
             &[("scope", scope)],
-            &[("oauth_callback", "http://127.0.0.1:9/cb")],
+            &[("oauth_callback", CALLBACK)],
         )
         .unwrap();
     let body = format!("scope={}", oauth_xmpp::encode::percent_encode(scope));
@@ -98,7 +98,8 @@ fn verifier_of(location: &str) -> String {
 #[test]
 fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
     let s = setup();
-    let server = Server::start(&s.db, &[]);
+    // A 2 s window: also how long the exchange may be retried (profile P6).
+    let server = Server::start(&s.db, &["--window", "2"]);
     let (token, secret) = request_token(&server, &s, "/location/alice /photos/alice/");
     let approved = answer(&server, &token, "approve");
     assert_eq!(approved.status, 303);
@@ -115,6 +116,13 @@ fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
     assert_eq!(access.get("oauth_token").len(), 22);
     assert_eq!(access.get("oauth_token_secret").len(), 43);
 
+    // Retried inside the window: the same token, not a second one.
+    let retry = access_token(&server, &s, (&token, &secret), &verifier);
+    assert_eq!(
+        (retry.status, retry.get("oauth_token")),
+        (200, access.get("oauth_token"))
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let again = access_token(&server, &s, (&token, &secret), &verifier);
     assert_eq!(
         (again.status, again.get("oauth_problem").as_str()),
@@ -163,7 +171,7 @@ fn error_paths_have_their_status_and_problem() {
             "",
         )
     };
-    let extra = [("oauth_callback", "oob")];
+    let extra = [("oauth_callback", CALLBACK)];
 
     // Bad signature.
     let auth = signer(&s.key, "wrong", None, SignatureMethod::HmacSha1)
@@ -358,7 +366,7 @@ fn behind_a_proxy_signatures_are_checked_against_the_public_url() {
     let server = Server::start(&s.db, &["--public-url", "https://auth.example.org"]);
     let send = |signed_url: &str| {
         let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
-            .sign_http("POST", signed_url, &[], &[("oauth_callback", "oob")])
+            .sign_http("POST", signed_url, &[], &[("oauth_callback", CALLBACK)])
             .unwrap();
         http(
             &server.addr,

@@ -53,6 +53,7 @@ fn requests_oauthlib_completes_the_three_legged_flow_hmac_and_plaintext() {
             "--password=correct horse",
             &format!("--method={method}"),
             "--scope=/location/alice /photos/alice/",
+            &format!("--callback={}", crate::CALLBACK),
         ]);
         let token = result["access_token"].as_str().unwrap();
         let (_, list, _) = cli(db, &["token", "list"], "");
@@ -86,12 +87,7 @@ fn headless_chromium_signs_in_and_approves() {
         || "browser-test-nonce".to_owned(),
     );
     let auth = signer
-        .sign_http(
-            "POST",
-            &url,
-            &[],
-            &[("oauth_callback", "http://127.0.0.1:9/callback")],
-        )
+        .sign_http("POST", &url, &[], &[("oauth_callback", crate::CALLBACK)])
         .unwrap();
     let a = crate::http(
         &server.addr,
@@ -117,7 +113,7 @@ fn headless_chromium_signs_in_and_approves() {
         "--screenshot",
         shot.to_str().unwrap(),
         "--expect-callback",
-        "http://127.0.0.1:9/callback",
+        crate::CALLBACK,
     ]);
     assert_eq!(result["oauth_token"], token.as_str());
     assert_eq!(result["oauth_verifier"].as_str().unwrap().len(), 22);

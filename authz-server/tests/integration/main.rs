@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod flow;
+mod hostile;
 mod interop;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -169,20 +170,23 @@ pub(crate) fn temp_db() -> (tempfile::TempDir, PathBuf) {
 
 pub(crate) const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
-/// A database with the owner `alice` (password `correct horse`) and the consumer
-/// `FindMeNow`.
+/// The callback `FindMeNow` is registered with.
+pub(crate) const CALLBACK: &str = "http://127.0.0.1:9/cb";
+
+/// A database with the owner `alice` (password `correct horse`), the consumer `FindMeNow`
+/// registered with the callback [`CALLBACK`], and `Kiosk`, registered without one (`oob`).
 pub(crate) struct Setup {
     _dir: tempfile::TempDir,
     pub(crate) db: PathBuf,
     pub(crate) key: String,
     pub(crate) secret: String,
+    pub(crate) oob_key: String,
+    pub(crate) oob_secret: String,
 }
 
-pub(crate) fn setup() -> Setup {
-    let (dir, db) = temp_db();
-    let (ok, _, err) = cli(&db, &["owner", "add", "alice"], "correct horse\n");
-    assert!(ok, "{err}");
-    let (ok, out, err) = cli(&db, &["consumer", "add", "--name", "FindMeNow"], "");
+/// Registers a consumer; returns its key and secret.
+pub(crate) fn add_consumer(db: &Path, args: &[&str]) -> (String, String) {
+    let (ok, out, err) = cli(db, &[&["consumer", "add"], args].concat(), "");
     assert!(ok, "{err}");
     let field = |name: &str| {
         out.lines()
@@ -190,35 +194,75 @@ pub(crate) fn setup() -> Setup {
             .unwrap()
             .to_owned()
     };
+    (field("consumer_key="), field("consumer_secret="))
+}
+
+pub(crate) fn setup() -> Setup {
+    let (dir, db) = temp_db();
+    let (ok, _, err) = cli(&db, &["owner", "add", "alice"], "correct horse\n");
+    assert!(ok, "{err}");
+    let (key, secret) = add_consumer(&db, &["--name", "FindMeNow", "--callback", CALLBACK]);
+    let (oob_key, oob_secret) = add_consumer(&db, &["--name", "Kiosk"]);
     Setup {
-        key: field("consumer_key="),
-        secret: field("consumer_secret="),
+        key,
+        secret,
+        oob_key,
+        oob_secret,
         _dir: dir,
         db,
     }
 }
 
-/// Signs in as alice, asking to go to `next`; returns the session cookie (`name=value`).
-pub(crate) fn sign_in(server: &Server, next: &str) -> String {
-    let login = http(
+/// The `name=value` of the first `Set-Cookie` of `answer` whose name ends with `suffix`.
+pub(crate) fn set_cookie(answer: &Answer, suffix: &str) -> Option<String> {
+    answer
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Set-Cookie"))
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .find(|kv| kv.split('=').next().unwrap().ends_with(suffix))
+}
+
+/// The sign-in form's token and its cookie (`name=value`), from `GET /login`.
+pub(crate) fn login_form(server: &Server) -> (String, String) {
+    let page = http(&server.addr, "GET", "/login", &[], "");
+    assert_eq!(page.status, 200, "{page:?}");
+    let token = page
+        .body
+        .split("name=\"login\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    (token, set_cookie(&page, "authz_login").unwrap())
+}
+
+/// Posts the sign-in form as `name` with `password` from a browser that loaded it.
+pub(crate) fn try_sign_in(server: &Server, name: &str, password: &str, next: &str) -> Answer {
+    let (token, cookie) = login_form(server);
+    let enc = oauth_xmpp::encode::percent_encode;
+    http(
         &server.addr,
         "POST",
         "/login",
-        &[FORM],
+        &[FORM, ("Cookie", &cookie)],
         &format!(
-            "name=alice&password=correct%20horse&next={}",
-            oauth_xmpp::encode::percent_encode(next)
+            "login={token}&name={}&password={}&next={}",
+            enc(name),
+            enc(password),
+            enc(next)
         ),
-    );
+    )
+}
+
+/// Signs in as alice, asking to go to `next`; returns the session cookie (`name=value`).
+pub(crate) fn sign_in(server: &Server, next: &str) -> String {
+    let login = try_sign_in(server, "alice", "correct horse", next);
     assert_eq!(login.status, 303, "{login:?}");
     assert_eq!(login.header("Location"), Some(next));
-    login
-        .header("Set-Cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    set_cookie(&login, "authz_session").unwrap()
 }
 
 /// The CSRF token of the first form of a page.
