@@ -122,7 +122,8 @@ fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
         (retry.status, retry.get("oauth_token")),
         (200, access.get("oauth_token"))
     );
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Past the window (whole seconds: at most 3 s later).
+    std::thread::sleep(std::time::Duration::from_millis(3100));
     let again = access_token(&server, &s, (&token, &secret), &verifier);
     assert_eq!(
         (again.status, again.get("oauth_problem").as_str()),
