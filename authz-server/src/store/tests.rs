@@ -313,6 +313,85 @@ fn sessions_expire() {
 }
 
 #[test]
+fn sign_in_counters_throttle_names_and_addresses_and_the_owner_is_told() {
+    use crate::throttle::{SignInPolicy, Wait};
+    let (_dir, store) = open();
+    seeded(&store);
+    let policy = SignInPolicy::default();
+    let begin =
+        |name: &str, addr: &str, now| store.begin_sign_in(&policy, name, addr, now).unwrap();
+    // Five attempts at once for alice (from five addresses), then the sixth waits.
+    for i in 0..5 {
+        let attempt = begin("alice", &format!("addr:192.0.2.{i}"), 1000).unwrap();
+        store.sign_in_failed("alice", attempt, 1000).unwrap();
+    }
+    assert_eq!(
+        begin("alice", "addr:192.0.2.9", 1000),
+        Err(Throttled {
+            by: ThrottledBy::Name,
+            wait: Wait::Delay(1)
+        })
+    );
+    // The unknown name `bob` is counted just the same.
+    for _ in 0..5 {
+        begin("bob", "addr:198.51.100.1", 1000).unwrap();
+    }
+    assert_eq!(
+        begin("bob", "addr:198.51.100.2", 1000),
+        Err(Throttled {
+            by: ThrottledBy::Name,
+            wait: Wait::Delay(1)
+        })
+    );
+    // The address that tried bob five times has fifteen free failures left.
+    for i in 0..15 {
+        begin(&format!("u{i}"), "addr:198.51.100.1", 1000).unwrap();
+    }
+    assert_eq!(
+        begin("u99", "addr:198.51.100.1", 1000),
+        Err(Throttled {
+            by: ThrottledBy::Address,
+            wait: Wait::Delay(1)
+        })
+    );
+    // Names that cannot be owners are throttled by address only.
+    assert!(begin(&"x".repeat(65), "addr:192.0.2.50", 1000).is_ok());
+    // Alice signs in: her counter is forgotten, and the session tells her.
+    let session = store.create_session("alice", 60, 1001).unwrap();
+    assert_eq!(
+        session.failed_before,
+        FailedSignIns {
+            count: 5,
+            last_at: Some(1000),
+            lockouts: 0
+        }
+    );
+    assert_eq!(
+        store
+            .session(&session.id, 1002)
+            .unwrap()
+            .unwrap()
+            .failed_before
+            .count,
+        5
+    );
+    assert!(begin("alice", "addr:192.0.2.9", 1001).is_ok());
+    let next = store.create_session("alice", 60, 1002).unwrap();
+    assert_eq!(next.failed_before, FailedSignIns::default());
+    // The counters survive reopening the file (and are shared by every replica on it).
+    let reopened = Store::open(store.path()).unwrap();
+    assert_eq!(
+        reopened
+            .begin_sign_in(&policy, "bob", "addr:203.0.113.1", 1000)
+            .unwrap(),
+        Err(Throttled {
+            by: ThrottledBy::Name,
+            wait: Wait::Delay(1)
+        })
+    );
+}
+
+#[test]
 fn unknown_owners_are_checked_against_a_real_hash() {
     // Otherwise an unknown name would answer at once and tell itself apart by timing.
     use argon2::password_hash::PasswordHash;
