@@ -67,7 +67,7 @@ fn requests_oauthlib_completes_the_three_legged_flow_hmac_and_plaintext() {
 }
 
 #[test]
-fn headless_chromium_signs_in_and_approves() {
+fn headless_chromium_signs_in_approves_and_revokes_and_is_not_redirected_away() {
     assert!(
         std::path::Path::new("/usr/bin/chromedriver").exists(),
         "chromedriver is missing: run scripts/setup-chromium (scripts/test does)"
@@ -117,6 +117,53 @@ fn headless_chromium_signs_in_and_approves() {
     ]);
     assert_eq!(result["oauth_token"], token.as_str());
     assert_eq!(result["oauth_verifier"].as_str().unwrap().len(), 22);
+    // The crafted `next=/<TAB>/evil.example` stayed here, and the revoke went through.
+    assert_eq!(
+        result["after_crafted_sign_in"].as_str().unwrap(),
+        format!("{}/apps", server.base)
+    );
+    // The consumer collects its token; the owner revokes it on her page, in the browser.
+    let access_url = format!("{}/oauth/access_token", server.base);
+    let exchange = oauth_xmpp::sign::Signer::new(
+        oauth_xmpp::sign::Credentials {
+            consumer_key: s.key.clone(),
+            consumer_secret: s.secret.as_str().into(),
+            token: Some(token.clone()),
+            token_secret: a.get("oauth_token_secret").as_str().into(),
+        },
+        oauth_xmpp::replay::SystemClock,
+        || "browser-test-exchange".to_owned(),
+    )
+    .sign_http(
+        "POST",
+        &access_url,
+        &[],
+        &[("oauth_verifier", result["oauth_verifier"].as_str().unwrap())],
+    )
+    .unwrap();
+    let access = crate::http(
+        &server.addr,
+        "POST",
+        "/oauth/access_token",
+        &[("Authorization", &exchange)],
+        "",
+    );
+    assert_eq!(access.status, 200, "{access:?}");
+    let revoked = run(&[
+        repo()
+            .join("authz-server/tests/py/browser_authorize.py")
+            .to_str()
+            .unwrap(),
+        "--revoke",
+        &server.base,
+        "--owner",
+        "alice",
+        "--password",
+        "correct horse",
+    ]);
+    assert_eq!(revoked["revoked"], true);
+    let (_, list, _) = cli(&s.db, &["token", "list"], "");
+    assert!(list.trim_end().ends_with("\trevoked"), "{list}");
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 1000,
         "screenshot saved for review at {}",

@@ -17,14 +17,21 @@ Steps:
   1. start ``/usr/bin/chromedriver --port=<free port>`` (its own process group) and wait,
      at most 15 s, until GET /status says ready;
   2. open a session: headless Chromium with a new temporary profile;
-  3. navigate to --authorize-url, type --owner into ``#name`` and --password into
-     ``#password``, click ``#sign-in``;
+  3. open ``/login?next=%2F%09%2Fevil.example`` (a link a browser would follow to
+     //evil.example once it strips the TAB), sign in, check that the browser is on this
+     server's ``/apps``, and sign out (``#sign-out``); then navigate to --authorize-url, type
+     --owner into ``#name`` and --password into ``#password``, click ``#sign-in``;
   4. wait (at most 15 s) until ``#approve`` exists, save a PNG screenshot of the page to
      --screenshot, click ``#approve``;
   5. wait (at most 15 s) until the browser's URL starts with --expect-callback (the consumer's
      callback, fixed when the request token was made; nothing needs to listen there, the
      page failing to load is expected), read via GET /session/{id}/url;
-  6. print one JSON line: {"callback_url": ..., "oauth_token": ..., "oauth_verifier": ...}.
+  6. print one JSON line: {"callback_url": ..., "oauth_token": ..., "oauth_verifier": ...,
+     "after_crafted_sign_in": ...}.
+
+With ``--revoke BASE`` instead (the consumer has exchanged the verifier meanwhile): open
+BASE/apps, sign in, click the Revoke button, wait until ``#none`` says no application is
+left, print {"revoked": true}.
 
 The session is deleted, chromedriver (and any browser it left) is killed and the temporary
 profile removed at the end, whatever happened. Every failure exits 1 with one line on
@@ -257,19 +264,51 @@ def stop_chromedriver(proc):
             continue
 
 
-def authorize(driver, args):
-    """Steps 3 to 5; returns the callback URL the browser ended at."""
-    driver.navigate(args.authorize_url)
+def sign_in(driver, args):
+    """Types the owner's name and password into the sign-in form on the page and submits it."""
     name = driver.must_find('#name', 'sign-in page')
     password = driver.must_find('#password', 'sign-in page')
     driver.type_into(name, args.owner)
     driver.type_into(password, args.password)
     driver.click(driver.must_find('#sign-in', 'sign-in page'))
 
+
+def open_redirect_refused(driver, base):
+    """Step 3a: a sign-in link whose next= a browser would read as //evil.example (the TAB
+    is stripped by the browser's URL parser) must land on this server's /apps; then sign out."""
+    driver.navigate(base + '/login?next=%2F%09%2Fevil.example')
+    return base + '/apps'
+
+
+def authorize(driver, args):
+    """Steps 3 to 5 and the revocation; returns (URL after the crafted sign-in, callback URL)."""
+    parts = urlsplit(args.authorize_url)
+    base = '%s://%s' % (parts.scheme, parts.netloc)
+    want = open_redirect_refused(driver, base)
+    sign_in(driver, args)
+    driver.wait_for('#sign-out')
+    landed = driver.current_url()
+    if landed != want:
+        raise Failure('sign-in with next=/<TAB>/evil.example landed on %r, not %r' % (landed, want))
+    driver.click(driver.must_find('#sign-out', 'applications page'))
+    driver.wait_for('#sign-in')
+
+    driver.navigate(args.authorize_url)
+    sign_in(driver, args)
     approve = driver.wait_for('#approve')
     driver.screenshot(args.screenshot)
     driver.click(approve)
-    return driver.wait_for_url(args.expect_callback)
+    return landed, driver.wait_for_url(args.expect_callback)
+
+
+def revoke(driver, args):
+    """--revoke: sign in on the applications page, press the one Revoke button, wait for
+    ``#none``."""
+    driver.navigate(args.revoke + '/apps')
+    sign_in(driver, args)
+    driver.click(driver.wait_for('button[id^="revoke-"]'))
+    driver.wait_for('#none')
+    return {'revoked': True}
 
 
 def run(args):
@@ -291,7 +330,9 @@ def run(args):
         profile = os.path.join(tmp, 'profile')
         os.mkdir(profile)
         driver.new_session(profile)
-        url = authorize(driver, args)
+        if args.revoke:
+            return revoke(driver, args)
+        landed, url = authorize(driver, args)
     finally:
         if driver is not None:
             driver.delete_session()
@@ -302,7 +343,7 @@ def run(args):
     if not query.get('oauth_token') or not query.get('oauth_verifier'):
         raise Failure('callback URL %r lacks oauth_token or oauth_verifier' % url)
     return {'callback_url': url, 'oauth_token': query['oauth_token'],
-            'oauth_verifier': query['oauth_verifier']}
+            'oauth_verifier': query['oauth_verifier'], 'after_crafted_sign_in': landed}
 
 
 
@@ -310,16 +351,22 @@ def main(argv=None):
     """Parse arguments, run, print one JSON line; exit 1 with one stderr line on failure."""
     ap = OneLineParser(prog=PROG, description=__doc__.split('\n\n')[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--authorize-url', required=True,
+    ap.add_argument('--authorize-url',
                     help="full URL of the server's authorize page, with oauth_token")
+    ap.add_argument('--revoke', metavar='BASE',
+                    help='instead: sign in at BASE/apps and revoke the one application')
     ap.add_argument('--owner', required=True, help='resource owner name typed into #name')
     ap.add_argument('--password', required=True, help='password typed into #password')
-    ap.add_argument('--screenshot', required=True, help='PNG file for the authorize page')
-    ap.add_argument('--expect-callback', required=True,
+    ap.add_argument('--screenshot', help='PNG file for the authorize page')
+    ap.add_argument('--expect-callback',
                     help="prefix of the consumer's callback URL the browser must reach")
     args = ap.parse_args(argv)
-    for name in ('authorize_url', 'expect_callback'):
-        if not getattr(args, name).startswith(('http://', 'https://')):
+    needed = ('revoke',) if args.revoke else ('authorize_url', 'expect_callback', 'screenshot')
+    for name in needed:
+        value = getattr(args, name)
+        if not value:
+            ap.error('--%s is required' % name.replace('_', '-'))
+        if name != 'screenshot' and not value.startswith(('http://', 'https://')):
             ap.error('--%s must be an http(s) URL' % name.replace('_', '-'))
 
     # SIGTERM (e.g. a test runner's timeout) unwinds through the finally blocks too.
