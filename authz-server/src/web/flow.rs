@@ -127,7 +127,11 @@ async fn verify(
             let fail = |error: VerifyError| {
                 let answer = error.http_problem(&state.config.realm);
                 tracing::info!(url = %url, status = answer.status, reason = %error, "refused");
-                oauth_problem(answer.status, &answer.www_authenticate, answer.body)
+                Box::new(oauth_problem(
+                    answer.status,
+                    &answer.www_authenticate,
+                    answer.body,
+                ))
             };
             let collected = request.collect().map_err(|e| fail(e.into()))?;
             let mut retry = None;
@@ -136,7 +140,7 @@ async fn verify(
             {
                 match store.exchange_retry(token, state.config.window_secs, store::now()) {
                     Ok(nonce) => retry = nonce.map(|n| (token.clone(), n)),
-                    Err(e) => return Err(internal(e)),
+                    Err(e) => return Err(Box::new(internal(e))),
                 }
             }
             let view = RetryView { store, retry };
@@ -164,6 +168,7 @@ async fn verify(
             })
         })
         .await?
+        .map_err(|answer| *answer)
 }
 
 fn form(pairs: &[(&str, &str)]) -> Response {

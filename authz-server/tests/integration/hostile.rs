@@ -203,7 +203,10 @@ fn guessing_from_one_address_is_slowed_whatever_the_names() {
     );
     // Another address (the proxy's last entry is the client) is not held back.
     assert_eq!(attempt("user10", "203.0.113.10").status, 401);
-    assert_eq!(try_sign_in(&server, "alice", "correct horse", "/apps").status, 303);
+    assert_eq!(
+        try_sign_in(&server, "alice", "correct horse", "/apps").status,
+        303
+    );
 }
 
 #[test]
