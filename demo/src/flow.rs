@@ -201,13 +201,20 @@ pub struct OwnerSession {
 }
 
 impl OwnerSession {
-    /// Signs in through `POST /login`, as the sign-in form does.
+    /// Signs in as the sign-in form does: `GET /login` for the form's token and its cookie,
+    /// then `POST /login` with both.
     pub async fn sign_in(
         authz_url: &str,
         owner: &str,
         password: &Secret,
     ) -> Result<Self, FlowError> {
+        let form = http::request("GET", &format!("{authz_url}/login"), &[], "").await?;
+        let token = hidden_value(&form.body, "login")
+            .ok_or_else(|| FlowError::Missing(format!("no sign-in form at {authz_url}/login")))?;
+        let login_cookie = cookie_named(&form, "authz_login")
+            .ok_or_else(|| FlowError::Missing("no sign-in cookie with the form".into()))?;
         let body = http::form(&[
+            ("login", &token),
             ("name", owner),
             ("password", password.expose()),
             ("next", "/apps"),
@@ -215,13 +222,14 @@ impl OwnerSession {
         let answer = http::request(
             "POST",
             &format!("{authz_url}/login"),
-            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &login_cookie),
+            ],
             &body,
         )
         .await?;
-        let cookie = answer
-            .header("Set-Cookie")
-            .and_then(|c| c.split(';').next())
+        let cookie = cookie_named(&answer, "authz_session")
             .filter(|_| answer.status == 303)
             .ok_or_else(|| FlowError::Refused {
                 step: "sign in",
@@ -230,7 +238,7 @@ impl OwnerSession {
             })?;
         Ok(Self {
             authz_url: authz_url.to_owned(),
-            cookie: cookie.to_owned(),
+            cookie,
         })
     }
 
@@ -314,6 +322,18 @@ impl OwnerSession {
         }
         Ok(ids.len())
     }
+}
+
+/// The `name=value` of the `Set-Cookie` whose name ends with `suffix` (`__Host-` prefixed or
+/// not).
+fn cookie_named(answer: &Response, suffix: &str) -> Option<String> {
+    answer
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Set-Cookie"))
+        .filter_map(|(_, v)| v.split(';').next())
+        .find(|kv| kv.split('=').next().is_some_and(|n| n.ends_with(suffix)))
+        .map(str::to_owned)
 }
 
 /// The `value` of `<input type="hidden" name="NAME" value="…">`.
