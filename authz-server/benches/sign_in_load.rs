@@ -9,8 +9,7 @@
 //! 2. it times `GET /` (a redirect that touches no store), one fresh connection per request,
 //!    from connect to the whole answer read: first with the server idle, then while 16
 //!    threads sign in over and over (each as its own owner, always with the right password,
-//!    which the per-name throttle never delays; the per-address one counts every attempt,
-//!    so the server gets a config that relaxes it);
+//!    which no throttle counts: the server runs with its default settings);
 //! 3. it prints median, p90 and p99 of both, the loaded/idle ratios, the sign-ins per second
 //!    the 16 loops achieved while sampling, and every sign-in not answered 303.
 //!
@@ -46,18 +45,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const PAUSE: Duration = Duration::from_millis(5);
 /// How long the sign-in loops run before sampling starts.
 const WARM_UP: Duration = Duration::from_secs(1);
-
-/// The server's config: every attempt counts against the client's address, right passwords
-/// too, and is forgotten only after a day by default (20 free, locked out at 100), so 16
-/// loops from one address would measure `429 Too Many Requests` instead of sign-ins.
-const RELAXED_THROTTLE: &str = "\
-[sign_in.per_address]
-free_failures = 1000000000
-max_delay_secs = 1
-lockout_after = 2000000000
-lockout_secs = 1
-forget_after_secs = 1
-";
 
 const USAGE: &str = "usage: sign_in_load [--server PATH] [--samples N] [--runs K] [--quick]";
 
@@ -120,14 +107,7 @@ fn bench(options: &Options) -> Result<(), String> {
     for name in &names {
         add_owner(&options.server, &db, name)?;
     }
-    let config = dir.path().join("bench.toml");
-    std::fs::write(&config, RELAXED_THROTTLE)
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
-    // A server older than sign-in throttling refuses the `[sign_in]` table: run it without.
-    let (server, relaxed) = match Server::start(&options.server, &db, Some(&config)) {
-        Ok(server) => (server, true),
-        Err(_) => (Server::start(&options.server, &db, None)?, false),
-    };
+    let server = Server::start(&options.server, &db)?;
     let form = match http(server.addr, "GET", "/login", &[], "") {
         Ok(page) => page.status == 200,
         Err(e) => return Err(format!("GET /login: {e}")),
@@ -139,14 +119,6 @@ fn bench(options: &Options) -> Result<(), String> {
             "yes"
         } else {
             "no, GET /login is not 200"
-        }
-    );
-    println!(
-        "per-address sign-in throttle: {}",
-        if relaxed {
-            "relaxed by --config (all loops sign in from 127.0.0.1)"
-        } else {
-            "none configurable (the server refused the [sign_in] config)"
         }
     );
     println!(
@@ -243,12 +215,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &Path, db: &Path, config: Option<&Path>) -> Result<Self, String> {
-        let mut command = Command::new(bin);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        let mut child = command
+    fn start(bin: &Path, db: &Path) -> Result<Self, String> {
+        let mut child = Command::new(bin)
             .arg("--database")
             .arg(db)
             .args(["serve", "--listen", "127.0.0.1:0"])

@@ -2,7 +2,8 @@
 //! must wait before its next sign-in attempt, and when it is locked out.
 //!
 //! Every attempt counts as a failure when it starts (so parallel guesses all see each
-//! other); a successful sign-in forgets the name's counter. After `free_failures` failures
+//! other); a successful sign-in forgets the name's counter and takes its own attempt off
+//! the address's (so only failures count there: many owners behind one NAT all sign in). After `free_failures` failures
 //! each further attempt waits twice as long as the one before (1 s, 2 s, 4 s…, at most
 //! `max_delay_secs`); at `lockout_after` failures the subject is locked for `lockout_secs`,
 //! and every failure after that locks it again. A counter untouched for `forget_after_secs`

@@ -707,10 +707,40 @@ impl Store {
     /// password: her name's sign-in counter is forgotten, and the failed sign-ins since her
     /// previous sign-in move into the session (to be shown to her) and are reset.
     pub fn create_session(&self, owner: &str, lifetime: u64, now: u64) -> Result<Session> {
+        self.signed_in(owner, None, lifetime, now)
+    }
+
+    /// [`Store::create_session`] after an attempt from the client `address` started with
+    /// [`Store::begin_sign_in`] succeeded: the attempt no longer counts against the address
+    /// (only failures do, so many owners behind one NAT can all sign in).
+    pub fn finish_sign_in(
+        &self,
+        owner: &str,
+        address: &str,
+        lifetime: u64,
+        now: u64,
+    ) -> Result<Session> {
+        self.signed_in(owner, Some(address), lifetime, now)
+    }
+
+    fn signed_in(
+        &self,
+        owner: &str,
+        address: Option<&str>,
+        lifetime: u64,
+        now: u64,
+    ) -> Result<Session> {
         let id = random::token(32)?;
         let csrf = random::token(16)?;
         self.write(|tx| {
             tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [to_i64(now)])?;
+            if let Some(address) = address {
+                tx.execute(
+                    "UPDATE sign_in_throttle SET failures = MAX(failures - 1, 0)
+                     WHERE subject = ?1",
+                    [address],
+                )?;
+            }
             if let Some(subject) = signin::name_subject(owner) {
                 tx.execute("DELETE FROM sign_in_throttle WHERE subject = ?1", [subject])?;
             }

@@ -354,6 +354,17 @@ fn sign_in_counters_throttle_names_and_addresses_and_the_owner_is_told() {
             wait: Wait::Delay(1)
         })
     );
+    // Right passwords do not count against an address: 30 owners behind one NAT.
+    for i in 0..30 {
+        let name = format!("owner{i}");
+        store
+            .add_owner(&name, &Secret::new("correct horse"), 1000)
+            .unwrap();
+        begin(&name, "addr:192.0.2.200", 1000).unwrap();
+        store
+            .finish_sign_in(&name, "addr:192.0.2.200", 60, 1000)
+            .unwrap();
+    }
     // Names that cannot be owners are throttled by address only.
     assert!(begin(&"x".repeat(65), "addr:192.0.2.50", 1000).is_ok());
     // Alice signs in: her counter is forgotten, and the session tells her.

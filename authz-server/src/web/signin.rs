@@ -294,9 +294,9 @@ pub(crate) async fn login(
     }
     let lifetime = state.config.session_lifetime_secs;
     let created = {
-        let name = name.clone();
+        let (name, address) = (name.clone(), address.clone());
         state
-            .db(move |store| store.create_session(&name, lifetime, store::now()))
+            .db(move |store| store.finish_sign_in(&name, &address, lifetime, store::now()))
             .await
     };
     let session = match created {
