@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::web::ConnectionLimits;
+
 /// Every setting of the server, with its default.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +30,8 @@ pub struct Config {
     pub session_lifetime_secs: u64,
     /// Whether consumers may sign with PLAINTEXT (only sensible over TLS).
     pub allow_plaintext: bool,
+    /// The HTTP connections: timeouts, caps and the shutdown drain (the `[http]` table).
+    pub http: ConnectionLimits,
 }
 
 impl Default for Config {
@@ -41,6 +45,7 @@ impl Default for Config {
             temporary_lifetime_secs: 600,
             session_lifetime_secs: 3600,
             allow_plaintext: true,
+            http: ConnectionLimits::default(),
         }
     }
 }
@@ -75,9 +80,19 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads a TOML file; settings it leaves out keep their defaults.
+    /// Reads and checks a TOML file; settings it leaves out keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        read_toml(path)
+        let config: Self = read_toml(path)?;
+        config.check().map_err(|message| ConfigError::Unusable {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values that a TOML type cannot.
+    pub fn check(&self) -> Result<(), String> {
+        self.http.check()
     }
 }
 

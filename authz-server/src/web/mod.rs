@@ -1,8 +1,12 @@
 //! The HTTP side (RFC 5849 §2): the three endpoints of the token flow, checked with
-//! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications).
+//! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications);
+//! [`run`] serves them, within the [`ConnectionLimits`].
 
 mod flow;
 mod pages;
+mod server;
+
+pub use server::{ConnectionLimits, run};
 
 use std::sync::Arc;
 
