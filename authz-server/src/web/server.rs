@@ -919,6 +919,8 @@ mod tests {
         });
         // From another loopback address than the server's, so the answer cannot be its own.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // So the bound port does not block a wildcard listener on it meanwhile.
+        socket.set_reuseaddr(true).unwrap();
         socket.bind("127.0.0.5:0".parse().unwrap()).unwrap();
         let stream = socket.connect(addr).await.unwrap();
         let me = stream.local_addr().unwrap();

@@ -206,6 +206,10 @@ impl Slowloris {
         runtime.block_on(async {
             for (i, flag) in closed.iter().enumerate() {
                 let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                // Without it, these ports (and their TIME_WAIT after the test) block a
+                // listener on the same port of the IPv6 wildcard, e.g. chromedriver's in
+                // the interop test.
+                socket.set_reuseaddr(true).unwrap();
                 let from = sources[i % sources.len()];
                 socket.bind(SocketAddr::from((from, 0))).unwrap();
                 let stream = socket.connect(to).await.unwrap();
@@ -348,8 +352,9 @@ fn a_head_sent_one_line_a_second_is_cut_at_the_header_read_timeout() {
     let (_config_dir, config) =
         http_config("header_read_timeout_secs = 2\nidle_timeout_secs = 3\n");
     let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
-    let mut client = Client::connect(&server);
+    // Before the connection, so surely before the server's head clock (from the accept).
     let start = Instant::now();
+    let mut client = Client::connect(&server);
     client
         .stream
         .set_read_timeout(Some(Duration::from_secs(1)))
@@ -382,13 +387,14 @@ fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
         http_config("header_read_timeout_secs = 2\nidle_timeout_secs = 3\n");
     let server = Server::start(&db, &["--config", config.to_str().unwrap()]);
     let mut client = Client::connect(&server);
+    // Before the request, so surely before the server's idle clock starts.
+    let asked = Instant::now();
     assert_eq!(client.get_home().status, 303);
-    let idle = Instant::now();
-    let after = client.closed() - idle;
+    let after = client.closed() - asked;
     // The idle timeout (3 s), not the header read timeout (2 s).
     assert!(
         after >= Duration::from_secs(3) && after < Duration::from_millis(4500),
-        "closed after {after:?} idle"
+        "closed {after:?} after the request"
     );
 }
 
@@ -459,8 +465,8 @@ fn sigterm_finishes_the_request_in_progress_refuses_new_ones_and_exits_0() {
     let mut busy = Client::connect(&server);
     let body = login_head_then_wait(&mut busy);
 
-    terminate(&server);
     let sigterm = Instant::now();
+    terminate(&server);
     // Connections with no request in progress are closed at once.
     for client in [&mut idle, &mut reading_head] {
         let after = client.closed() - sigterm;
@@ -510,8 +516,9 @@ fn at_the_drain_bound_a_request_still_in_progress_is_cut_and_the_server_exits_0(
     let mut server = Server::start(&db, &["--config", config.to_str().unwrap()]);
     let mut stuck = Client::connect(&server);
     login_head_then_wait(&mut stuck);
-    terminate(&server);
+    // Before the signal, so surely before the server's drain clock starts.
     let sigterm = Instant::now();
+    terminate(&server);
     let (status, exited) = exit_within(&mut server, Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
     let after = exited - sigterm;
