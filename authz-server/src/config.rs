@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::web::ConnectionLimits;
+
 /// Every setting of the server, with its default.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +36,8 @@ pub struct Config {
     pub client_address_header: Option<String>,
     /// Sign-in throttling (`[sign_in.per_name]` and `[sign_in.per_address]` tables).
     pub sign_in: crate::throttle::SignInPolicy,
+    /// The HTTP connections: timeouts, caps and the shutdown drain (the `[http]` table).
+    pub http: ConnectionLimits,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             allow_plaintext: true,
             client_address_header: None,
             sign_in: crate::throttle::SignInPolicy::default(),
+            http: ConnectionLimits::default(),
         }
     }
 }
@@ -83,7 +88,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads a TOML file; settings it leaves out keep their defaults.
+    /// Reads and checks a TOML file; settings it leaves out keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: Self = read_toml(path)?;
         config.check().map_err(|message| ConfigError::Unusable {
@@ -93,8 +98,10 @@ impl Config {
         Ok(config)
     }
 
-    /// What is inconsistent in these settings, if anything.
+    /// What is inconsistent in these settings, if anything (values a TOML type cannot
+    /// check).
     pub fn check(&self) -> Result<(), String> {
+        self.http.check()?;
         self.sign_in.check()?;
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

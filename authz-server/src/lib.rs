@@ -9,7 +9,8 @@
 //!   credential lookup and nonce store traits of `oauth-xmpp`, and keeps the change log
 //!   the guard follows.
 //! - [`web`]: the HTTP endpoints (request token, authorize, access token) and the owner's
-//!   pages, every signed request checked by `oauth-xmpp`'s verifier.
+//!   pages, every signed request checked by `oauth-xmpp`'s verifier; [`web::run`] serves
+//!   them within timeouts and connection caps, and drains on shutdown.
 //! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout).
 //! - [`config`]: settings from a TOML file, the environment and the command line.
 //! - [`logging`]: the services' log setup (also used by the pubsub guard).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use authz_server::config::Config;
 use authz_server::store::{self, RevokeBy, Store};
-use authz_server::web::{AppState, router};
+use authz_server::web::{self, AppState};
 use clap::{Args, Parser, Subcommand};
 use oauth_xmpp::{Scope, Secret};
 
@@ -21,7 +21,9 @@ use oauth_xmpp::{Scope, Secret};
 #[command(version, about, long_about)]
 struct Cli {
     /// A TOML config file (keys: database, listen, public_url, realm, window_secs,
-    /// temporary_lifetime_secs, session_lifetime_secs, allow_plaintext).
+    /// temporary_lifetime_secs, session_lifetime_secs, allow_plaintext; and an [http] table:
+    /// header_read_timeout_secs, body_read_timeout_secs, idle_timeout_secs, max_connections,
+    /// max_connections_per_address, drain_secs).
     #[arg(long, env = "AUTHZ_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// The SQLite file [default: authz.sqlite].
@@ -34,6 +36,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the HTTP endpoints and the owner's pages.
+    ///
+    /// Connection limits (timeouts, caps per server and per client address, the drain on
+    /// shutdown) are set in the config file's `[http]` table. SIGINT or SIGTERM stops it:
+    /// no new connections, requests in progress finish (at most `drain_secs`), exit 0.
     Serve(ServeArgs),
     /// Owners: the accounts that grant access to their nodes.
     #[command(subcommand)]
@@ -363,6 +369,9 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// `serve`: the HTTP endpoints on `config.listen`, within `config.http` (timeouts,
+/// connection caps), until SIGINT or SIGTERM; then it stops accepting, lets the requests in
+/// progress finish for at most `http.drain_secs`, and returns.
 fn serve(config: Config) -> Result<(), String> {
     config.check()?;
     authz_server::logging::init("AUTHZ_LOG");
@@ -373,6 +382,7 @@ fn serve(config: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -394,12 +404,32 @@ fn serve(config: Config) -> Result<(), String> {
                 }
             }
         });
-        let app = router(AppState::new(store, config));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(|e| format!("server failed: {e}"))
+        web::run(listener, AppState::new(store, config), shutdown).await;
+        Ok(())
     })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed now, before the
+/// server says it listens, so an early SIGTERM also drains instead of killing.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind, name| signal(kind).map_err(|e| format!("cannot watch for {name}: {e}"));
+        let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+        let mut terminate = watch(SignalKind::terminate(), "SIGTERM")?;
+        Ok(async move {
+            let name = tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            };
+            tracing::info!("{name}: shutting down");
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }

@@ -117,8 +117,18 @@ impl Store {
 
     /// The password of an attempt was wrong: if `name` is an owner, she is told at her next
     /// sign-in (how many failed, when the last was, how many locked her name).
+    ///
+    /// Known and unknown names write alike (the name's counter gets the failure's time),
+    /// so that the commit does not tell them apart by its cost.
     pub fn sign_in_failed(&self, name: &str, attempt: Attempt, now: u64) -> Result<()> {
         self.write(|tx| {
+            if let Some(subject) = name_subject(name) {
+                tx.execute(
+                    "UPDATE sign_in_throttle SET last_failure = MAX(last_failure, ?2)
+                     WHERE subject = ?1",
+                    params![subject, to_i64(now)],
+                )?;
+            }
             tx.execute(
                 "UPDATE owners SET failed_sign_ins = failed_sign_ins + 1,
                         last_failed_sign_in = ?2, lockouts = lockouts + ?3

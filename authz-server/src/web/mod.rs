@@ -1,12 +1,16 @@
 //! The HTTP side (RFC 5849 §2): the three endpoints of the token flow, checked with
-//! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications).
+//! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications);
+//! [`run`] serves them, within the [`ConnectionLimits`].
 
 mod flow;
 mod html;
 mod pages;
 pub(crate) mod pool;
+mod server;
 mod signin;
 pub(crate) mod targets;
+
+pub use server::{ConnectionLimits, run};
 
 use std::sync::Arc;
 

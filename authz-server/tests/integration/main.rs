@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod connections;
 mod flow;
 mod hostile;
 mod interop;
@@ -48,7 +49,12 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(db: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::start_with(Command::new(BIN), db, extra)
+    }
+
+    /// Like `start`, through `command` (e.g. a shell that lowers a limit, then runs `BIN`).
+    pub(crate) fn start_with(mut command: Command, db: &Path, extra: &[&str]) -> Self {
+        let mut child = command
             .arg("--database")
             .arg(db)
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -142,6 +148,11 @@ pub(crate) fn http(
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    parse_answer(head, body)
+}
+
+/// An answer from its head (without the blank line that ends it) and its body.
+pub(crate) fn parse_answer(head: &str, body: &str) -> Answer {
     let mut lines = head.lines();
     let status = lines
         .next()
