@@ -161,7 +161,7 @@ fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
 #[test]
 fn error_paths_have_their_status_and_problem() {
     let s = setup();
-    let server = Server::start(&s.db, &["--temporary-lifetime", "2"]);
+    let server = Server::start(&s.db, &["--temporary-lifetime", "4"]);
     let url = format!("{}/oauth/request_token", server.base);
     let post = |auth: &str| {
         http(
@@ -248,9 +248,9 @@ fn error_paths_have_their_status_and_problem() {
         (401, "token_revoked")
     );
 
-    // Expired temporary credentials (the server was started with a 2 s lifetime).
+    // Expired temporary credentials (the server was started with a 4 s lifetime, counted in whole seconds: at most 5 s after).
     let (token, secret) = request_token(&server, &s, "/location/alice");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::thread::sleep(std::time::Duration::from_millis(5100));
     let a = access_token(&server, &s, (&token, &secret), "x");
     assert_eq!(
         (a.status, a.get("oauth_problem").as_str()),
