@@ -248,7 +248,8 @@ fn error_paths_have_their_status_and_problem() {
         (401, "token_revoked")
     );
 
-    // Expired temporary credentials (the server was started with a 4 s lifetime, counted in whole seconds: at most 5 s after).
+    // Expired temporary credentials (the server was started with a 4 s lifetime, counted in
+    // whole seconds: expired at most 5 s later).
     let (token, secret) = request_token(&server, &s, "/location/alice");
     std::thread::sleep(std::time::Duration::from_millis(5100));
     let a = access_token(&server, &s, (&token, &secret), "x");
