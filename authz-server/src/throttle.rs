@@ -10,6 +10,8 @@
 //! starts over. The store keeps the counters ([`crate::store::Store::begin_sign_in`]); this
 //! module only decides.
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use serde::Deserialize;
 
 /// The rules for one kind of subject (a name, or a client address).
@@ -151,18 +153,25 @@ impl Rule {
     }
 }
 
-/// The throttle subject of a client address: the IPv4 address, or the /64 of an IPv6 one
-/// (one host usually holds a whole /64).
-pub fn address_subject(addr: std::net::IpAddr) -> String {
-    match addr {
-        std::net::IpAddr::V4(v4) => format!("addr:{v4}"),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("addr:{v4}"),
-            None => {
-                let s = v6.segments();
-                format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
+/// The group a client address counts in, for the sign-in throttle and the connection caps:
+/// an IPv4 address (also when IPv4-mapped), or the /64 of an IPv6 one (one host usually holds
+/// a whole /64).
+pub fn client_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
         },
+    }
+}
+
+/// The throttle subject of a client address: `addr:` and its [`client_group`] (`/64` after
+/// an IPv6 one).
+pub fn address_subject(ip: IpAddr) -> String {
+    match client_group(ip) {
+        IpAddr::V4(v4) => format!("addr:{v4}"),
+        IpAddr::V6(v6) => format!("addr:{v6}/64"),
     }
 }
 
@@ -256,11 +265,31 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_clients_are_grouped_by_their_64() {
-        let a = |s: &str| address_subject(s.parse().unwrap());
-        assert_eq!(a("192.0.2.7"), "addr:192.0.2.7");
-        assert_eq!(a("::ffff:192.0.2.7"), "addr:192.0.2.7");
-        assert_eq!(a("2001:db8:1:2:aaaa::1"), "addr:2001:db8:1:2::/64");
-        assert_eq!(a("2001:db8:1:2:bbbb::9"), a("2001:db8:1:2::1"));
+    fn clients_are_grouped_by_ipv4_address_and_ipv6_64() {
+        let cases = [
+            ("127.0.0.2", "127.0.0.2", "addr:127.0.0.2"),
+            ("::ffff:192.0.2.7", "192.0.2.7", "addr:192.0.2.7"),
+            (
+                "2001:db8:1:2:3:4:5:6",
+                "2001:db8:1:2::",
+                "addr:2001:db8:1:2::/64",
+            ),
+            (
+                "2001:db8:1:2:ffff:ffff:ffff:ffff",
+                "2001:db8:1:2::",
+                "addr:2001:db8:1:2::/64",
+            ),
+            (
+                "2001:db8:1:3::1",
+                "2001:db8:1:3::",
+                "addr:2001:db8:1:3::/64",
+            ),
+            ("::1", "::", "addr:::/64"),
+        ];
+        for (ip, group, subject) in cases {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(client_group(ip).to_string(), group, "{ip}");
+            assert_eq!(address_subject(ip), subject, "{ip}");
+        }
     }
 }

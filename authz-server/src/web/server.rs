@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -302,7 +302,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 struct Conn {
     /// In order of acceptance: the smallest is the oldest.
     id: u64,
-    /// The client's address as the per-address cap counts it ([`client_key`]).
+    /// The client's address as the per-address cap counts it ([`crate::throttle::client_group`]).
     client: IpAddr,
     activity: Mutex<Activity>,
     /// Wakes the connection's task to look again at its activity and flags.
@@ -447,7 +447,7 @@ impl Registry {
     /// Admits a connection from `peer`, evicting the oldest one with no request in progress
     /// when the server is full.
     fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Arc<Conn>, Refusal> {
-        let client = client_key(peer);
+        let client = crate::throttle::client_group(peer);
         if self.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client {
             return Err(Refusal::AddressFull);
         }
@@ -502,18 +502,6 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         lock(&self.registry).release(self.id);
-    }
-}
-
-/// The address the per-address cap counts: an IPv4 address (IPv4-mapped IPv6 included) as
-/// it is, an IPv6 address as its /64 (one customer's network, usually).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
-        },
     }
 }
 
@@ -706,22 +694,6 @@ mod tests {
     use super::*;
 
     use axum::routing::get;
-
-    #[test]
-    fn client_key_groups_ipv6_by_64_and_ipv4_by_address() {
-        let cases = [
-            ("127.0.0.2", "127.0.0.2"),
-            ("::ffff:192.0.2.7", "192.0.2.7"),
-            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
-            ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::"),
-            ("2001:db8:1:3::1", "2001:db8:1:3::"),
-            ("::1", "::"),
-        ];
-        for (ip, key) in cases {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(client_key(ip).to_string(), key, "{ip}");
-        }
-    }
 
     #[test]
     fn limits_check_refuses_zero_caps_and_timeouts() {
