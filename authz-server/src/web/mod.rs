@@ -68,6 +68,14 @@ impl AppState {
         self.pools.run(f).await.map_err(internal)
     }
 
+    /// [`AppState::db`] for work whose every store error is a 500 (logged).
+    pub(crate) async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::StoreError> + Send + 'static,
+    ) -> Result<T, Response> {
+        self.db(f).await?.map_err(internal)
+    }
+
     /// Whether cookies get `Secure` (the public URL is https).
     fn secure_cookies(&self) -> bool {
         self.config.public_url.as_deref().is_some_and(|u| {

@@ -15,7 +15,7 @@ use super::html::{message, page, page_posting_to};
 use super::signin::{end_session_cookie, failed_notice, session, sign_in_page};
 use super::targets::callback_origin;
 use super::{AppState, internal, see_other};
-use crate::store::{self, RevokeBy, Session, StoreError, TemporaryState};
+use crate::store::{self, RevokeBy, Session, StoreError, TemporaryState, TemporaryToken};
 
 fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
     let given = form.get("csrf").map_or("", String::as_str);
@@ -58,10 +58,8 @@ pub(crate) async fn logout(
         && csrf_ok(&s, &form)
     {
         let id = s.id.clone();
-        match state.db(move |store| store.delete_session(&id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return internal(e),
-            Err(response) => return response,
+        if let Err(response) = state.query(move |store| store.delete_session(&id)).await {
+            return response;
         }
     }
     let mut response = see_other("/apps");
@@ -71,6 +69,12 @@ pub(crate) async fn logout(
             .insert(axum::http::header::SET_COOKIE, v);
     }
     response
+}
+
+/// The temporary credentials `token`, if they exist.
+async fn temporary(state: &AppState, token: &str) -> Result<Option<TemporaryToken>, Response> {
+    let token = token.to_owned();
+    state.query(move |store| store.temporary(&token)).await
 }
 
 fn describe_scope(scope: &Scope) -> Markup {
@@ -102,22 +106,15 @@ pub(crate) async fn authorize_page(
             "This page needs an oauth_token: follow the link the application gave you.",
         );
     };
-    let temporary = match state
-        .db({
-            let token = token.clone();
-            move |store| store.temporary(&token)
-        })
-        .await
-    {
-        Ok(Ok(Some(t))) => t,
-        Ok(Ok(None)) => {
+    let temporary = match temporary(&state, &token).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
             return message(
                 StatusCode::NOT_FOUND,
                 "Unknown request",
                 "This authorization request does not exist. Ask the application to start again.",
             );
         }
-        Ok(Err(e)) => return internal(e),
         Err(response) => return response,
     };
     if temporary.state != TemporaryState::Pending {
@@ -205,18 +202,11 @@ pub(crate) async fn authorize_answer(
         Err(response) => return response,
     };
     let token = form.get("oauth_token").cloned().unwrap_or_default();
-    let temporary = match state
-        .db({
-            let token = token.clone();
-            move |store| store.temporary(&token)
-        })
-        .await
-    {
-        Ok(Ok(Some(t))) => t,
-        Ok(Ok(None)) => {
+    let temporary = match temporary(&state, &token).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
             return message(StatusCode::NOT_FOUND, "Unknown request", "No such request.");
         }
-        Ok(Err(e)) => return internal(e),
         Err(response) => return response,
     };
     let now = store::now();
@@ -303,11 +293,10 @@ pub(crate) async fn apps_page(State(state): State<AppState>, headers: HeaderMap)
     let tokens = {
         let owner = session.owner.clone();
         match state
-            .db(move |store| store.access_tokens(Some(&owner), None))
+            .query(move |store| store.access_tokens(Some(&owner), None))
             .await
         {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return internal(e),
+            Ok(t) => t,
             Err(response) => return response,
         }
     };
@@ -364,14 +353,13 @@ pub(crate) async fn apps_revoke(
     };
     let owner = session.owner.clone();
     let revoked = state
-        .db(move |store| store.revoke_tokens(&RevokeBy::OwnerAndId(owner, id), store::now()))
+        .query(move |store| store.revoke_tokens(&RevokeBy::OwnerAndId(owner, id), store::now()))
         .await;
     match revoked {
-        Ok(Ok(n)) => {
+        Ok(n) => {
             tracing::info!(owner = %session.owner, id, revoked = n, "revoked from the owner's page");
             see_other("/apps")
         }
-        Ok(Err(e)) => internal(e),
         Err(response) => response,
     }
 }

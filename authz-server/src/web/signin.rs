@@ -75,9 +75,8 @@ pub(crate) async fn session(
         return Ok(None);
     };
     state
-        .db(move |store| store.session(&id, store::now()))
-        .await?
-        .map_err(internal)
+        .query(move |store| store.session(&id, store::now()))
+        .await
 }
 
 /// A `Set-Cookie` that ends the session cookie.
@@ -219,12 +218,12 @@ pub(crate) async fn login(
     let begun = {
         let (name, address) = (name.clone(), address.clone());
         state
-            .db(move |store| store.begin_sign_in(&policy, &name, &address, now))
+            .query(move |store| store.begin_sign_in(&policy, &name, &address, now))
             .await
     };
     let attempt = match begun {
-        Ok(Ok(Ok(attempt))) => attempt,
-        Ok(Ok(Err(throttled))) => {
+        Ok(Ok(attempt)) => attempt,
+        Ok(Err(throttled)) => {
             tracing::info!(owner = %name, %address, wait = throttled.wait.secs(), by = ?throttled.by, "sign-in throttled");
             let mut response = sign_in_page(
                 &state,
@@ -238,7 +237,6 @@ pub(crate) async fn login(
             }
             return response;
         }
-        Ok(Err(e)) => return internal(e),
         Err(response) => return response,
     };
     let checked = {
@@ -269,13 +267,11 @@ pub(crate) async fn login(
         let failed = {
             let name = name.clone();
             state
-                .db(move |store| store.sign_in_failed(&name, attempt, store::now()))
+                .query(move |store| store.sign_in_failed(&name, attempt, store::now()))
                 .await
         };
-        match failed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return internal(e),
-            Err(response) => return response,
+        if let Err(response) = failed {
+            return response;
         }
         let lockout = state.config.sign_in.per_name.lockout_secs;
         let error = html! {
@@ -296,12 +292,11 @@ pub(crate) async fn login(
     let created = {
         let (name, address) = (name.clone(), address.clone());
         state
-            .db(move |store| store.finish_sign_in(&name, &address, lifetime, store::now()))
+            .query(move |store| store.finish_sign_in(&name, &address, lifetime, store::now()))
             .await
     };
     let session = match created {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return internal(e),
+        Ok(s) => s,
         Err(response) => return response,
     };
     tracing::info!(owner = %name, %address, "signed in");
