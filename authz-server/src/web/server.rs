@@ -12,6 +12,8 @@
 //!   connection is closed at once. At the global cap, the oldest connection with no request
 //!   in progress (still reading its head, or idle between requests) is closed to make room;
 //!   only when every open connection has a request in progress is the new one closed.
+//! - **Memory.** A connection buffers at most 64 KiB; a request head over 32 KiB is answered
+//!   `431 Request Header Fields Too Large`; bodies are bounded by the router (64 KiB).
 //! - **Client address.** Handlers get it with `axum::extract::ConnectInfo<SocketAddr>`.
 //! - **Shutdown.** When `shutdown` completes the listener is closed (new connections are
 //!   refused), connections with no request in progress are closed, and the others finish
@@ -56,6 +58,13 @@ use super::{AppState, router};
 /// The largest value a `*_secs` limit may have (one day): beyond that it is a typo, and
 /// deadlines stay far from `Instant` overflow.
 const MAX_SECS: u64 = 86_400;
+
+/// The read buffer of a connection: 64 KiB, so that 512 connections hold at most 32 MiB
+/// (hyper's default is about 400 KB each).
+const MAX_BUFFER: usize = 64 * 1024;
+
+/// The largest request head; a longer one is answered `431 Request Header Fields Too Large`.
+const MAX_HEAD: usize = 32 * 1024;
 
 /// How long the accept loop waits after an accept error that is not one connection's
 /// (out of file descriptors, `EMFILE`/`ENFILE`, or of memory) before trying again.
@@ -251,6 +260,8 @@ async fn serve_connection(
     };
     let http = http1::Builder::new()
         .header_read_timeout(None)
+        .max_buf_size(MAX_BUFFER)
+        .max_header_size(MAX_HEAD)
         .serve_connection(io, service);
     tokio::pin!(http);
     let mut graceful = false;

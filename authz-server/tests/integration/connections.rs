@@ -540,6 +540,20 @@ fn at_the_drain_bound_a_request_still_in_progress_is_cut_and_the_server_exits_0(
 }
 
 #[test]
+fn a_head_over_32_kib_is_answered_431_and_the_server_goes_on() {
+    let (_dir, db) = temp_db();
+    let server = Server::start(&db, &[]);
+    let mut client = Client::connect(&server);
+    client.send(&format!(
+        "GET / HTTP/1.1\r\nHost: test\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(33 * 1024)
+    ));
+    assert_eq!(client.answer().status, 431);
+    client.closed();
+    assert_eq!(Client::connect(&server).get_home().status, 303);
+}
+
+#[test]
 fn a_zero_cap_in_the_config_file_stops_the_server_before_it_starts() {
     let (_dir, db) = temp_db();
     let (_config_dir, config) = http_config("max_connections = 0\n");
