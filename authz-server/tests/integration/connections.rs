@@ -6,8 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::{Answer, BIN, FORM, Server, cli, http, parse_answer, setup, temp_db};
@@ -15,14 +15,6 @@ use crate::{Answer, BIN, FORM, Server, cli, http, parse_answer, setup, temp_db};
 /// How many connections the slowloris tests open: more than the 1,024 descriptors the
 /// server may have.
 const ATTACK: usize = 1100;
-
-/// The slowloris tests hold 1,100 connections each: one at a time.
-fn heavy() -> MutexGuard<'static, ()> {
-    static HEAVY: Mutex<()> = Mutex::new(());
-    HEAVY
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A config file with this `[http]` table (in a directory to keep alive).
 fn http_config(table: &str) -> (tempfile::TempDir, PathBuf) {
@@ -280,7 +272,7 @@ async fn write_all(stream: &tokio::net::TcpStream, mut bytes: &[u8]) -> std::io:
 
 #[test]
 fn slowloris_from_one_address_is_held_to_its_cap_and_others_get_through() {
-    let _heavy = heavy();
+    let _heavy = crate::heavy();
     let (_dir, db) = temp_db();
     let server = start_with_open_files(&db, 1024, &[]);
     let attack = Slowloris::open(&server, &[Ipv4Addr::new(127, 0, 0, 2)], ATTACK);
@@ -295,7 +287,7 @@ fn slowloris_from_one_address_is_held_to_its_cap_and_others_get_through() {
 
 #[test]
 fn distributed_slowloris_makes_room_by_closing_its_oldest_connections() {
-    let _heavy = heavy();
+    let _heavy = crate::heavy();
     let (_dir, db) = temp_db();
     let server = start_with_open_files(&db, 1024, &[]);
     // 27 or 28 from each address: under the per-address cap of 64.
@@ -313,7 +305,7 @@ fn distributed_slowloris_makes_room_by_closing_its_oldest_connections() {
 
 #[test]
 fn out_of_file_descriptors_the_server_backs_off_then_recovers() {
-    let _heavy = heavy();
+    let _heavy = crate::heavy();
     let (_dir, db) = temp_db();
     // No caps to speak of: the descriptors run out first.
     let (_config_dir, config) =

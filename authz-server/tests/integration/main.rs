@@ -15,6 +15,15 @@ use std::time::Duration;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_authz-server");
 
+/// Tests that load the machine (the slowloris tests hold 1,100 connections each) or that
+/// compare timings run one at a time.
+pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs a CLI command on `db`; returns (exit success, stdout, stderr).
 pub(crate) fn cli(db: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(BIN)
