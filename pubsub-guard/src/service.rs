@@ -19,7 +19,7 @@ use crate::config::{Config, Template};
 use crate::jid;
 use crate::ns;
 use crate::refusal::{Refusal, name};
-use crate::storage::{Access, Item, Node, Storage, StorageError, Subscription};
+use crate::storage::{Access, Item, Node, Page, PageFrom, Storage, StorageError, Subscription};
 use crate::stream::StanzaHead;
 
 /// The pubsub features this service implements (disco#info, XEP-0060 §10).
@@ -291,6 +291,7 @@ impl Service {
             ns::PUBSUB,
             ns::OAUTH,
             ns::PING,
+            ns::RSM,
         ];
         for feature in features.iter().chain(FEATURES) {
             query.append_child(
@@ -348,8 +349,8 @@ impl Service {
     ) -> Outcome {
         // The <oauth/> child is read by the verifier; the action is the other child.
         // <options/> and <publish-options/> may follow the action (XEP-0060 §6.3.7, §7.1.5).
-        // An RSM <set/> beside the action is ignored (XEP-0059 §4: a service that does not
-        // support result sets must ignore it).
+        // An RSM <set/> pages an <items/> request (XEP-0059, profile N10) and is ignored
+        // beside any other action (XEP-0059 §4).
         let mut actions = pubsub.children().filter(|c| {
             !oauth_xmpp::ns::OAUTH_ALIASES.contains(&c.ns().as_str())
                 && !matches!(c.name(), "options" | "publish-options")
@@ -379,7 +380,7 @@ impl Service {
             ("get", "subscriptions") => self.subscriptions(from, action),
             ("set", "publish") => self.publish(from, action, out),
             ("set", "retract") => self.retract(from, action, out),
-            ("get", "items") => self.items(from, iq, action),
+            ("get", "items") => self.items(from, iq, action, pubsub.get_child("set", ns::RSM)),
             (_, "create") => Err(Refusal::unsupported("create-nodes")),
             (_, "configure") => Err(Refusal::unsupported("config-node")),
             (_, "options") => Err(Refusal::unsupported("subscription-options")),
@@ -740,7 +741,7 @@ impl Service {
         Ok(None)
     }
 
-    fn items(&self, from: &str, iq: &Element, action: &Element) -> Outcome {
+    fn items(&self, from: &str, iq: &Element, action: &Element, rsm: Option<&Element>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let stored = self.storage.node(node_name).map_err(storage_failed)?;
         // Profile N3: an open node, a publisher, a subscriber whose token lives, or a signed
@@ -762,21 +763,57 @@ impl Service {
             .filter(|c| c.is("item", ns::PUBSUB))
             .filter_map(|c| c.attr("id"))
             .collect();
-        let items = if ids.is_empty() {
-            self.storage.items(node_name, max)
-        } else {
-            self.storage.items_by_id(node_name, &ids)
-        }
-        .map_err(storage_failed)?;
         let mut list = Element::builder("items", ns::PUBSUB)
             .attr(name("node"), node_name)
             .build();
-        for item in items {
-            list.append_child(item_element(ns::PUBSUB, &item)?);
+        if !ids.is_empty() {
+            for item in self
+                .storage
+                .items_by_id(node_name, &ids)
+                .map_err(storage_failed)?
+            {
+                list.append_child(item_element(ns::PUBSUB, &item)?);
+            }
+            return Ok(Some(
+                Element::builder("pubsub", ns::PUBSUB).append(list).build(),
+            ));
         }
-        Ok(Some(
-            Element::builder("pubsub", ns::PUBSUB).append(list).build(),
-        ))
+        // Profile N10: a result set when asked for one, and also when the node holds more
+        // than one page and the request did not say how many (so nothing is cut silently).
+        let (from_where, size, paged) = match (rsm, max) {
+            (Some(set), _) => {
+                let (from_where, size) = rsm_request(set)?;
+                (from_where, size, true)
+            }
+            (None, Some(max)) => (PageFrom::End, max.min(MAX_PAGE_ITEMS), false),
+            (None, None) => (PageFrom::End, MAX_PAGE_ITEMS, false),
+        };
+        let Some(mut page) = self
+            .storage
+            .items_page(node_name, &from_where, size)
+            .map_err(storage_failed)?
+        else {
+            let id = match &from_where {
+                PageFrom::After(id) | PageFrom::Before(id) => id.as_str(),
+                _ => "",
+            };
+            return Err(Refusal::item_not_found(format!(
+                "the item {id:?} is not in the node {node_name:?} (retracted, or no longer \
+                 held); page from the oldest item held by asking without <after/>"
+            )));
+        };
+        fit_page(&mut page, &from_where);
+        // Fewer than asked for (or than held, when nobody said how many): say so.
+        let wanted = max.map_or(page.count, |m| m.min(page.count));
+        let truncated = page.items.len() < wanted as usize;
+        for item in &page.items {
+            list.append_child(item_element(ns::PUBSUB, item)?);
+        }
+        let mut pubsub = Element::builder("pubsub", ns::PUBSUB).append(list).build();
+        if paged || truncated {
+            pubsub.append_child(rsm_answer(&page));
+        }
+        Ok(Some(pubsub))
     }
 
     /// Whether `from` (bare) holds a subscription to `node` backed by a live token.
@@ -954,6 +991,107 @@ fn item_element(namespace: &str, item: &Item) -> Result<Element, Refusal> {
         .attr(name("id"), item.id.as_str())
         .append(payload)
         .build())
+}
+
+/// The most items one page holds (a larger `<max/>` gets this many, as XEP-0059 §2.1
+/// allows).
+pub const MAX_PAGE_ITEMS: u32 = 500;
+
+/// The most payload bytes one page holds, so that a page fits the stanza limits of XMPP
+/// servers (Prosody's default is 256 KiB); a page always holds at least one item.
+pub const MAX_PAGE_BYTES: usize = 192 * 1024;
+
+/// Reads an RSM `<set/>` of an items request (XEP-0059 §2): where the page starts and how
+/// many items it holds at most.
+fn rsm_request(set: &Element) -> Result<(PageFrom, u32), Refusal> {
+    let number = |what: &str| -> Result<Option<u32>, Refusal> {
+        match set.get_child(what, ns::RSM) {
+            None => Ok(None),
+            Some(e) => {
+                let text = e.text();
+                text.trim().parse::<u32>().map(Some).map_err(|_| {
+                    Refusal::bad_request(
+                        None,
+                        format!("RSM <{what}/> must be a whole number (got {text:?})"),
+                    )
+                })
+            }
+        }
+    };
+    let max = number("max")?.map_or(MAX_PAGE_ITEMS, |m| m.min(MAX_PAGE_ITEMS));
+    let index = number("index")?;
+    let after = set.get_child("after", ns::RSM).map(Element::text);
+    let before = set.get_child("before", ns::RSM).map(Element::text);
+    let from = match (after, before, index) {
+        (None, None, None) => PageFrom::Start,
+        (Some(id), None, None) if !id.is_empty() => PageFrom::After(id),
+        (Some(_), None, None) => {
+            return Err(Refusal::bad_request(None, "RSM <after/> needs an item id"));
+        }
+        (None, Some(id), None) if id.is_empty() => PageFrom::End,
+        (None, Some(id), None) => PageFrom::Before(id),
+        (None, None, Some(i)) => PageFrom::Index(i),
+        _ => {
+            return Err(Refusal::bad_request(
+                None,
+                "RSM: give at most one of <after/>, <before/> and <index/>",
+            ));
+        }
+    };
+    Ok((from, max))
+}
+
+/// Keeps a page within [`MAX_PAGE_BYTES`] of payload: a forward page loses its newest
+/// items, a backward one (`<before/>`) its oldest, so it stays next to where it was asked.
+fn fit_page(page: &mut Page, from: &PageFrom) {
+    let backward = matches!(from, PageFrom::Before(_) | PageFrom::End);
+    let mut kept = 0;
+    let mut bytes = 0;
+    let sizes: Vec<usize> = page.items.iter().map(|i| i.payload.len()).collect();
+    let order: Box<dyn Iterator<Item = &usize>> = if backward {
+        Box::new(sizes.iter().rev())
+    } else {
+        Box::new(sizes.iter())
+    };
+    for size in order {
+        if kept > 0 && bytes + size > MAX_PAGE_BYTES {
+            break;
+        }
+        bytes += size;
+        kept += 1;
+    }
+    let dropped = page.items.len() - kept;
+    if backward {
+        page.items.drain(..dropped);
+        page.first_index += u32::try_from(dropped).unwrap_or(0);
+    } else {
+        page.items.truncate(kept);
+    }
+}
+
+/// The RSM `<set/>` of an answer: `<first index='…'/>`, `<last/>` and `<count/>` (only the
+/// count for an empty page, XEP-0059 §2.5).
+fn rsm_answer(page: &Page) -> Element {
+    let mut set = Element::builder("set", ns::RSM).build();
+    if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+        set.append_child(
+            Element::builder("first", ns::RSM)
+                .attr(name("index"), page.first_index.to_string())
+                .append(first.id.as_str())
+                .build(),
+        );
+        set.append_child(
+            Element::builder("last", ns::RSM)
+                .append(last.id.as_str())
+                .build(),
+        );
+    }
+    set.append_child(
+        Element::builder("count", ns::RSM)
+            .append(page.count.to_string())
+            .build(),
+    );
+    set
 }
 
 fn storage_failed(e: StorageError) -> Refusal {

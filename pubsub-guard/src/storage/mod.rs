@@ -129,6 +129,32 @@ pub struct Item {
     pub published_at: u64,
 }
 
+/// Where a page of a node's items starts (XEP-0059 §2), in publish order (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageFrom {
+    /// The oldest items (no `<after/>`, `<before/>` or `<index/>`).
+    Start,
+    /// The items published after the item with this id (`<after>id</after>`).
+    After(String),
+    /// The items published before the item with this id (`<before>id</before>`).
+    Before(String),
+    /// The newest items (an empty `<before/>`).
+    End,
+    /// The items from this offset on (`<index>n</index>`, 0 the oldest).
+    Index(u32),
+}
+
+/// One page of a node's items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// At most the page size, oldest first.
+    pub items: Vec<Item>,
+    /// How many items the node holds in all.
+    pub count: u32,
+    /// The offset of the page's first item among them (0 the oldest).
+    pub first_index: u32,
+}
+
 /// A storage failure. The message names the operation; the service answers the request
 /// that needed it with `internal-server-error` and keeps running.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +222,10 @@ pub trait Storage: Send {
     fn items(&self, node: &str, max: Option<u32>) -> Result<Vec<Item>>;
     /// The items with these ids, in the order given, skipping unknown ids.
     fn items_by_id(&self, node: &str, ids: &[&str]) -> Result<Vec<Item>>;
+    /// A page of at most `max` items from `from`, in publish order, with the node's item
+    /// count and the page's offset (one snapshot). `None` when `from` names an item the
+    /// node does not hold.
+    fn items_page(&self, node: &str, from: &PageFrom, max: u32) -> Result<Option<Page>>;
 
     /// The last change-log sequence number handled (0 at first).
     fn change_cursor(&self) -> Result<i64>;

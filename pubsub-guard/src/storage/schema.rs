@@ -60,4 +60,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX guard_subscriptions_token ON guard_subscriptions(token);
     UPDATE OR IGNORE guard_publishers SET jid = lower(jid);
     DELETE FROM guard_publishers WHERE jid <> lower(jid);",
+    // Items are read a page at a time, in publish order (XEP-0059).
+    "CREATE INDEX guard_items_node_seq ON guard_items(node, seq);",
 ];

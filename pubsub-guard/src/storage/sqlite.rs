@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::schema::MIGRATIONS;
-use super::{Access, Item, Node, Result, Storage, StorageError, Subscription};
+use super::{Access, Item, Node, Page, PageFrom, Result, Storage, StorageError, Subscription};
 
 /// The guard's state in the shared SQLite file.
 pub struct SqliteStorage {
@@ -322,6 +322,93 @@ impl Storage for SqliteStorage {
             }
         }
         Ok(items)
+    }
+
+    fn items_page(&self, node: &str, from: &PageFrom, max: u32) -> Result<Option<Page>> {
+        // One read transaction: the count, the offset and the page agree even while
+        // another connection publishes.
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let count: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM guard_items WHERE node = ?1",
+            [node],
+            |r| r.get(0),
+        )?;
+        let seq_of = |id: &str| -> rusqlite::Result<Option<i64>> {
+            tx.query_row(
+                "SELECT seq FROM guard_items WHERE node = ?1 AND id = ?2",
+                params![node, id],
+                |r| r.get(0),
+            )
+            .optional()
+        };
+        let rank = |seq: i64| -> rusqlite::Result<i64> {
+            tx.query_row(
+                "SELECT COUNT(*) FROM guard_items WHERE node = ?1 AND seq < ?2",
+                params![node, seq],
+                |r| r.get(0),
+            )
+        };
+        let max = i64::from(max);
+        // (the first offset, and the rows in publish order from there)
+        let (first, rows): (i64, Vec<Item>) = match from {
+            PageFrom::Start | PageFrom::Index(_) => {
+                let offset = match from {
+                    PageFrom::Index(i) => i64::from(*i),
+                    _ => 0,
+                };
+                let mut stmt = tx.prepare(
+                    "SELECT id, payload, publisher, published_at FROM guard_items
+                     WHERE node = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3",
+                )?;
+                let rows = stmt
+                    .query_map(params![node, max, offset], item_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                (offset, rows)
+            }
+            PageFrom::After(id) => {
+                let Some(seq) = seq_of(id)? else {
+                    return Ok(None);
+                };
+                let mut stmt = tx.prepare(
+                    "SELECT id, payload, publisher, published_at FROM guard_items
+                     WHERE node = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let rows = stmt
+                    .query_map(params![node, seq, max], item_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                (rank(seq)? + 1, rows)
+            }
+            PageFrom::Before(_) | PageFrom::End => {
+                let before = match from {
+                    PageFrom::Before(id) => match seq_of(id)? {
+                        Some(seq) => seq,
+                        None => return Ok(None),
+                    },
+                    _ => i64::MAX,
+                };
+                let mut stmt = tx.prepare(
+                    "SELECT id, payload, publisher, published_at FROM
+                       (SELECT * FROM guard_items WHERE node = ?1 AND seq < ?2
+                        ORDER BY seq DESC LIMIT ?3)
+                     ORDER BY seq",
+                )?;
+                let rows: Vec<Item> = stmt
+                    .query_map(params![node, before, max], item_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                let below = if before == i64::MAX {
+                    count
+                } else {
+                    rank(before)?
+                };
+                (below - rows.len() as i64, rows)
+            }
+        };
+        Ok(Some(Page {
+            items: rows,
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            first_index: u32::try_from(first.max(0)).unwrap_or(u32::MAX),
+        }))
     }
 
     fn change_cursor(&self) -> Result<i64> {

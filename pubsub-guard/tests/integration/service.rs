@@ -17,6 +17,7 @@ use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
 use pubsub_guard::stream::StanzaHead;
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+const RSM: &str = "http://jabber.org/protocol/rsm";
 const APP: &str = "app@localhost/r";
 const LOC: &str = "loc@localhost/r";
 const EVE: &str = "eve@localhost/r";
@@ -829,10 +830,126 @@ fn one_subscription_per_bare_jid_whatever_its_case_or_resource() {
     );
 }
 
-/// Issue 10, case 7: an RSM `<set/>` beside `<items/>` is ignored (XEP-0059 §4), and the
-/// subscription options request is `feature-not-implemented` (XEP-0060 §6.3.2).
+/// The ids of an items answer and its RSM `<set/>` as `first@index last count`.
+fn page_of(reply: &Element) -> (Vec<String>, String) {
+    assert_eq!(
+        reply.attr("type"),
+        Some("result"),
+        "{}",
+        String::from(reply)
+    );
+    let pubsub = reply.get_child("pubsub", PUBSUB).unwrap();
+    let ids = pubsub
+        .get_child("items", PUBSUB)
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("id").map(str::to_owned))
+        .collect();
+    let set = pubsub
+        .get_child("set", RSM)
+        .map_or("no set".to_owned(), |set| {
+            let text = |n: &str| set.get_child(n, RSM).map(Element::text);
+            let first = set
+                .get_child("first", RSM)
+                .map(|f| format!("{}@{}", f.text(), f.attr("index").unwrap_or("?")));
+            format!(
+                "{} {} {}",
+                first.unwrap_or("-".into()),
+                text("last").unwrap_or("-".into()),
+                text("count").unwrap_or("-".into())
+            )
+        });
+    (ids, set)
+}
+
+/// Profile N10: items in pages (XEP-0059), in publish order, each answer with its first
+/// item's index, its last item and the count; stable while publishes go on.
 #[test]
-fn rsm_beside_items_is_ignored_and_options_are_not_implemented() {
+fn items_come_in_pages_in_publish_order_and_paging_survives_publishes() {
+    let mut w = world();
+    w.storage
+        .create_node(&Node {
+            name: "/feed".into(),
+            owner: None,
+            access: Access::Open,
+            publishers: vec!["loc@localhost".into()],
+            max_items: 100,
+            created_at: 0,
+        })
+        .unwrap();
+    let publish = |w: &mut World, id: &str| {
+        let out = w.handle(pubsub(
+            LOC,
+            "set",
+            &format!("<publish node='/feed'><item id='{id}'><a xmlns='urn:a'/></item></publish>"),
+        ));
+        assert_eq!(out.last().and_then(|r| r.attr("type")), Some("result"));
+    };
+    for i in 0..7 {
+        publish(&mut w, &format!("p{i}"));
+    }
+    let get = |w: &mut World, set: &str| {
+        page_of(&w.reply(pubsub(
+            EVE,
+            "get",
+            &format!("<items node='/feed'/><set xmlns='{RSM}'>{set}</set>"),
+        )))
+    };
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("<max>3</max>", &["p0", "p1", "p2"], "p0@0 p2 7"),
+        (
+            "<max>3</max><after>p2</after>",
+            &["p3", "p4", "p5"],
+            "p3@3 p5 7",
+        ),
+        ("<max>3</max><after>p5</after>", &["p6"], "p6@6 p6 7"),
+        ("<max>3</max><after>p6</after>", &[], "- - 7"),
+        ("<max>2</max><before/>", &["p5", "p6"], "p5@5 p6 7"),
+        (
+            "<max>2</max><before>p5</before>",
+            &["p3", "p4"],
+            "p3@3 p4 7",
+        ),
+        ("<max>2</max><before>p1</before>", &["p0"], "p0@0 p0 7"),
+        ("<max>2</max><index>4</index>", &["p4", "p5"], "p4@4 p5 7"),
+        ("<max>0</max>", &[], "- - 7"),
+        ("", &["p0", "p1", "p2", "p3", "p4", "p5", "p6"], "p0@0 p6 7"),
+    ];
+    for (set, want, summary) in cases {
+        assert_eq!(get(&mut w, set), (ids(want), summary.to_string()), "{set}");
+    }
+    // A consumer pages forward while publishes go on: nothing lost, nothing twice.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for round in 0..10 {
+        let set = if after.is_empty() {
+            "<max>2</max>".to_owned()
+        } else {
+            format!("<max>2</max><after>{after}</after>")
+        };
+        let (page, _) = get(&mut w, &set);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().unwrap().clone();
+        seen.extend(page);
+        if round < 3 {
+            publish(&mut w, &format!("q{round}"));
+        }
+    }
+    let all: Vec<String> = (0..7)
+        .map(|i| format!("p{i}"))
+        .chain((0..3).map(|i| format!("q{i}")))
+        .collect();
+    assert_eq!(seen, all);
+    // Without a <set/> nothing changes for small nodes: every item, no set.
+    let plain = w.reply(pubsub(EVE, "get", "<items node='/feed' max_items='2'/>"));
+    assert_eq!(page_of(&plain), (ids(&["q1", "q2"]), "no set".to_owned()));
+}
+
+#[test]
+fn bad_result_set_requests_are_refused_with_their_reason() {
     let mut w = world();
     let published = w.handle(pubsub(
         LOC,
@@ -843,27 +960,118 @@ fn rsm_beside_items_is_ignored_and_options_are_not_implemented() {
         published.last().and_then(|r| r.attr("type")),
         Some("result")
     );
+    let cases = [
+        (
+            "<after>gone</after>",
+            "item-not-found",
+            "cancel",
+            "the item \"gone\" is not in the node \"/news\" (retracted, or no longer held); page from the oldest item held by asking without <after/>",
+        ),
+        (
+            "<before>gone</before>",
+            "item-not-found",
+            "cancel",
+            "the item \"gone\" is not in the node \"/news\" (retracted, or no longer held); page from the oldest item held by asking without <after/>",
+        ),
+        (
+            "<max>ten</max>",
+            "bad-request",
+            "modify",
+            "RSM <max/> must be a whole number (got \"ten\")",
+        ),
+        (
+            "<index>-1</index>",
+            "bad-request",
+            "modify",
+            "RSM <index/> must be a whole number (got \"-1\")",
+        ),
+        (
+            "<after/>",
+            "bad-request",
+            "modify",
+            "RSM <after/> needs an item id",
+        ),
+        (
+            "<after>one</after><index>0</index>",
+            "bad-request",
+            "modify",
+            "RSM: give at most one of <after/>, <before/> and <index/>",
+        ),
+    ];
+    for (set, condition, kind, text) in cases {
+        let reply = w.reply(pubsub(
+            EVE,
+            "get",
+            &format!("<items node='/news'/><set xmlns='{RSM}'>{set}</set>"),
+        ));
+        expect(&reply, kind, condition, None, text);
+    }
+}
+
+#[test]
+fn a_page_stays_under_the_byte_bound_and_an_unbounded_request_says_it_was_cut() {
+    let mut w = world();
+    w.storage
+        .create_node(&Node {
+            name: "/big".into(),
+            owner: None,
+            access: Access::Open,
+            publishers: vec!["loc@localhost".into()],
+            max_items: 1000,
+            created_at: 0,
+        })
+        .unwrap();
+    let big = "x".repeat(100 * 1024);
+    for i in 0..3 {
+        let out = w.handle(pubsub(
+            LOC,
+            "set",
+            &format!(
+                "<publish node='/big'><item id='b{i}'><a xmlns='urn:a'>{big}</a></item></publish>"
+            ),
+        ));
+        assert_eq!(out.last().and_then(|r| r.attr("type")), Some("result"));
+    }
+    // 100 KiB each: one per page under the 192 KiB bound, the page says where it stands.
     let reply = w.reply(pubsub(
         EVE,
         "get",
-        "<items node='/news'/><set xmlns='http://jabber.org/protocol/rsm'><max>5</max></set>",
+        &format!("<items node='/big'/><set xmlns='{RSM}'><max>3</max></set>"),
     ));
     assert_eq!(
-        reply.attr("type"),
-        Some("result"),
-        "{}",
-        String::from(&reply)
+        page_of(&reply),
+        (vec!["b0".to_owned()], "b0@0 b0 3".to_owned())
     );
-    let items = reply
-        .get_child("pubsub", PUBSUB)
-        .and_then(|p| p.get_child("items", PUBSUB))
-        .unwrap();
+    let reply = w.reply(pubsub(
+        EVE,
+        "get",
+        &format!("<items node='/big'/><set xmlns='{RSM}'><before/></set>"),
+    ));
     assert_eq!(
-        items
-            .children()
-            .filter_map(|i| i.attr("id"))
-            .collect::<Vec<_>>(),
-        ["one"]
+        page_of(&reply),
+        (vec!["b2".to_owned()], "b2@2 b2 3".to_owned())
+    );
+    // No <set/>, no max_items: the newest that fit, and a <set/> saying it is not all.
+    let reply = w.reply(pubsub(EVE, "get", "<items node='/big'/>"));
+    assert_eq!(
+        page_of(&reply),
+        (vec!["b2".to_owned()], "b2@2 b2 3".to_owned())
+    );
+}
+
+/// Issue 10, case 7: the subscription options request is `feature-not-implemented`
+/// (XEP-0060 §6.3.2), and an RSM `<set/>` beside another action is ignored (XEP-0059 §4).
+#[test]
+fn options_are_not_implemented_and_rsm_beside_other_actions_is_ignored() {
+    let mut w = world();
+    let published = w.handle(pubsub(
+        LOC,
+        "set",
+        &format!("<publish node='/news'><item id='one'><a xmlns='urn:a'/></item></publish><set xmlns='{RSM}'><max>1</max></set>"),
+    ));
+    assert_eq!(
+        published.last().and_then(|r| r.attr("type")),
+        Some("result")
     );
     for kind in ["get", "set"] {
         expect(
