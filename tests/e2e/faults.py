@@ -55,7 +55,6 @@ from guard import (  # noqa: E402
     USERS,
     Consumer,
     check,
-    items_iq,
     publish_iq,
     published_id,
     subscribe_iq,
@@ -65,6 +64,7 @@ from slixmpp.xmlstream.handler import Callback  # noqa: E402
 from slixmpp.xmlstream.matcher.base import MatcherBase  # noqa: E402
 from xmpp import CLIENT_NS, Client, error_info  # noqa: E402
 
+RSM = "http://jabber.org/protocol/rsm"
 NODE = "/stream/alice"
 MAX_ITEMS = "100000"
 PAYLOAD_NS = "urn:example:faults"
@@ -530,6 +530,24 @@ def outside_reader(r: Rig) -> None:
     f.raise_if_any()
 
 
+def all_items(client, node: str, page: int = 500) -> tuple[int, list[str]]:
+    """Every item id of `node`, oldest first, paged with RSM (profile N10); and the pages used."""
+    ids: list[str] = []
+    after = ""
+    for pages in range(1, 10_000):
+        cursor = f"<after>{after}</after>" if after else ""
+        reply = client.send_iq_raw(
+            f"<iq type='get' to='{COMPONENT}'><pubsub xmlns='{PUBSUB}'><items node='{node}'/>"
+            f"<set xmlns='{RSM}'><max>{page}</max>{cursor}</set></pubsub></iq>", timeout=20)
+        g.expect_result(reply)
+        got = [item.get("id") for item in reply.iter(f"{{{PUBSUB}}}item")]
+        if not got:
+            return pages, ids
+        ids += got
+        after = got[-1]
+    raise AssertionError(f"{node}: still paging after 10,000 pages")
+
+
 def sigkill_under_publish(r: Rig) -> None:
     """SIGKILL in the middle of a pipelined stream; every acknowledged item survives."""
     token, _ = r.provision()
@@ -547,15 +565,14 @@ def sigkill_under_publish(r: Rig) -> None:
     acked = set(stream.acked)
     stored = r.stored_ids()
     loc = r.client("location", resource="check")
-    reply = loc.send_iq_raw(items_iq(NODE), timeout=20)
-    g.expect_result(reply)
-    retrieved = {item.get("id") for item in reply.iter(f"{{{PUBSUB}}}item")}
+    pages, in_order = all_items(loc, NODE)
+    retrieved = set(in_order)
     # A result goes out after the item's notifications, on the same stream: every
     # acknowledged item reached the subscriber, and nothing uncommitted did.
     delivered = delivered_ids(app, until=acked, timeout=10)
     unacked_stored = stored - acked
     print(f"  SIGKILL after {killed_at} acknowledged; {stream.summary()}")
-    print(f"  stored {len(stored)} (sqlite3), retrieved {len(retrieved)} (XMPP), delivered {len(delivered)}, "
+    print(f"  stored {len(stored)} (sqlite3), retrieved {len(retrieved)} (XMPP, {pages} pages), delivered {len(delivered)}, "
           f"stored but never acknowledged {len(unacked_stored)}")
     f = Findings()
     f.check(not stream.anomalies, f"answers that do not fit: {stream.anomalies[:5]}")
@@ -563,6 +580,8 @@ def sigkill_under_publish(r: Rig) -> None:
     f.check(acked <= retrieved, f"{len(acked - retrieved)} acknowledged items are not retrievable: "
                                 f"{sorted(acked - retrieved)[:10]}")
     f.check(retrieved == stored, f"XMPP gives {len(retrieved)} items, sqlite3 {len(stored)}")
+    f.check(len(in_order) == len(retrieved), f"{len(in_order) - len(retrieved)} items came twice "
+                                             f"over {pages} pages")
     f.check(not (stored & set(stream.errors)),
             f"items refused with an error are stored: {sorted(stored & set(stream.errors))[:10]}")
     f.check(unacked_stored <= stream.unanswered,
