@@ -90,12 +90,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads and checks a TOML file; settings it leaves out keep their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = read_toml(path)?;
-        config.check().map_err(|message| ConfigError::Unusable {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        load_checked(path, Self::check)
     }
 
     /// What is inconsistent in these settings, if anything (values a TOML type cannot
@@ -114,8 +109,22 @@ impl Config {
     }
 }
 
-/// Reads a TOML settings file into `T` (the pubsub guard's config uses it too).
-pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+/// Reads a TOML settings file into `T` and checks it with `check` (what a TOML type cannot
+/// say); the pubsub guard's config uses it too.
+pub fn load_checked<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ConfigError> {
+    let config = read_toml(path)?;
+    check(&config).map_err(|message| ConfigError::Unusable {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
+}
+
+/// Reads a TOML settings file into `T`.
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,

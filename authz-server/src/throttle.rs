@@ -183,8 +183,8 @@ mod tests {
         SignInPolicy::default().per_name
     }
 
-    /// Runs `attempts` attempts one second apart whenever allowed, from time 1000; returns
-    /// the wait seen before each attempt that was refused, in order.
+    /// Tries an attempt at each of `times`, starting it whenever the rule allows; returns
+    /// what the rule said before each (`None`: it started).
     fn replay(rule: Rule, times: &[u64]) -> Vec<Option<Wait>> {
         let mut counter = Counter::default();
         times

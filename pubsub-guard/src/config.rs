@@ -127,12 +127,7 @@ pub use authz_server::config::ConfigError;
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = authz_server::config::read_toml(path)?;
-        config.check().map_err(|message| ConfigError::Unusable {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        authz_server::config::load_checked(path, Self::check)
     }
 
     /// Checks the values that a TOML type cannot.

@@ -998,7 +998,8 @@ fn item_element(namespace: &str, item: &Item) -> Result<Element, Refusal> {
 pub const MAX_PAGE_ITEMS: u32 = 500;
 
 /// The most payload bytes one page holds, so that a page fits the stanza limits of XMPP
-/// servers (Prosody's default is 256 KiB); a page always holds at least one item.
+/// servers (Prosody 0.12's `c2s_stanza_size_limit` is 256 KiB); a page always holds at
+/// least one item.
 pub const MAX_PAGE_BYTES: usize = 192 * 1024;
 
 /// Reads an RSM `<set/>` of an items request (XEP-0059 §2): where the page starts and how
@@ -1045,22 +1046,18 @@ fn rsm_request(set: &Element) -> Result<(PageFrom, u32), Refusal> {
 /// items, a backward one (`<before/>`) its oldest, so it stays next to where it was asked.
 fn fit_page(page: &mut Page, from: &PageFrom) {
     let backward = matches!(from, PageFrom::Before(_) | PageFrom::End);
-    let mut kept = 0;
-    let mut bytes = 0;
-    let sizes: Vec<usize> = page.items.iter().map(|i| i.payload.len()).collect();
-    let order: Box<dyn Iterator<Item = &usize>> = if backward {
-        Box::new(sizes.iter().rev())
-    } else {
-        Box::new(sizes.iter())
-    };
-    for size in order {
+    let n = page.items.len();
+    let (mut kept, mut bytes) = (0, 0);
+    while kept < n {
+        let next = if backward { n - 1 - kept } else { kept };
+        let size = page.items[next].payload.len();
         if kept > 0 && bytes + size > MAX_PAGE_BYTES {
             break;
         }
         bytes += size;
         kept += 1;
     }
-    let dropped = page.items.len() - kept;
+    let dropped = n - kept;
     if backward {
         page.items.drain(..dropped);
         page.first_index += u32::try_from(dropped).unwrap_or(0);

@@ -749,13 +749,7 @@ impl Store {
                     "SELECT failed_sign_ins, last_failed_sign_in, lockouts FROM owners
                      WHERE name = ?1",
                     [owner],
-                    |r| {
-                        Ok(FailedSignIns {
-                            count: to_u64(r.get(0)?),
-                            last_at: r.get::<_, Option<i64>>(1)?.map(to_u64),
-                            lockouts: to_u64(r.get(2)?),
-                        })
-                    },
+                    |r| failed_sign_ins(r, 0),
                 )
                 .optional()?
                 .unwrap_or_default();
@@ -800,11 +794,7 @@ impl Store {
                         id: r.get(0)?,
                         owner: r.get(1)?,
                         csrf: r.get(2)?,
-                        failed_before: FailedSignIns {
-                            count: to_u64(r.get(3)?),
-                            last_at: r.get::<_, Option<i64>>(4)?.map(to_u64),
-                            lockouts: to_u64(r.get(5)?),
-                        },
+                        failed_before: failed_sign_ins(r, 3)?,
                     })
                 },
             )
@@ -818,6 +808,16 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The three failed-sign-in columns (count, last time, lockouts) from column `at` on, as the
+/// owners and sessions tables both hold them.
+fn failed_sign_ins(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<FailedSignIns> {
+    Ok(FailedSignIns {
+        count: to_u64(r.get(at)?),
+        last_at: r.get::<_, Option<i64>>(at + 1)?.map(to_u64),
+        lockouts: to_u64(r.get(at + 2)?),
+    })
 }
 
 /// What an exchange reads of temporary credentials.

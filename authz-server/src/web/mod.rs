@@ -42,16 +42,6 @@ impl AppState {
         }
     }
 
-    /// The token store.
-    pub fn store(&self) -> &Arc<Store> {
-        self.pools.store()
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     fn verifier_config(&self) -> VerifierConfig {
         VerifierConfig {
             window_secs: self.config.window_secs,

@@ -48,11 +48,6 @@ impl Pools {
         }
     }
 
-    /// The store, for work that is already off the runtime.
-    pub(crate) fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// Runs `f` on the store on a blocking thread, at most [`STORE_THREADS`] at once.
     pub(crate) async fn run<T: Send + 'static>(
         &self,

@@ -1,29 +1,8 @@
 //! The token flow over loopback against the built server, and its error paths.
 
-use oauth_xmpp::sign::{Credentials, Signer};
-use oauth_xmpp::{Secret, SignatureMethod};
+use oauth_xmpp::SignatureMethod;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::{Answer, CALLBACK, FORM, Server, Setup, cli, csrf_in, http, setup, sign_in};
-
-fn signer(
-    key: &str,
-    secret: &str,
-    token: Option<(&str, &str)>,
-    method: SignatureMethod,
-) -> Signer<oauth_xmpp::replay::SystemClock, impl Fn() -> String> {
-    let credentials = Credentials {
-        consumer_key: key.into(),
-        consumer_secret: Secret::new(secret),
-        token: token.map(|(t, _)| t.to_owned()),
-        token_secret: Secret::new(token.map_or("", |(_, s)| s)),
-    };
-    // Unique in this test process; each test has its own database.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nonce = || format!("nonce-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
-    Signer::new(credentials, oauth_xmpp::replay::SystemClock, nonce).with_method(method)
-}
+use crate::{Answer, CALLBACK, FORM, Server, Setup, cli, csrf_in, http, setup, sign_in, signer};
 
 fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
     let url = format!("{}/oauth/request_token", server.base);

@@ -5,12 +5,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oauth_xmpp::sign::{Credentials, Signer};
-use oauth_xmpp::{Secret, SignatureMethod};
+use oauth_xmpp::SignatureMethod;
 
 use crate::{
     Answer, CALLBACK, FORM, Server, cli, csrf_in, http, login_form, set_cookie, setup, sign_in,
-    try_sign_in,
+    signer, try_sign_in,
 };
 
 /// Writes a config file next to the database; returns its path.
@@ -52,33 +51,8 @@ fn error_text(a: &Answer) -> String {
         .unwrap_or_default()
 }
 
-fn signer(
-    key: &str,
-    secret: &str,
-    token: Option<(&str, &str)>,
-    nonce: &'static str,
-) -> Signer<oauth_xmpp::replay::SystemClock, impl Fn() -> String> {
-    let credentials = Credentials {
-        consumer_key: key.into(),
-        consumer_secret: Secret::new(secret),
-        token: token.map(|(t, _)| t.to_owned()),
-        token_secret: Secret::new(token.map_or("", |(_, s)| s)),
-    };
-    Signer::new(credentials, oauth_xmpp::replay::SystemClock, move || {
-        nonce.to_owned()
-    })
-    .with_method(SignatureMethod::HmacSha1)
-}
-
-fn request_token(
-    server: &Server,
-    url: &str,
-    key: &str,
-    secret: &str,
-    callback: &str,
-    nonce: &'static str,
-) -> Answer {
-    let auth = signer(key, secret, None, nonce)
+fn request_token(server: &Server, url: &str, key: &str, secret: &str, callback: &str) -> Answer {
+    let auth = signer(key, secret, None, SignatureMethod::HmacSha1)
         .sign_http("POST", url, &[], &[("oauth_callback", callback)])
         .unwrap();
     http(
@@ -336,13 +310,12 @@ fn only_the_registered_callback_is_used() {
         &s.key,
         &s.secret,
         "https://evil.example/steal",
-        "cb-1",
     );
     assert_eq!(
         refused(&a),
         (400, "parameter_rejected".into(), not_it.clone())
     );
-    let a = request_token(&server, &url, &s.key, &s.secret, "oob", "cb-2");
+    let a = request_token(&server, &url, &s.key, &s.secret, "oob");
     assert_eq!(refused(&a), (400, "parameter_rejected".into(), not_it));
     let a = request_token(
         &server,
@@ -350,7 +323,6 @@ fn only_the_registered_callback_is_used() {
         &s.key,
         &s.secret,
         &format!("{CALLBACK}\r\nX: y"),
-        "cb-3",
     );
     assert_eq!(
         refused(&a),
@@ -366,11 +338,10 @@ fn only_the_registered_callback_is_used() {
         &s.key,
         &s.secret,
         &format!("{CALLBACK}?state=42"),
-        "cb-4",
     );
     assert_eq!(a.status, 200, "{a:?}");
     // Registered without a callback: oob only.
-    let a = request_token(&server, &url, &s.oob_key, &s.oob_secret, CALLBACK, "cb-5");
+    let a = request_token(&server, &url, &s.oob_key, &s.oob_secret, CALLBACK);
     assert_eq!(
         refused(&a),
         (
@@ -379,7 +350,7 @@ fn only_the_registered_callback_is_used() {
             "this application is registered without a callback: oauth_callback must be oob".into()
         )
     );
-    let a = request_token(&server, &url, &s.oob_key, &s.oob_secret, "oob", "cb-6");
+    let a = request_token(&server, &url, &s.oob_key, &s.oob_secret, "oob");
     assert_eq!(a.status, 200, "{a:?}");
     // Registration refuses what could not be a callback.
     let (ok, _, err) = cli(
@@ -423,10 +394,10 @@ fn a_duplicated_authorization_header_is_refused() {
     let s = setup();
     let server = Server::start(&s.db, &[]);
     let url = format!("{}/oauth/request_token", server.base);
-    let auth = signer(&s.key, &s.secret, None, "dup-1")
+    let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
         .sign_http("POST", &url, &[], &[("oauth_callback", CALLBACK)])
         .unwrap();
-    let other = signer(&s.key, "not the secret", None, "dup-2")
+    let other = signer(&s.key, "not the secret", None, SignatureMethod::HmacSha1)
         .sign_http("POST", &url, &[], &[("oauth_callback", CALLBACK)])
         .unwrap();
     let a = http(
@@ -462,7 +433,6 @@ fn a_lost_exchange_answer_is_collected_by_a_retry_even_after_a_crash() {
         &s.key,
         &s.secret,
         CALLBACK,
-        "x-1",
     );
     assert_eq!(a.status, 200, "{a:?}");
     let temp = (a.get("oauth_token"), a.get("oauth_token_secret"));
@@ -483,9 +453,14 @@ fn a_lost_exchange_answer_is_collected_by_a_retry_even_after_a_crash() {
     let location = approved.header("Location").unwrap();
     let verifier = location.split("oauth_verifier=").nth(1).unwrap().to_owned();
     let url = format!("{public}/oauth/access_token");
-    let auth = signer(&s.key, &s.secret, Some((&temp.0, &temp.1)), "x-2")
-        .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
-        .unwrap();
+    let auth = signer(
+        &s.key,
+        &s.secret,
+        Some((&temp.0, &temp.1)),
+        SignatureMethod::HmacSha1,
+    )
+    .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
+    .unwrap();
     let exchange = |server: &Server| {
         http(
             &server.addr,
@@ -508,9 +483,14 @@ fn a_lost_exchange_answer_is_collected_by_a_retry_even_after_a_crash() {
         (first.get("oauth_token"), first.get("oauth_token_secret"))
     );
     // A new signed request with the verifier gets it too; one token, not two.
-    let fresh = signer(&s.key, &s.secret, Some((&temp.0, &temp.1)), "x-3")
-        .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
-        .unwrap();
+    let fresh = signer(
+        &s.key,
+        &s.secret,
+        Some((&temp.0, &temp.1)),
+        SignatureMethod::HmacSha1,
+    )
+    .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
+    .unwrap();
     let a = http(
         &server.addr,
         "POST",
@@ -557,7 +537,7 @@ fn pages_carry_the_security_headers_and_https_makes_cookies_secure() {
     }
     // The authorize page may post to where its answer redirects: the callback's origin.
     let url = format!("{}/oauth/request_token", server.base);
-    let a = request_token(&server, &url, &s.key, &s.secret, CALLBACK, "h-1");
+    let a = request_token(&server, &url, &s.key, &s.secret, CALLBACK);
     let next = format!("/oauth/authorize?oauth_token={}", a.get("oauth_token"));
     let cookie = sign_in(&server, &next);
     let page = http(&server.addr, "GET", &next, &[("Cookie", &cookie)], "");

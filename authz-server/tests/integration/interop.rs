@@ -76,15 +76,11 @@ fn headless_chromium_signs_in_approves_and_revokes_and_is_not_redirected_away() 
     let server = Server::start(&s.db, &[]);
     // The request token, signed by our own signer.
     let url = format!("{}/oauth/request_token", server.base);
-    let signer = oauth_xmpp::sign::Signer::new(
-        oauth_xmpp::sign::Credentials {
-            consumer_key: s.key.clone(),
-            consumer_secret: s.secret.as_str().into(),
-            token: None,
-            token_secret: "".into(),
-        },
-        oauth_xmpp::replay::SystemClock,
-        || "browser-test-nonce".to_owned(),
+    let signer = crate::signer(
+        &s.key,
+        &s.secret,
+        None,
+        oauth_xmpp::SignatureMethod::HmacSha1,
     );
     let auth = signer
         .sign_http("POST", &url, &[], &[("oauth_callback", crate::CALLBACK)])
@@ -124,15 +120,12 @@ fn headless_chromium_signs_in_approves_and_revokes_and_is_not_redirected_away() 
     );
     // The consumer collects its token; the owner revokes it on her page, in the browser.
     let access_url = format!("{}/oauth/access_token", server.base);
-    let exchange = oauth_xmpp::sign::Signer::new(
-        oauth_xmpp::sign::Credentials {
-            consumer_key: s.key.clone(),
-            consumer_secret: s.secret.as_str().into(),
-            token: Some(token.clone()),
-            token_secret: a.get("oauth_token_secret").as_str().into(),
-        },
-        oauth_xmpp::replay::SystemClock,
-        || "browser-test-exchange".to_owned(),
+    let temp_secret = a.get("oauth_token_secret");
+    let exchange = crate::signer(
+        &s.key,
+        &s.secret,
+        Some((&token, &temp_secret)),
+        oauth_xmpp::SignatureMethod::HmacSha1,
     )
     .sign_http(
         "POST",

@@ -24,6 +24,31 @@ pub(crate) fn heavy() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A signer for these credentials whose nonces never repeat in this test process.
+pub(crate) fn signer(
+    key: &str,
+    secret: &str,
+    token: Option<(&str, &str)>,
+    method: oauth_xmpp::SignatureMethod,
+) -> oauth_xmpp::sign::Signer<oauth_xmpp::replay::SystemClock, impl Fn() -> String> {
+    let credentials = oauth_xmpp::sign::Credentials {
+        consumer_key: key.into(),
+        consumer_secret: oauth_xmpp::Secret::new(secret),
+        token: token.map(|(t, _)| t.to_owned()),
+        token_secret: oauth_xmpp::Secret::new(token.map_or("", |(_, s)| s)),
+    };
+    // Unique in this test process; each test has its own database.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nonce = || {
+        format!(
+            "nonce-{}",
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    };
+    oauth_xmpp::sign::Signer::new(credentials, oauth_xmpp::replay::SystemClock, nonce)
+        .with_method(method)
+}
+
 /// Runs a CLI command on `db`; returns (exit success, stdout, stderr).
 pub(crate) fn cli(db: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(BIN)

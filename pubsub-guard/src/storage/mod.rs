@@ -218,8 +218,6 @@ pub trait Storage: Send {
     fn publish(&self, node: &str, item: &Item, max_items: u32) -> Result<Vec<String>>;
     /// Deletes an item; returns whether it was there.
     fn retract(&self, node: &str, id: &str) -> Result<bool>;
-    /// The newest `max` items (all when `None`), oldest first.
-    fn items(&self, node: &str, max: Option<u32>) -> Result<Vec<Item>>;
     /// The items with these ids, in the order given, skipping unknown ids.
     fn items_by_id(&self, node: &str, ids: &[&str]) -> Result<Vec<Item>>;
     /// A page of at most `max` items from `from`, in publish order, with the node's item

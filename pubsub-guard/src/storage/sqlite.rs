@@ -295,20 +295,6 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn items(&self, node: &str, max: Option<u32>) -> Result<Vec<Item>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, payload, publisher, published_at FROM
-               (SELECT * FROM guard_items WHERE node = ?1 ORDER BY seq DESC LIMIT ?2)
-             ORDER BY seq",
-        )?;
-        let limit = max.map_or(-1, i64::from);
-        let items = stmt
-            .query_map(params![node, limit], item_row)?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(items)
-    }
-
     fn items_by_id(&self, node: &str, ids: &[&str]) -> Result<Vec<Item>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
@@ -435,6 +421,14 @@ fn select_subscriptions(conn: &Connection, node: Option<&str>) -> Result<Vec<Sub
 mod tests {
     use super::*;
 
+    /// The newest `max` items of `node`, oldest first.
+    fn newest(s: &SqliteStorage, node: &str, max: u32) -> Vec<Item> {
+        s.items_page(node, &PageFrom::End, max)
+            .unwrap()
+            .unwrap()
+            .items
+    }
+
     fn open() -> (tempfile::TempDir, SqliteStorage) {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(dir.path().join("db.sqlite")).unwrap();
@@ -514,15 +508,15 @@ mod tests {
             Vec::<String>::new()
         );
         let ids = |v: Vec<Item>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
-        assert_eq!(ids(s.items("/location/alice", None).unwrap()), ["c", "b"]);
-        assert_eq!(ids(s.items("/location/alice", Some(1)).unwrap()), ["b"]);
+        assert_eq!(ids(newest(&s, "/location/alice", 500)), ["c", "b"]);
+        assert_eq!(ids(newest(&s, "/location/alice", 1)), ["b"]);
         assert_eq!(
             ids(s.items_by_id("/location/alice", &["b", "zz", "c"]).unwrap()),
             ["b", "c"]
         );
         assert!(s.retract("/location/alice", "b").unwrap());
         assert!(!s.retract("/location/alice", "b").unwrap());
-        assert_eq!(ids(s.items("/location/alice", None).unwrap()), ["c"]);
+        assert_eq!(ids(newest(&s, "/location/alice", 500)), ["c"]);
     }
 
     #[test]
@@ -572,7 +566,7 @@ mod tests {
         }
         let s = SqliteStorage::open(&path).unwrap();
         assert_eq!(s.change_cursor().unwrap(), 42);
-        assert_eq!(s.items("/location/alice", None).unwrap(), vec![item("a")]);
+        assert_eq!(newest(&s, "/location/alice", 500), vec![item("a")]);
         assert_eq!(s.subscriptions(None).unwrap().len(), 1);
         // The authorization server opens the same file beside them.
         authz_server::Store::open(&path).unwrap();
@@ -607,8 +601,10 @@ mod tests {
             .expect("the database filled up");
         assert!(err.is_full(), "{err}");
         let ids: Vec<String> = s
-            .items("/location/alice", Some(1_000))
+            .items_page("/location/alice", &PageFrom::End, 1_000)
             .unwrap()
+            .unwrap()
+            .items
             .into_iter()
             .map(|i| i.id)
             .collect();
