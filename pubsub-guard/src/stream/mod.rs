@@ -268,8 +268,13 @@ impl StreamParser {
                 }
                 Scan::Overflow(at) => {
                     // The parser gets nothing more of this stanza; a fresh one, inside the
-                    // stream root, takes the stream up after it.
+                    // stream root, takes the stream up after it. The framer reads on past
+                    // `</stream:stream>` (it does not know the stream ended): nothing after
+                    // the end is a stanza, however long.
                     self.parse(&data[..at], out)?;
+                    if matches!(self.state, State::Done) {
+                        return Ok(());
+                    }
                     data = &data[at..];
                     self.parser = raw_parser(self.limits.max_stanza_bytes);
                     let mut root: &[u8] = b"<stream:stream>";
@@ -705,6 +710,34 @@ mod tests {
         let bytes = text.as_bytes();
         for cut in 0..=bytes.len() {
             let mut parser = StreamParser::new(4096);
+            let mut out = Vec::new();
+            parser.feed(&bytes[..cut], &mut out).unwrap();
+            parser.feed(&bytes[cut..], &mut out).unwrap();
+            assert_eq!(
+                out,
+                [
+                    StreamEvent::Header { id: "abc-1".into() },
+                    StreamEvent::Closed
+                ],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// Found by the `stream_parser` fuzz target: a long element after `</stream:stream>` in
+    /// the same read was taken for an oversized stanza of a stream that went on.
+    #[test]
+    fn an_oversized_element_after_the_end_of_the_stream_is_ignored() {
+        let text = format!(
+            "{HEADER}</stream:stream>s<stream:stream id='x'><x xmlns='urn:a'>{}</x></stream:stream>",
+            "y".repeat(300)
+        );
+        let bytes = text.as_bytes();
+        for cut in [0, HEADER.len(), bytes.len()] {
+            let mut parser = StreamParser::with_limits(Limits {
+                max_stanza_bytes: 64,
+                ..Limits::default()
+            });
             let mut out = Vec::new();
             parser.feed(&bytes[..cut], &mut out).unwrap();
             parser.feed(&bytes[cut..], &mut out).unwrap();
