@@ -81,13 +81,85 @@ pub struct Template {
     /// How many items the node keeps.
     #[serde(default = "default_max_items")]
     pub max_items: u32,
+    /// How long the node keeps an item, in seconds; written `"30d"`, `"12h"`, `"90m"`,
+    /// `"45s"`, `"2w"` or `"none"` (kept as long as `max_items` allows).
+    #[serde(default = "default_max_age", deserialize_with = "age")]
+    pub max_age: u64,
+    /// Whether a new subscriber gets the last item published: `"on_sub"` or `"never"`.
+    /// Nodes with an `{owner}` default to `on_sub`, others to `never`.
+    pub send_last_published_item: Option<SendLast>,
 }
 
-/// The `max_items` of a node when nothing says otherwise.
-pub const DEFAULT_MAX_ITEMS: u32 = 10;
+/// When a node sends its last item to a subscriber (`pubsub#send_last_published_item`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SendLast {
+    /// When it subscribes.
+    OnSub,
+    /// Never.
+    Never,
+}
+
+/// The `max_items` of a node when nothing says otherwise: more than a week of a busy owner's
+/// updates (one a minute for sixteen hours a day is 6,720 a week).
+pub const DEFAULT_MAX_ITEMS: u32 = 10_000;
+
+/// The `max_age` of a node when nothing says otherwise: 30 days, in seconds.
+pub const DEFAULT_MAX_AGE_SECS: u64 = 30 * 86_400;
 
 fn default_max_items() -> u32 {
     DEFAULT_MAX_ITEMS
+}
+
+fn default_max_age() -> u64 {
+    DEFAULT_MAX_AGE_SECS
+}
+
+fn age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parse_age(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// Reads a retention age: a whole number with a unit (`s`, `m`, `h`, `d`, `w`; seconds
+/// without one), or `none` (no age limit, 0).
+pub fn parse_age(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == "none" {
+        return Ok(0);
+    }
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let multiplier = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => 0,
+    };
+    let value = digits.parse::<u64>().ok().filter(|_| multiplier > 0);
+    value
+        .and_then(|v| v.checked_mul(multiplier))
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not an age: write a whole number with s, m, h, d or w (like \"30d\"), or \"none\""
+            )
+        })
+}
+
+/// Writes an age as [`parse_age`] reads it, in the largest unit that divides it.
+pub fn format_age(secs: u64) -> String {
+    if secs == 0 {
+        return "none".into();
+    }
+    [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60)]
+        .iter()
+        .find(|(_, unit)| secs.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{secs}s"),
+            |(name, unit)| format!("{}{name}", secs / unit),
+        )
 }
 
 fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
@@ -95,6 +167,14 @@ fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::E
 }
 
 impl Template {
+    /// Whether nodes made from it send their last item to a new subscriber.
+    pub fn send_last(&self) -> bool {
+        match self.send_last_published_item {
+            Some(send) => send == SendLast::OnSub,
+            None => self.pattern.contains("{owner}"),
+        }
+    }
+
     /// The first of `templates` matching `node`, with the owner it gives.
     pub fn first_match<'a>(
         templates: &'a [Template],
@@ -215,7 +295,29 @@ mod tests {
             access: Access::OAuth,
             publishers: vec!["loc@localhost".into()],
             max_items: 1,
+            max_age: DEFAULT_MAX_AGE_SECS,
+            send_last_published_item: None,
         }
+    }
+
+    #[test]
+    fn ages_read_and_write() {
+        assert_eq!(parse_age("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_age("2w"), Ok(14 * 86_400));
+        assert_eq!(parse_age("90m"), Ok(5_400));
+        assert_eq!(parse_age("45"), Ok(45));
+        assert_eq!(parse_age("none"), Ok(0));
+        assert_eq!(
+            parse_age("3 days").unwrap_err(),
+            "\"3 days\" is not an age: write a whole number with s, m, h, d or w (like \"30d\"), or \"none\""
+        );
+        assert!(parse_age("99999999999999999999w").is_err());
+        assert!(parse_age("d").is_err());
+        assert_eq!(format_age(30 * 86_400), "30d");
+        assert_eq!(format_age(14 * 86_400), "2w");
+        assert_eq!(format_age(5_400), "90m");
+        assert_eq!(format_age(61), "61s");
+        assert_eq!(format_age(0), "none");
     }
 
     #[test]
@@ -250,6 +352,7 @@ mod tests {
             pattern = "/location/{owner}"
             publishers = ["location@example.org"]
             max_items = 5
+            max_age = "7d"
 
             [[template]]
             pattern = "/news"
@@ -260,8 +363,17 @@ mod tests {
         .unwrap();
         config.check().unwrap();
         assert_eq!(config.templates.len(), 2);
+        assert_eq!(config.templates[0].max_age, 7 * 86_400);
+        assert!(config.templates[0].send_last());
         assert_eq!(config.templates[1].access, Access::Open);
         assert_eq!(config.templates[1].max_items, DEFAULT_MAX_ITEMS);
+        assert_eq!(config.templates[1].max_age, DEFAULT_MAX_AGE_SECS);
+        assert!(!config.templates[1].send_last());
+        let err = toml::from_str::<Config>(
+            "[[template]]\npattern = \"/n\"\npublishers = [\"a@b\"]\nmax_age = \"soon\"",
+        )
+        .unwrap_err();
+        assert!(err.message().contains("\"soon\" is not an age"), "{err}");
         assert_eq!(config.keepalive_secs, 60);
         assert!(!format!("{config:?}").contains("s3cret-value"));
     }

@@ -18,8 +18,10 @@
 //! collections, or presence-based delivery. Nodes are created by the admin CLI and by
 //! templates in the config.
 
+pub mod archive;
 pub mod component;
 pub mod config;
+pub mod datetime;
 pub mod jid;
 pub mod ns;
 pub mod refusal;

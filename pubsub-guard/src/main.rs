@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use oauth_xmpp::Secret;
 use pubsub_guard::Config;
-use pubsub_guard::config::DEFAULT_MAX_ITEMS;
+use pubsub_guard::config::{DEFAULT_MAX_AGE_SECS, DEFAULT_MAX_ITEMS};
 use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
 
 /// The pubsub service for protected per-user nodes: an XMPP external component (XEP-0114)
@@ -60,8 +60,15 @@ enum NodeCommand {
         /// How many items it keeps.
         #[arg(long, default_value_t = DEFAULT_MAX_ITEMS)]
         max_items: u32,
+        /// How long it keeps an item: 30d, 12h, 90m, 45s, 2w, or none [default: 30d].
+        #[arg(long, value_parser = pubsub_guard::config::parse_age)]
+        max_age: Option<u64>,
+        /// Whether a new subscriber gets the last item: on_sub or never [default: on_sub
+        /// for a node with an owner, never for an open one].
+        #[arg(long, value_parser = ["on_sub", "never"])]
+        send_last_published_item: Option<String>,
     },
-    /// List the nodes: `name<TAB>access<TAB>owner<TAB>max_items<TAB>publishers`.
+    /// List the nodes: `name<TAB>access<TAB>owner<TAB>max_items<TAB>max_age<TAB>publishers`.
     List,
     /// Delete a node with its items and subscriptions (subscribers are not notified).
     Delete {
@@ -124,6 +131,8 @@ fn run(cli: Cli) -> Result<(), String> {
             open,
             publishers,
             max_items,
+            max_age,
+            send_last_published_item,
         }) => {
             let access = if open { Access::Open } else { Access::OAuth };
             if access == Access::OAuth && owner.is_none() {
@@ -143,10 +152,13 @@ fn run(cli: Cli) -> Result<(), String> {
             pubsub_guard::storage::check_node_name(&name)?;
             let node = Node {
                 name,
-                owner,
                 access,
                 publishers,
                 max_items,
+                max_age_secs: max_age.unwrap_or(DEFAULT_MAX_AGE_SECS),
+                send_last_published_item: send_last_published_item
+                    .map_or(owner.is_some(), |s| s == "on_sub"),
+                owner,
                 created_at: authz_server::store::now(),
             };
             storage()?.create_node(&node).map_err(|e| e.to_string())?;
@@ -156,11 +168,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Node(NodeCommand::List) => {
             for n in storage()?.nodes().map_err(|e| e.to_string())? {
                 say(format!(
-                    "{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}",
                     n.name,
                     n.access.as_str(),
                     n.owner.as_deref().unwrap_or("-"),
                     n.max_items,
+                    pubsub_guard::config::format_age(n.max_age_secs),
                     n.publishers.join(",")
                 ));
             }

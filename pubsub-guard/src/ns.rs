@@ -26,3 +26,18 @@ pub const PING: &str = "urn:xmpp:ping";
 pub const OAUTH: &str = oauth_xmpp::ns::OAUTH;
 /// XEP-0059: result set management (ignored beside pubsub actions).
 pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0313: message archive management (a node's archive, XEP-0442).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0359: the stanza id a notification carries (its archive id).
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0297: a forwarded stanza (each archive result).
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0203: when a stanza was first sent.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0004: data forms (the archive query's fields).
+pub const DATA_FORMS: &str = "jabber:x:data";
+/// RFC 6120: the client namespace, of a stanza forwarded inside another.
+pub const CLIENT: &str = "jabber:client";
+/// This service's application condition for a resume point older than what a node still
+/// holds: `<gap after first last count oldest/>` (profile N12).
+pub const GAP: &str = "urn:xmpp:pubsub-guard:gap:0";

@@ -19,6 +19,9 @@ pub struct Refusal {
     pub app: Option<(&'static str, &'static str, Option<&'static str>)>,
     /// What went wrong.
     pub text: String,
+    /// An application condition of this service's own (such as a resume point's
+    /// `<gap/>`), sent in place of `app`.
+    pub detail: Option<Box<Element>>,
 }
 
 impl Refusal {
@@ -28,7 +31,15 @@ impl Refusal {
             condition,
             app: None,
             text: text.into(),
+            detail: None,
         }
+    }
+
+    /// The same refusal with `detail` as its application condition.
+    pub fn with_detail(mut self, detail: Element) -> Self {
+        self.app = None;
+        self.detail = Some(Box::new(detail));
+        self
     }
 
     fn with_pubsub(mut self, name: &'static str) -> Self {
@@ -130,6 +141,7 @@ impl Refusal {
                 .app_condition
                 .map(|app| (oauth_xmpp::ns::OAUTH_ERRORS, app, None)),
             text: e.text,
+            detail: None,
         }
     }
 
@@ -142,6 +154,7 @@ impl Refusal {
             }
             app
         });
+        let app = app.or_else(|| self.detail.as_deref().cloned());
         oauth_xmpp::error_element(namespace, self.error_type, self.condition, &self.text, app)
     }
 }

@@ -19,19 +19,35 @@ use crate::config::{Config, Template};
 use crate::jid;
 use crate::ns;
 use crate::refusal::{Refusal, name};
-use crate::storage::{Access, Item, Node, Page, PageFrom, Storage, StorageError, Subscription};
+use crate::storage::{
+    Access, ArchiveFrom, ArchiveQuery, Item, Node, Page, PageFrom, Span, Storage, StorageError,
+    Subscription, Visibility,
+};
 use crate::stream::StanzaHead;
+use crate::{archive, datetime};
 
 /// The pubsub features this service implements (disco#info, XEP-0060 §10).
 pub const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#item-ids",
+    "http://jabber.org/protocol/pubsub#last-published",
     "http://jabber.org/protocol/pubsub#persistent-items",
     "http://jabber.org/protocol/pubsub#publish",
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-items",
     "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
     "http://jabber.org/protocol/pubsub#subscribe",
+    "http://jabber.org/protocol/pubsub#subscription-notifications",
 ];
+
+/// How often the sweeper drops items past their node's `max_age`, in seconds.
+const SWEEP_EVERY_SECS: u64 = 60;
+
+/// How many items one sweeper transaction drops at most.
+const SWEEP_BATCH: usize = 5_000;
+
+/// The most grants of one consumer from one owner that decide what is replayed to it (the
+/// newest are kept).
+pub const MAX_SPANS: usize = 64;
 
 /// How many change-log entries one poll reads.
 const CHANGES_PER_POLL: usize = 500;
@@ -49,6 +65,13 @@ pub struct Service {
     /// The last change-log entry handled, once read from storage (the worker is its only
     /// writer, so it is read once).
     cursor: Option<i64>,
+    /// The second of the last retention sweep.
+    swept_at: u64,
+    /// The clock (the system's, or a test's).
+    clock: Box<dyn Clock + Send>,
+    /// Stanzas to send right after the reply to the current request (the last item sent
+    /// to a new subscriber follows the subscribe's result).
+    after_reply: Vec<Element>,
 }
 
 impl std::fmt::Debug for Service {
@@ -95,7 +118,20 @@ impl Service {
                 .collect(),
             expiries_logged_at: 0,
             cursor: None,
+            swept_at: 0,
+            clock: Box::new(SystemClock),
+            after_reply: Vec::new(),
         }
+    }
+
+    /// The same service reading `clock` instead of the system clock (tests move time).
+    pub fn with_clock(mut self, clock: impl Clock + Send + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now()
     }
 
     /// Handles one stanza from the server; returns the stanzas to send, in order (any
@@ -223,9 +259,13 @@ impl Service {
             }
             Err(refusal) => self.refuse_head(&head, &refusal),
         };
-        // The reply goes after the notifications the request caused.
+        // The reply goes after the notifications the request caused, and before what
+        // follows it.
         if let Some(reply) = reply {
             out(reply);
+        }
+        for stanza in std::mem::take(&mut self.after_reply) {
+            out(stanza);
         }
     }
 
@@ -241,6 +281,8 @@ impl Service {
             ("get", ns::DISCO_INFO, "query") => self.disco_info(from, payload.attr("node")),
             ("get", ns::DISCO_ITEMS, "query") => self.disco_items(from, payload.attr("node")),
             ("get", ns::PING, "ping") => Ok(None),
+            ("set", ns::MAM, "query") => self.archive_query(from, iq, payload, out),
+            ("get", ns::MAM, "query") => Ok(Some(archive::form())),
             (_, ns::PUBSUB, "pubsub") => self.pubsub(kind, from, iq, payload, out),
             (_, ns::PUBSUB_OWNER, "pubsub") => {
                 let feature = match payload.children().next().map(Element::name) {
@@ -269,7 +311,7 @@ impl Service {
                 .attr(name("type"), kind)
                 .build()
         };
-        match node {
+        let known = match node {
             None => {
                 let mut identity = identity("service");
                 identity.set_attr(
@@ -278,13 +320,15 @@ impl Service {
                     "OAuth-guarded pubsub",
                 );
                 query.append_child(identity);
+                None
             }
             Some(node) => {
-                self.known_node(node, from)?;
+                let known = self.known_node(node, from)?;
                 query.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
                 query.append_child(identity("leaf"));
+                Some(known)
             }
-        }
+        };
         let features = [
             ns::DISCO_INFO,
             ns::DISCO_ITEMS,
@@ -292,6 +336,8 @@ impl Service {
             ns::OAUTH,
             ns::PING,
             ns::RSM,
+            ns::MAM,
+            ns::SID,
         ];
         for feature in features.iter().chain(FEATURES) {
             query.append_child(
@@ -299,6 +345,9 @@ impl Service {
                     .attr(name("var"), *feature)
                     .build(),
             );
+        }
+        if let Some(node) = known {
+            query.append_child(archive::node_metadata(&node));
         }
         Ok(Some(query))
     }
@@ -430,7 +479,53 @@ impl Service {
     fn may_know(&self, node: &Node, from: &str) -> Result<bool, Refusal> {
         Ok(node.access == Access::Open
             || node.is_publisher(from)
-            || self.live_subscription_of(node, from)?)
+            || self.live_subscription_of(node, from)?.is_some())
+    }
+
+    /// Lets `from` read the items of the node `name` (profile N3, N11), and says which: every
+    /// item of an open node, and for its publishers; for a consumer (one with a live
+    /// subscription, or a signed request that passes the gate), the items published while
+    /// one of its grants from the node's owner covered the node. A missing or hidden node goes
+    /// through the gate (N6).
+    fn reader(&self, iq: &Element, name: &str, from: &str) -> Result<(Node, Visibility), Refusal> {
+        let stored = self.storage.node(name).map_err(storage_failed)?;
+        if let Some(node) = &stored {
+            if node.access == Access::Open || node.is_publisher(from) {
+                return Ok((node.clone(), Visibility::All));
+            }
+            if let Some(s) = self.live_subscription_of(node, from)? {
+                let visible = self.grants_of(node, s.consumer_key.as_deref())?;
+                return Ok((node.clone(), visible));
+            }
+        }
+        let (verified, node) = self.gate(iq, name, stored)?;
+        let visible = self.grants_of(&node, Some(verified.consumer_key()))?;
+        Ok((node, visible))
+    }
+
+    /// The items of `node` that `consumer` may be replayed (profile N11): those published
+    /// inside the change-log spans of its grants from the node's owner whose scope permits
+    /// the node (at most the newest [`MAX_SPANS`]).
+    fn grants_of(&self, node: &Node, consumer: Option<&str>) -> Result<Visibility, Refusal> {
+        let (Some(owner), Some(consumer)) = (node.owner.as_deref(), consumer) else {
+            return Ok(Visibility::Spans(Vec::new()));
+        };
+        let grants = self.store.grant_spans(consumer, owner).map_err(|e| {
+            warn!(node = node.name, consumer, "the token store failed: {e}");
+            Refusal::internal()
+        })?;
+        let mut spans: Vec<Span> = grants
+            .into_iter()
+            .filter(|g| g.scope.permits(&node.name))
+            .map(|g| Span {
+                from_seq: g.granted_seq,
+                until_seq: g.ended_seq,
+                until_time: g.expires_at,
+            })
+            .collect();
+        let excess = spans.len().saturating_sub(MAX_SPANS);
+        spans.drain(..excess);
+        Ok(Visibility::Spans(spans))
     }
 
     /// The `node` attribute, required.
@@ -512,6 +607,10 @@ impl Service {
                 (node, token, Some(verified.consumer_key().to_owned()))
             }
         };
+        let visible = match node.access {
+            Access::Open => Visibility::All,
+            Access::OAuth => self.grants_of(&node, consumer_key.as_deref())?,
+        };
         let subscription = self
             .storage
             .subscribe(&Subscription {
@@ -520,7 +619,7 @@ impl Service {
                 subid: new_id()?,
                 token,
                 consumer_key,
-                created_at: SystemClock.now(),
+                created_at: self.now(),
             })
             .map_err(storage_failed)?;
         info!(
@@ -529,6 +628,9 @@ impl Service {
             consumer = subscription.consumer_key.as_deref().unwrap_or("-"),
             "subscribed"
         );
+        if node.send_last_published_item {
+            self.send_last_item(&node, &subscription.jid, &visible);
+        }
         let mut pubsub = Element::builder("pubsub", ns::PUBSUB).build();
         pubsub.append_child(subscription_element(
             ns::PUBSUB,
@@ -536,6 +638,34 @@ impl Service {
             "subscribed",
         ));
         Ok(Some(pubsub))
+    }
+
+    /// Queues the node's last item that `visible` allows, for `to`, after the subscribe's
+    /// result (XEP-0060 §6.1.7), with its archive id and when it was published.
+    fn send_last_item(&mut self, node: &Node, to: &str, visible: &Visibility) {
+        let last = match self
+            .storage
+            .items_page(&node.name, &PageFrom::End, 1, visible)
+        {
+            Ok(page) => page.and_then(|p| p.items.into_iter().next()),
+            Err(e) => {
+                // The subscription stands; the item is in the archive.
+                warn!(node = node.name, "cannot read the last item: {e}");
+                return;
+            }
+        };
+        let Some(item) = last else { return };
+        let Ok(payload) = item_element(ns::PUBSUB_EVENT, &item) else {
+            return;
+        };
+        let items = Element::builder("items", ns::PUBSUB_EVENT)
+            .attr(name("node"), node.name.as_str())
+            .append(payload)
+            .build();
+        let mut message = self.event_message(to, items);
+        message.append_child(archive::stanza_id(&self.domain, &item));
+        message.append_child(archive::delay(&self.domain, item.published_at));
+        self.after_reply.push(message);
     }
 
     fn unsubscribe(&mut self, from: &str, action: &Element) -> Outcome {
@@ -611,7 +741,9 @@ impl Service {
             access: template.access,
             publishers: template.publishers.clone(),
             max_items: template.max_items,
-            created_at: SystemClock.now(),
+            max_age_secs: template.max_age,
+            send_last_published_item: template.send_last(),
+            created_at: self.now(),
         };
         if !node.is_publisher(from) {
             info!(
@@ -678,21 +810,32 @@ impl Service {
             Some(id) => id.to_owned(),
             None => new_id()?,
         };
-        let stored = Item {
+        let mut stored = Item {
             id: id.clone(),
             payload: String::from(payload),
             publisher: jid::bare(from).to_owned(),
-            published_at: SystemClock.now(),
+            published_at: self.now(),
+            pos: 0,
+            seq: 0,
         };
-        self.storage
-            .publish(&node.name, &stored, node.max_items)
+        let published = self
+            .storage
+            .publish(&node.name, &stored)
             .map_err(storage_failed)?;
-        info!(from, node = node.name, item = id, "published");
-        let mut published = Element::builder("item", ns::PUBSUB_EVENT)
+        (stored.pos, stored.seq) = (published.pos, published.seq);
+        info!(
+            from,
+            node = node.name,
+            item = id,
+            archive_id = stored.archive_id(),
+            dropped = published.dropped.len(),
+            "published"
+        );
+        let mut event = Element::builder("item", ns::PUBSUB_EVENT)
             .attr(name("id"), id.as_str())
             .build();
-        published.append_child(payload.clone());
-        self.notify(&node, published, out);
+        event.append_child(payload.clone());
+        self.notify(&node, event, Some(&stored), out);
         let reply = Element::builder("pubsub", ns::PUBSUB)
             .append(
                 Element::builder("publish", ns::PUBSUB)
@@ -737,21 +880,13 @@ impl Service {
         let retracted = Element::builder("retract", ns::PUBSUB_EVENT)
             .attr(name("id"), id)
             .build();
-        self.notify(&node, retracted, out);
+        self.notify(&node, retracted, None, out);
         Ok(None)
     }
 
     fn items(&self, from: &str, iq: &Element, action: &Element, rsm: Option<&Element>) -> Outcome {
         let node_name = Self::node_attr(action)?;
-        let stored = self.storage.node(node_name).map_err(storage_failed)?;
-        // Profile N3: an open node, a publisher, a subscriber whose token lives, or a signed
-        // request; a missing node goes through the same gate (N6).
-        match stored {
-            Some(node) if self.may_know(&node, from)? => {}
-            stored => {
-                self.gate(iq, node_name, stored)?;
-            }
-        }
+        let (_, visible) = self.reader(iq, node_name, from)?;
         let max = match action.attr("max_items") {
             None => None,
             Some(v) => Some(v.parse::<u32>().map_err(|_| {
@@ -769,7 +904,7 @@ impl Service {
         if !ids.is_empty() {
             for item in self
                 .storage
-                .items_by_id(node_name, &ids)
+                .items_by_id(node_name, &ids, &visible)
                 .map_err(storage_failed)?
             {
                 list.append_child(item_element(ns::PUBSUB, &item)?);
@@ -782,7 +917,8 @@ impl Service {
         // than one page and the request did not say how many (so nothing is cut silently).
         let (from_where, size, paged) = match (rsm, max) {
             (Some(set), _) => {
-                let (from_where, size) = rsm_request(set)?;
+                let (from_where, size) =
+                    rsm_request(set, "item id", MAX_PAGE_ITEMS, MAX_PAGE_ITEMS)?;
                 (from_where, size, true)
             }
             (None, Some(max)) => (PageFrom::End, max.min(MAX_PAGE_ITEMS), false),
@@ -790,7 +926,7 @@ impl Service {
         };
         let Some(mut page) = self
             .storage
-            .items_page(node_name, &from_where, size)
+            .items_page(node_name, &from_where, size, &visible)
             .map_err(storage_failed)?
         else {
             let id = match &from_where {
@@ -816,21 +952,170 @@ impl Service {
         Ok(Some(pubsub))
     }
 
-    /// Whether `from` (bare) holds a subscription to `node` backed by a live token.
-    fn live_subscription_of(&self, node: &Node, from: &str) -> Result<bool, Refusal> {
+    /// An archive query on a node (XEP-0313 with XEP-0442's `node`, profile N11, N12): the
+    /// same gate as an items request, then each result as a message to the requester and the
+    /// `<fin/>` in the reply. A resume point (`after-id`, or an RSM `<after/>`) older than
+    /// what retention kept is refused with a `<gap/>` saying how many items are gone.
+    fn archive_query(
+        &mut self,
+        from: &str,
+        iq: &Element,
+        query: &Element,
+        out: Sink<'_>,
+    ) -> Outcome {
+        let request = archive::read(query)?;
+        let node_name = request.node.as_str();
+        let (node, visible) = self.reader(iq, node_name, from)?;
+        let history = self
+            .storage
+            .history(node_name)
+            .map_err(storage_failed)?
+            .unwrap_or_default();
+        let mut range = ArchiveQuery {
+            start: request.start,
+            end: request.end,
+            ..ArchiveQuery::default()
+        };
+        if let Some(id) = &request.after_id {
+            range.after_pos = Some(self.resume_point(&node, &history, id)?);
+        }
+        if let Some(id) = &request.before_id {
+            range.before_pos = Some(self.archive_pos(&node, &history, id)?);
+        }
+        let start = match &request.page {
+            PageFrom::Start => ArchiveFrom::After(None),
+            PageFrom::After(id) => {
+                ArchiveFrom::After(Some(self.resume_point(&node, &history, id)?))
+            }
+            PageFrom::End => ArchiveFrom::Before(None),
+            PageFrom::Before(id) => {
+                ArchiveFrom::Before(Some(self.archive_pos(&node, &history, id)?))
+            }
+            PageFrom::Index(i) => ArchiveFrom::Index(*i),
+        };
+        let page = self
+            .storage
+            .archive_page(node_name, &range, start, request.max, &visible)
+            .map_err(storage_failed)?;
+        // The requester's own address (full JID): results go where the query came from.
+        let to = iq.attr("from").unwrap_or(from);
+        for item in &page.items {
+            let payload: Element = item.payload.parse().map_err(|e| {
+                warn!(item = item.id, "a stored payload does not parse: {e}");
+                Refusal::internal()
+            })?;
+            out(archive::result(
+                &self.domain,
+                to,
+                new_id()?,
+                request.queryid.as_deref(),
+                node_name,
+                item,
+                payload,
+            ));
+        }
+        debug!(
+            from,
+            node = node_name,
+            results = page.items.len(),
+            complete = page.complete,
+            "archive page"
+        );
+        Ok(Some(archive::fin(&page)))
+    }
+
+    /// The position an archive id of `node` names: it must be one the node has given.
+    fn archive_pos(
+        &self,
+        node: &Node,
+        history: &crate::storage::History,
+        id: &str,
+    ) -> Result<u64, Refusal> {
+        Item::pos_of_archive_id(id)
+            .filter(|pos| (1..=history.last_pos).contains(pos))
+            .ok_or_else(|| {
+                Refusal::item_not_found(format!(
+                    "the node {:?} has no item with archive id {id:?}",
+                    node.name
+                ))
+            })
+    }
+
+    /// The position to resume after, from the archive id a consumer last saw; refused with a
+    /// `<gap/>` when retention has dropped items published after it (profile N12).
+    fn resume_point(
+        &self,
+        node: &Node,
+        history: &crate::storage::History,
+        id: &str,
+    ) -> Result<u64, Refusal> {
+        let pos = self.archive_pos(node, history, id)?;
+        if pos >= history.trimmed_through {
+            return Ok(pos);
+        }
+        let (first, last) = (pos + 1, history.trimmed_through);
+        let count = last - pos;
+        let oldest = self
+            .storage
+            .archive_page(
+                &node.name,
+                &ArchiveQuery::default(),
+                ArchiveFrom::After(None),
+                1,
+                &Visibility::All,
+            )
+            .map_err(storage_failed)?
+            .items
+            .first()
+            .map(Item::archive_id);
+        let mut gap = Element::builder("gap", ns::GAP)
+            .attr(name("after"), id)
+            .attr(name("first"), first.to_string())
+            .attr(name("last"), last.to_string())
+            .attr(name("count"), count.to_string())
+            .build();
+        let held = match &oldest {
+            Some(oldest) => {
+                gap.set_attr(
+                    minidom::rxml::Namespace::NONE,
+                    name("oldest"),
+                    oldest.as_str(),
+                );
+                format!("the oldest item it holds is {oldest}")
+            }
+            None => "it holds no item now".into(),
+        };
+        info!(
+            node = node.name,
+            after = id,
+            count,
+            "refused a resume point past retention"
+        );
+        Err(Refusal::item_not_found(format!(
+            "the node {:?} no longer holds what followed {id}: {count} items (positions {first} \
+             to {last}, the last published {}) were dropped by its retention ({}); {held}; \
+             query again without after-id to read from there",
+            node.name,
+            datetime::format(history.trimmed_at),
+            archive::retention_words(node),
+        ))
+        .with_detail(gap))
+    }
+
+    /// The subscription of `from` (bare) to `node`, if a live token backs it.
+    fn live_subscription_of(
+        &self,
+        node: &Node,
+        from: &str,
+    ) -> Result<Option<Subscription>, Refusal> {
         let subscriptions = self
             .storage
             .subscriptions(Some(&node.name))
             .map_err(storage_failed)?;
-        for s in subscriptions
-            .iter()
+        Ok(subscriptions
+            .into_iter()
             .filter(|s| jid::same_bare(&s.jid, from))
-        {
-            if self.token_is_live(s) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            .find(|s| self.token_is_live(s)))
     }
 
     /// Whether the token behind a subscription still grants access (profile N3, N4): known,
@@ -839,7 +1124,7 @@ impl Service {
         let Some(token) = &s.token else {
             return true;
         };
-        match oauth_xmpp::verify::check_live_token(&*self.store, token, SystemClock.now()) {
+        match oauth_xmpp::verify::check_live_token(&*self.store, token, self.now()) {
             Ok(_) => true,
             Err(VerifyError::Store(e)) => {
                 // Fail closed: nothing is delivered under a token that cannot be checked.
@@ -852,7 +1137,8 @@ impl Service {
 
     /// Sends `content` (an `<item/>` or `<retract/>` in the event namespace) to every
     /// subscriber of `node` whose access still holds; ends the subscriptions whose token died.
-    fn notify(&mut self, node: &Node, content: Element, out: Sink<'_>) {
+    /// A published `item` gives the notification its archive id (XEP-0359).
+    fn notify(&mut self, node: &Node, content: Element, item: Option<&Item>, out: Sink<'_>) {
         let subscriptions = match self.storage.subscriptions(Some(&node.name)) {
             Ok(s) => s,
             Err(e) => {
@@ -864,6 +1150,7 @@ impl Service {
             .attr(name("node"), node.name.as_str())
             .append(content)
             .build();
+        let stanza_id = item.map(|item| archive::stanza_id(&self.domain, item));
         // Subscriptions often share a token (one application, several JIDs): check each
         // token once per notification.
         let mut checked: std::collections::HashMap<String, bool> = Default::default();
@@ -885,7 +1172,11 @@ impl Service {
                 None => true,
             };
             if live {
-                out(self.event_message(&s.jid, items.clone()));
+                let mut message = self.event_message(&s.jid, items.clone());
+                if let Some(stanza_id) = &stanza_id {
+                    message.append_child(stanza_id.clone());
+                }
+                out(message);
             }
         }
     }
@@ -932,12 +1223,16 @@ impl Service {
 
     /// [`Service::follow_changes`], giving each stanza to `out` as soon as it is made.
     pub fn follow_changes_into(&mut self, out: Sink<'_>) {
-        let now = SystemClock.now();
+        let now = self.now();
         if now != self.expiries_logged_at {
             self.expiries_logged_at = now;
             if let Err(e) = self.store.log_expiries(now) {
                 warn!("cannot log token expiries: {e}");
             }
+        }
+        if now >= self.swept_at + SWEEP_EVERY_SECS {
+            self.swept_at = now;
+            self.sweep(now);
         }
         let cursor = match self.cursor {
             Some(c) => c,
@@ -968,6 +1263,33 @@ impl Service {
         if let Err(e) = self.storage.set_change_cursor(last) {
             warn!("cannot save the change cursor: {e}");
         }
+    }
+}
+
+impl Service {
+    /// Drops the items past their node's `max_age` (the sweeper; publishing does it for its
+    /// own node too). Returns how many it dropped.
+    pub fn sweep(&mut self, now: u64) -> usize {
+        let mut dropped = 0;
+        // Bounded: a backlog larger than this is finished by the next sweeps.
+        for _ in 0..20 {
+            match self.storage.expire_items(now, SWEEP_BATCH) {
+                Ok(n) => {
+                    dropped += n;
+                    if n < SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!("cannot drop expired items: {e}");
+                    break;
+                }
+            }
+        }
+        if dropped > 0 {
+            info!(dropped, "dropped items past their node's max_age");
+        }
+        dropped
     }
 }
 
@@ -1002,9 +1324,15 @@ pub const MAX_PAGE_ITEMS: u32 = 500;
 /// least one item.
 pub const MAX_PAGE_BYTES: usize = 192 * 1024;
 
-/// Reads an RSM `<set/>` of an items request (XEP-0059 §2): where the page starts and how
-/// many items it holds at most.
-fn rsm_request(set: &Element) -> Result<(PageFrom, u32), Refusal> {
+/// Reads an RSM `<set/>` (XEP-0059 §2): where the page starts and how many items it holds
+/// at most (`default` without `<max/>`, never more than `cap`). `ids` names what its
+/// `<after/>` and `<before/>` hold ("item id", "archive id").
+pub(crate) fn rsm_request(
+    set: &Element,
+    ids: &str,
+    default: u32,
+    cap: u32,
+) -> Result<(PageFrom, u32), Refusal> {
     let number = |what: &str| -> Result<Option<u32>, Refusal> {
         match set.get_child(what, ns::RSM) {
             None => Ok(None),
@@ -1019,7 +1347,7 @@ fn rsm_request(set: &Element) -> Result<(PageFrom, u32), Refusal> {
             }
         }
     };
-    let max = number("max")?.map_or(MAX_PAGE_ITEMS, |m| m.min(MAX_PAGE_ITEMS));
+    let max = number("max")?.unwrap_or(default).min(cap);
     let index = number("index")?;
     let after = set.get_child("after", ns::RSM).map(Element::text);
     let before = set.get_child("before", ns::RSM).map(Element::text);
@@ -1027,7 +1355,10 @@ fn rsm_request(set: &Element) -> Result<(PageFrom, u32), Refusal> {
         (None, None, None) => PageFrom::Start,
         (Some(id), None, None) if !id.is_empty() => PageFrom::After(id),
         (Some(_), None, None) => {
-            return Err(Refusal::bad_request(None, "RSM <after/> needs an item id"));
+            return Err(Refusal::bad_request(
+                None,
+                format!("RSM <after/> needs an {ids}"),
+            ));
         }
         (None, Some(id), None) if id.is_empty() => PageFrom::End,
         (None, Some(id), None) => PageFrom::Before(id),

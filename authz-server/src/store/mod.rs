@@ -20,8 +20,8 @@ use oauth_xmpp::{Scope, Secret};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use model::{
-    AccessToken, Change, ChangeKind, Consumer, FailedSignIns, Grant, Owner, RevokeBy, Session,
-    TemporaryState, TemporaryToken,
+    AccessToken, Change, ChangeKind, Consumer, FailedSignIns, Grant, GrantSpan, Owner, RevokeBy,
+    Session, TemporaryState, TemporaryToken,
 };
 pub use signin::{Attempt, Throttled, ThrottledBy};
 
@@ -699,6 +699,46 @@ impl Store {
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
                 r.get(0)
             })?)
+    }
+
+    /// The spans of the change log in which `consumer_key` held an access token from
+    /// `owner`, one per token, oldest first: from the token's `granted` entry to the entry
+    /// that ended it (revoked or expired), if any. The guard replays a node's items to a
+    /// consumer only from the spans whose scope permits the node.
+    pub fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT t.scope, t.expires_at,
+                    (SELECT MIN(c.seq) FROM changes c
+                     WHERE c.token_id = t.id AND c.kind = 'granted'),
+                    (SELECT MIN(c.seq) FROM changes c
+                     WHERE c.token_id = t.id AND c.kind IN ('token-revoked', 'token-expired'))
+             FROM access_tokens t
+             WHERE t.consumer_key = ?1 AND t.owner = ?2
+             ORDER BY t.id",
+        )?;
+        let rows = stmt.query_map(params![consumer_key, owner], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        let mut spans = Vec::new();
+        for row in rows {
+            let (scope, expires_at, granted, ended) = row?;
+            // A token without its `granted` entry cannot be placed in the log: it opens no
+            // span (nothing is replayed that cannot be shown to be covered).
+            let Some(granted) = granted else { continue };
+            spans.push(GrantSpan {
+                scope: Scope::parse(&scope),
+                granted_seq: granted,
+                ended_seq: ended,
+                expires_at: expires_at.map(to_u64),
+            });
+        }
+        Ok(spans)
     }
 
     // ----- owner sessions (the web pages) -----

@@ -188,6 +188,19 @@ pub struct Change {
     pub owner: Option<String>,
 }
 
+/// Where one access token lived in the change log ([`crate::Store::grant_spans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantSpan {
+    /// The nodes the token covers.
+    pub scope: Scope,
+    /// The sequence number of its `granted` entry.
+    pub granted_seq: i64,
+    /// The sequence number of the entry that ended it (revoked or expired), if any.
+    pub ended_seq: Option<i64>,
+    /// When it expires (or expired), if ever: an expiry not yet logged still ends it.
+    pub expires_at: Option<u64>,
+}
+
 /// A signed-in owner's session on the web pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {

@@ -85,4 +85,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE temporary_tokens ADD COLUMN exchanged_at INTEGER;
     ALTER TABLE temporary_tokens ADD COLUMN exchange_nonce TEXT;
     ALTER TABLE temporary_tokens ADD COLUMN access_token_id INTEGER;",
+    // 3: the guard reads each token's span of the change log (what it may replay).
+    "CREATE INDEX changes_token ON changes(token_id);",
 ];

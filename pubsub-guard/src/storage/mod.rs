@@ -85,6 +85,12 @@ pub struct Node {
     pub publishers: Vec<String>,
     /// How many items it keeps; publishing more drops the oldest.
     pub max_items: u32,
+    /// How long it keeps an item, in seconds (0: as long as `max_items` allows). Older items
+    /// are dropped on the next publish and by the guard's sweeper.
+    pub max_age_secs: u64,
+    /// Whether a new subscriber is sent the last item published (XEP-0060 §6.1.7,
+    /// `pubsub#send_last_published_item` = `on_sub`; otherwise `never`).
+    pub send_last_published_item: bool,
     /// When it was created (seconds since 1970).
     pub created_at: u64,
 }
@@ -127,6 +133,115 @@ pub struct Item {
     pub publisher: String,
     /// When (seconds since 1970).
     pub published_at: u64,
+    /// Its place in the node's history: 1 for the first item ever published to the node, then
+    /// one more for each publish (a republished id takes a new place). Set by the storage;
+    /// 0 in an item not stored yet.
+    pub pos: u64,
+    /// Its number among every item the service stored, for an archive id unique in the whole
+    /// service. Set by the storage; 0 in an item not stored yet.
+    pub seq: i64,
+}
+
+impl Item {
+    /// Its archive id (XEP-0313, and the XEP-0359 stanza id of its notification):
+    /// `{pos}-{seq}`. A consumer keeps the last one it saw and resumes after it.
+    pub fn archive_id(&self) -> String {
+        format!("{}-{}", self.pos, self.seq)
+    }
+
+    /// The position an archive id names, if it has the form [`Item::archive_id`] writes.
+    pub fn pos_of_archive_id(id: &str) -> Option<u64> {
+        let (pos, seq) = id.split_once('-')?;
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
+        (digits(pos) && digits(seq))
+            .then(|| pos.parse().ok())
+            .flatten()
+    }
+}
+
+/// What a publish stored and what it dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The item's place in the node's history ([`Item::pos`]).
+    pub pos: u64,
+    /// Its number in the service ([`Item::seq`]).
+    pub seq: i64,
+    /// The ids that retention dropped to make room (the oldest first).
+    pub dropped: Vec<String>,
+}
+
+/// What a node's history holds, and what its retention dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct History {
+    /// The position of the newest item ever published (0: none yet).
+    pub last_pos: u64,
+    /// How many items it holds.
+    pub held: u64,
+    /// The newest position that retention dropped (0: none). A consumer that last saw a
+    /// position before it has missed items that are gone.
+    pub trimmed_through: u64,
+    /// When the item at `trimmed_through` had been published (seconds since 1970).
+    pub trimmed_at: u64,
+}
+
+/// A stretch of the authorization server's change log in which a consumer held a grant
+/// covering a node: an item is replayed to it only if it was published inside one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The change-log position of the grant (items published from there on are covered).
+    pub from_seq: i64,
+    /// The change-log position of the revocation or expiry that ended it, if any.
+    pub until_seq: Option<i64>,
+    /// When the grant expires, if ever (an expiry not yet logged ends it too).
+    pub until_time: Option<u64>,
+}
+
+/// Which of a node's items a request may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every item: open nodes, publishers.
+    All,
+    /// Only the items published inside these spans (a consumer's grants, profile N11).
+    Spans(Vec<Span>),
+}
+
+/// Which part of a node's archive a query covers (XEP-0313 §4.1, by position and time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    /// Only items after this position (`after-id`).
+    pub after_pos: Option<u64>,
+    /// Only items before this position (`before-id`).
+    pub before_pos: Option<u64>,
+    /// Only items published at or after this time (`start`).
+    pub start: Option<u64>,
+    /// Only items published at or before this time (`end`).
+    pub end: Option<u64>,
+}
+
+/// Where a page of an archive query starts (its RSM `<set/>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFrom {
+    /// The oldest items of the query, or those after a position (RSM `<after/>`).
+    After(Option<u64>),
+    /// The newest items of the query, or those before a position (RSM `<before/>`).
+    Before(Option<u64>),
+    /// From this offset in the query's results (RSM `<index/>`).
+    Index(u32),
+}
+
+/// One page of an archive query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivePage {
+    /// At most the page size, oldest first.
+    pub items: Vec<Item>,
+    /// How many items the whole query matches.
+    pub count: u32,
+    /// The offset of the page's first item among them.
+    pub first_index: u32,
+    /// Whether the page reaches the end of the query in its direction (XEP-0313
+    /// `complete`): nothing newer for a forward page, nothing older for a backward one.
+    pub complete: bool,
 }
 
 /// Where a page of a node's items starts (XEP-0059 §2), in publish order (oldest first).
@@ -162,6 +277,9 @@ pub enum StorageError {
     /// The node already exists.
     #[error("the node {0} already exists")]
     NodeExists(String),
+    /// There is no such node (it was deleted meanwhile).
+    #[error("there is no node {0}")]
+    NoNode(String),
     /// The database failed.
     #[error("storage: {0}")]
     Database(#[from] rusqlite::Error),
@@ -213,17 +331,42 @@ pub trait Storage: Send {
     /// Removes every subscription backed by `token`, returning them.
     fn end_token(&self, token: &str) -> Result<Vec<Subscription>>;
 
-    /// Stores an item (replacing one with the same id), then drops the oldest beyond
-    /// `max_items`. Returns the ids dropped.
-    fn publish(&self, node: &str, item: &Item, max_items: u32) -> Result<Vec<String>>;
+    /// Stores an item of an existing node (replacing one with the same id) at the node's
+    /// next position, then applies the node's retention: drops the items older than its
+    /// `max_age_secs` (counted from `item.published_at`) and the oldest beyond its
+    /// `max_items`. The item records the authorization server's change-log position at the
+    /// commit, which decides which grants cover it.
+    fn publish(&self, node: &str, item: &Item) -> Result<Published>;
     /// Deletes an item; returns whether it was there.
     fn retract(&self, node: &str, id: &str) -> Result<bool>;
-    /// The items with these ids, in the order given, skipping unknown ids.
-    fn items_by_id(&self, node: &str, ids: &[&str]) -> Result<Vec<Item>>;
-    /// A page of at most `max` items from `from`, in publish order, with the node's item
-    /// count and the page's offset (one snapshot). `None` when `from` names an item the
-    /// node does not hold.
-    fn items_page(&self, node: &str, from: &PageFrom, max: u32) -> Result<Option<Page>>;
+    /// The items with these ids, in the order given, skipping unknown ids and those outside
+    /// `visible`.
+    fn items_by_id(&self, node: &str, ids: &[&str], visible: &Visibility) -> Result<Vec<Item>>;
+    /// A page of at most `max` of the items in `visible`, from `from`, in publish order,
+    /// with their count and the page's offset (one snapshot). `None` when `from` names an
+    /// item the node does not hold (or `visible` hides).
+    fn items_page(
+        &self,
+        node: &str,
+        from: &PageFrom,
+        max: u32,
+        visible: &Visibility,
+    ) -> Result<Option<Page>>;
+    /// A page of at most `max` items of an archive query, in publish order (one snapshot).
+    fn archive_page(
+        &self,
+        node: &str,
+        query: &ArchiveQuery,
+        from: ArchiveFrom,
+        max: u32,
+        visible: &Visibility,
+    ) -> Result<ArchivePage>;
+    /// What the node's history holds (`None` for no such node).
+    fn history(&self, node: &str) -> Result<Option<History>>;
+    /// Drops items older than their node's `max_age_secs` at `now`, at most `limit` of them
+    /// in one call; returns how many it dropped (the sweeper calls it until it returns less
+    /// than `limit`).
+    fn expire_items(&self, now: u64, limit: usize) -> Result<usize>;
 
     /// The last change-log sequence number handled (0 at first).
     fn change_cursor(&self) -> Result<i64>;

@@ -62,4 +62,27 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DELETE FROM guard_publishers WHERE jid <> lower(jid);",
     // Items are read a page at a time, in publish order (XEP-0059).
     "CREATE INDEX guard_items_node_seq ON guard_items(node, seq);",
+    // Catch-up (issue 12): each item takes the node's next position (its archive id is
+    // `{pos}-{seq}`) and records the authorization server's change-log position at its
+    // commit (which grants cover it, profile N11); nodes keep their retention by age, whether
+    // a new subscriber gets the last item, how many items they hold, and the newest position
+    // retention dropped (the gap signal, N12). Positions of older items follow their
+    // publish order; their change-log positions are filled in by `SqliteStorage::migrate`.
+    "ALTER TABLE guard_nodes ADD COLUMN max_age_secs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_nodes ADD COLUMN send_last INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_nodes ADD COLUMN last_pos INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_nodes ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_nodes ADD COLUMN trimmed_through INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_nodes ADD COLUMN trimmed_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_items ADD COLUMN pos INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_items ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE guard_items SET pos = (SELECT COUNT(*) FROM guard_items o
+                                  WHERE o.node = guard_items.node AND o.seq <= guard_items.seq);
+    UPDATE guard_nodes SET
+        held = (SELECT COUNT(*) FROM guard_items i WHERE i.node = guard_nodes.name),
+        last_pos = (SELECT COALESCE(MAX(pos), 0) FROM guard_items i WHERE i.node = guard_nodes.name),
+        send_last = (owner IS NOT NULL);
+    DROP INDEX guard_items_node_seq;
+    CREATE UNIQUE INDEX guard_items_node_pos ON guard_items(node, pos);
+    CREATE INDEX guard_items_node_time ON guard_items(node, published_at);",
 ];

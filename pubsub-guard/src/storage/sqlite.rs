@@ -6,7 +6,10 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::schema::MIGRATIONS;
-use super::{Access, Item, Node, Page, PageFrom, Result, Storage, StorageError, Subscription};
+use super::{
+    Access, ArchiveFrom, ArchivePage, ArchiveQuery, History, Item, Node, Page, PageFrom, Published,
+    Result, Storage, StorageError, Subscription, Visibility,
+};
 
 /// The guard's state in the shared SQLite file.
 pub struct SqliteStorage {
@@ -26,6 +29,9 @@ fn to_i64(v: u64) -> i64 {
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
+
+/// The version after which items record their change-log position (migration 4).
+const CHANGE_POSITIONS: i64 = 4;
 
 impl SqliteStorage {
     /// Opens the guard's tables in the shared file at `path` (created private if missing, see
@@ -67,7 +73,18 @@ impl SqliteStorage {
             }
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(to_u64(version) as usize) {
                 tx.execute_batch(sql)?;
-                set_state(tx, "schema_version", i as i64 + 1)?;
+                let reached = i as i64 + 1;
+                if reached == CHANGE_POSITIONS && has_change_log(tx)? {
+                    // Items stored before the change-log positions: the position of the
+                    // last change logged by the second they were published.
+                    tx.execute(
+                        "UPDATE guard_items SET change_seq =
+                           (SELECT COALESCE(MAX(seq), 0) FROM changes
+                            WHERE at <= guard_items.published_at)",
+                        [],
+                    )?;
+                }
+                set_state(tx, "schema_version", reached)?;
             }
             Ok(())
         })
@@ -92,6 +109,28 @@ fn set_state(conn: &Connection, key: &str, value: i64) -> Result<()> {
     Ok(())
 }
 
+/// Whether the authorization server's change log is in the file (it is whenever the
+/// authorization server has opened it; the guard's own tests may run without it).
+fn has_change_log(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'changes'")?
+        .query_row([], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The position of the newest change-log entry, read in the publishing transaction: a grant
+/// or revocation committed before it has a position at most this, one committed after it a
+/// larger one.
+fn change_position(conn: &Connection) -> Result<i64> {
+    if !has_change_log(conn)? {
+        return Ok(0);
+    }
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
+        .query_row([], |r| r.get(0))?)
+}
+
 const SUBSCRIPTION_COLUMNS: &str = "node, jid, subid, token, consumer_key, created_at";
 
 fn subscription_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
@@ -105,19 +144,24 @@ fn subscription_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
     })
 }
 
+const ITEM_COLUMNS: &str = "id, payload, publisher, published_at, pos, seq";
+
 fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     Ok(Item {
         id: r.get(0)?,
         payload: r.get(1)?,
         publisher: r.get(2)?,
         published_at: to_u64(r.get(3)?),
+        pos: to_u64(r.get(4)?),
+        seq: r.get(5)?,
     })
 }
 
 fn load_node(conn: &Connection, name: &str) -> Result<Option<Node>> {
     let row = conn
         .query_row(
-            "SELECT name, owner, access, max_items, created_at FROM guard_nodes WHERE name = ?1",
+            "SELECT name, owner, access, max_items, created_at, max_age_secs, send_last
+             FROM guard_nodes WHERE name = ?1",
             [name],
             |r| {
                 Ok((
@@ -126,11 +170,13 @@ fn load_node(conn: &Connection, name: &str) -> Result<Option<Node>> {
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, bool>(6)?,
                 ))
             },
         )
         .optional()?;
-    let Some((name, owner, access, max_items, created_at)) = row else {
+    let Some((name, owner, access, max_items, created_at, max_age, send_last)) = row else {
         return Ok(None);
     };
     let access = Access::parse(&access)
@@ -145,22 +191,190 @@ fn load_node(conn: &Connection, name: &str) -> Result<Option<Node>> {
         access,
         publishers,
         max_items: u32::try_from(max_items).unwrap_or(u32::MAX),
+        max_age_secs: to_u64(max_age),
+        send_last_published_item: send_last,
         created_at: to_u64(created_at),
     }))
+}
+
+fn load_history(conn: &Connection, node: &str) -> Result<Option<History>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT last_pos, held, trimmed_through, trimmed_at FROM guard_nodes WHERE name = ?1",
+        )?
+        .query_row([node], |r| {
+            Ok(History {
+                last_pos: to_u64(r.get(0)?),
+                held: to_u64(r.get(1)?),
+                trimmed_through: to_u64(r.get(2)?),
+                trimmed_at: to_u64(r.get(3)?),
+            })
+        })
+        .optional()?)
+}
+
+/// Deletes the items of `node` that `which` selects (an SQL condition on `guard_items`, with
+/// `?1` the node) and books them as dropped by retention. Returns their ids, oldest first.
+fn drop_items(
+    tx: &Transaction<'_>,
+    node: &str,
+    which: &str,
+    bind: i64,
+    history: &mut History,
+) -> Result<Vec<String>> {
+    let mut dropped: Vec<(u64, u64, String)> = tx
+        .prepare_cached(&format!(
+            "DELETE FROM guard_items WHERE node = ?1 AND {which} RETURNING pos, published_at, id"
+        ))?
+        .query_map(params![node, bind], |r| {
+            Ok((to_u64(r.get(0)?), to_u64(r.get(1)?), r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    dropped.sort_unstable_by_key(|d| d.0);
+    history.held = history.held.saturating_sub(dropped.len() as u64);
+    if let Some((pos, at, _)) = dropped.last()
+        && *pos > history.trimmed_through
+    {
+        history.trimmed_through = *pos;
+        history.trimmed_at = *at;
+    }
+    Ok(dropped.into_iter().map(|d| d.2).collect())
+}
+
+fn save_history(tx: &Transaction<'_>, node: &str, h: &History) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE guard_nodes SET last_pos = ?2, held = ?3, trimmed_through = ?4, trimmed_at = ?5
+         WHERE name = ?1",
+    )?
+    .execute(params![
+        node,
+        to_i64(h.last_pos),
+        to_i64(h.held),
+        to_i64(h.trimmed_through),
+        to_i64(h.trimmed_at)
+    ])?;
+    Ok(())
+}
+
+/// The SQL condition on `guard_items` that `visible` allows. Only numbers are written into
+/// it.
+fn visibility_sql(visible: &Visibility) -> String {
+    match visible {
+        Visibility::All => "1".into(),
+        Visibility::Spans(spans) if spans.is_empty() => "0".into(),
+        Visibility::Spans(spans) => {
+            let spans: Vec<String> = spans
+                .iter()
+                .map(|s| {
+                    let mut c = format!("(change_seq >= {}", s.from_seq);
+                    if let Some(until) = s.until_seq {
+                        c.push_str(&format!(" AND change_seq < {until}"));
+                    }
+                    if let Some(until) = s.until_time {
+                        c.push_str(&format!(" AND published_at < {}", to_i64(until)));
+                    }
+                    c.push(')');
+                    c
+                })
+                .collect();
+            format!("({})", spans.join(" OR "))
+        }
+    }
+}
+
+/// Reads pages of one node's items that match an SQL condition, in one transaction.
+struct Pager<'t> {
+    tx: &'t Transaction<'t>,
+    node: &'t str,
+    /// An SQL condition on `guard_items` (only numbers in it).
+    cond: String,
+}
+
+impl Pager<'_> {
+    fn count(&self, below: Option<u64>) -> Result<u32> {
+        let below = below.map_or(String::new(), |p| format!(" AND pos < {}", to_i64(p)));
+        let n: i64 = self.tx.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM guard_items WHERE node = ?1 AND {}{below}",
+                self.cond
+            ),
+            [self.node],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// At most `max` items after `after` (skipping `offset` of them), oldest first, and
+    /// whether more follow.
+    fn forward(&self, after: Option<u64>, offset: u32, max: u32) -> Result<(Vec<Item>, bool)> {
+        let after = after.map_or(String::new(), |p| format!(" AND pos > {}", to_i64(p)));
+        let mut rows: Vec<Item> = self
+            .tx
+            .prepare(&format!(
+                "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND {}{after}
+                 ORDER BY pos LIMIT ?2 OFFSET ?3",
+                self.cond
+            ))?
+            .query_map(
+                params![self.node, i64::from(max) + 1, i64::from(offset)],
+                item_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let more = rows.len() > max as usize;
+        rows.truncate(max as usize);
+        Ok((rows, more))
+    }
+
+    /// At most `max` items before `before`, oldest first, and whether older ones exist.
+    fn backward(&self, before: Option<u64>, max: u32) -> Result<(Vec<Item>, bool)> {
+        let before = before.map_or(String::new(), |p| format!(" AND pos < {}", to_i64(p)));
+        let mut rows: Vec<Item> = self
+            .tx
+            .prepare(&format!(
+                "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND {}{before}
+                 ORDER BY pos DESC LIMIT ?2",
+                self.cond
+            ))?
+            .query_map(params![self.node, i64::from(max) + 1], item_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let more = rows.len() > max as usize;
+        rows.truncate(max as usize);
+        rows.reverse();
+        Ok((rows, more))
+    }
+
+    /// The position of the item `id`, if it matches the condition.
+    fn pos_of(&self, id: &str) -> Result<Option<u64>> {
+        Ok(self
+            .tx
+            .query_row(
+                &format!(
+                    "SELECT pos FROM guard_items WHERE node = ?1 AND id = ?2 AND {}",
+                    self.cond
+                ),
+                params![self.node, id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(to_u64))
+    }
 }
 
 impl Storage for SqliteStorage {
     fn create_node(&self, node: &Node) -> Result<()> {
         self.write(|tx| {
             let inserted = tx.execute(
-                "INSERT INTO guard_nodes (name, owner, access, max_items, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO guard_nodes
+                     (name, owner, access, max_items, created_at, max_age_secs, send_last)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
                 params![
                     node.name,
                     node.owner,
                     node.access.as_str(),
                     node.max_items,
-                    to_i64(node.created_at)
+                    to_i64(node.created_at),
+                    to_i64(node.max_age_secs),
+                    node.send_last_published_item
                 ],
             )?;
             if inserted == 0 {
@@ -199,7 +413,6 @@ impl Storage for SqliteStorage {
             Ok((deleted > 0).then_some(subscriptions))
         })
     }
-
     fn subscribe(&self, s: &Subscription) -> Result<Subscription> {
         self.write(|tx| {
             Ok(tx.query_row(
@@ -257,50 +470,82 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn publish(&self, node: &str, item: &Item, max_items: u32) -> Result<Vec<String>> {
+    fn publish(&self, node: &str, item: &Item) -> Result<Published> {
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM guard_items WHERE node = ?1 AND id = ?2",
-                params![node, item.id],
-            )?;
-            tx.execute(
-                "INSERT INTO guard_items (node, id, payload, publisher, published_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
+            let (max_items, max_age): (i64, i64) = tx
+                .prepare_cached("SELECT max_items, max_age_secs FROM guard_nodes WHERE name = ?1")?
+                .query_row([node], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or_else(|| StorageError::NoNode(node.to_owned()))?;
+            let mut history = load_history(tx, node)?.unwrap_or_default();
+            let replaced = tx
+                .prepare_cached("DELETE FROM guard_items WHERE node = ?1 AND id = ?2")?
+                .execute(params![node, item.id])?;
+            history.held = history.held.saturating_sub(replaced as u64);
+            let pos = history.last_pos + 1;
+            let seq: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO guard_items
+                         (node, id, payload, publisher, published_at, pos, change_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
+                )?
+                .query_row(
+                    params![
+                        node,
+                        item.id,
+                        item.payload,
+                        item.publisher,
+                        to_i64(item.published_at),
+                        to_i64(pos),
+                        change_position(tx)?
+                    ],
+                    |r| r.get(0),
+                )?;
+            history.last_pos = pos;
+            history.held += 1;
+            let mut dropped = Vec::new();
+            if max_age > 0 {
+                let cutoff = to_i64(item.published_at).saturating_sub(max_age);
+                dropped = drop_items(tx, node, "published_at < ?2", cutoff, &mut history)?;
+            }
+            let max_items = to_u64(max_items).max(1);
+            if history.held > max_items {
+                let excess = to_i64(history.held - max_items);
+                dropped.extend(drop_items(
+                    tx,
                     node,
-                    item.id,
-                    item.payload,
-                    item.publisher,
-                    to_i64(item.published_at)
-                ],
-            )?;
-            let mut stmt = tx.prepare(
-                "DELETE FROM guard_items WHERE node = ?1 AND seq NOT IN
-                   (SELECT seq FROM guard_items WHERE node = ?1 ORDER BY seq DESC LIMIT ?2)
-                 RETURNING id",
-            )?;
-            let dropped = stmt
-                .query_map(params![node, max_items], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(dropped)
+                    "pos IN (SELECT pos FROM guard_items WHERE node = ?1 ORDER BY pos LIMIT ?2)",
+                    excess,
+                    &mut history,
+                )?);
+            }
+            save_history(tx, node, &history)?;
+            Ok(Published { pos, seq, dropped })
         })
     }
 
     fn retract(&self, node: &str, id: &str) -> Result<bool> {
         self.write(|tx| {
-            Ok(tx.execute(
+            let deleted = tx.execute(
                 "DELETE FROM guard_items WHERE node = ?1 AND id = ?2",
                 params![node, id],
-            )? > 0)
+            )? > 0;
+            if deleted {
+                tx.execute(
+                    "UPDATE guard_nodes SET held = max(held - 1, 0) WHERE name = ?1",
+                    [node],
+                )?;
+            }
+            Ok(deleted)
         })
     }
 
-    fn items_by_id(&self, node: &str, ids: &[&str]) -> Result<Vec<Item>> {
+    fn items_by_id(&self, node: &str, ids: &[&str], visible: &Visibility) -> Result<Vec<Item>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, payload, publisher, published_at FROM guard_items
-             WHERE node = ?1 AND id = ?2",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND id = ?2 AND {}",
+            visibility_sql(visible)
+        ))?;
         let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(item) = stmt.query_row(params![node, id], item_row).optional()? {
@@ -310,91 +555,143 @@ impl Storage for SqliteStorage {
         Ok(items)
     }
 
-    fn items_page(&self, node: &str, from: &PageFrom, max: u32) -> Result<Option<Page>> {
+    fn items_page(
+        &self,
+        node: &str,
+        from: &PageFrom,
+        max: u32,
+        visible: &Visibility,
+    ) -> Result<Option<Page>> {
         // One read transaction: the count, the offset and the page agree even while
         // another connection publishes.
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let count: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM guard_items WHERE node = ?1",
-            [node],
-            |r| r.get(0),
-        )?;
-        let seq_of = |id: &str| -> rusqlite::Result<Option<i64>> {
-            tx.query_row(
-                "SELECT seq FROM guard_items WHERE node = ?1 AND id = ?2",
-                params![node, id],
-                |r| r.get(0),
-            )
-            .optional()
+        let pager = Pager {
+            tx: &tx,
+            node,
+            cond: visibility_sql(visible),
         };
-        let rank = |seq: i64| -> rusqlite::Result<i64> {
-            tx.query_row(
-                "SELECT COUNT(*) FROM guard_items WHERE node = ?1 AND seq < ?2",
-                params![node, seq],
-                |r| r.get(0),
-            )
-        };
-        let max = i64::from(max);
-        // (the first offset, and the rows in publish order from there)
-        let (first, rows): (i64, Vec<Item>) = match from {
-            PageFrom::Start | PageFrom::Index(_) => {
-                let offset = match from {
-                    PageFrom::Index(i) => i64::from(*i),
-                    _ => 0,
-                };
-                let mut stmt = tx.prepare(
-                    "SELECT id, payload, publisher, published_at FROM guard_items
-                     WHERE node = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3",
-                )?;
-                let rows = stmt
-                    .query_map(params![node, max, offset], item_row)?
-                    .collect::<rusqlite::Result<_>>()?;
-                (offset, rows)
+        let count = match visible {
+            Visibility::All => {
+                load_history(&tx, node)?.map_or(0, |h| u32::try_from(h.held).unwrap_or(u32::MAX))
             }
+            Visibility::Spans(_) => pager.count(None)?,
+        };
+        let (first, items) = match from {
+            PageFrom::Start => (0, pager.forward(None, 0, max)?.0),
+            PageFrom::Index(i) => (*i, pager.forward(None, *i, max)?.0),
             PageFrom::After(id) => {
-                let Some(seq) = seq_of(id)? else {
+                let Some(pos) = pager.pos_of(id)? else {
                     return Ok(None);
                 };
-                let mut stmt = tx.prepare(
-                    "SELECT id, payload, publisher, published_at FROM guard_items
-                     WHERE node = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )?;
-                let rows = stmt
-                    .query_map(params![node, seq, max], item_row)?
-                    .collect::<rusqlite::Result<_>>()?;
-                (rank(seq)? + 1, rows)
+                (
+                    pager.count(Some(pos))? + 1,
+                    pager.forward(Some(pos), 0, max)?.0,
+                )
             }
-            PageFrom::Before(_) | PageFrom::End => {
-                let before = match from {
-                    PageFrom::Before(id) => match seq_of(id)? {
-                        Some(seq) => seq,
-                        None => return Ok(None),
-                    },
-                    _ => i64::MAX,
+            PageFrom::Before(id) => {
+                let Some(pos) = pager.pos_of(id)? else {
+                    return Ok(None);
                 };
-                let mut stmt = tx.prepare(
-                    "SELECT id, payload, publisher, published_at FROM
-                       (SELECT * FROM guard_items WHERE node = ?1 AND seq < ?2
-                        ORDER BY seq DESC LIMIT ?3)
-                     ORDER BY seq",
-                )?;
-                let rows: Vec<Item> = stmt
-                    .query_map(params![node, before, max], item_row)?
-                    .collect::<rusqlite::Result<_>>()?;
-                let below = if before == i64::MAX {
-                    count
-                } else {
-                    rank(before)?
-                };
-                (below - rows.len() as i64, rows)
+                let rows = pager.backward(Some(pos), max)?.0;
+                (pager.count(Some(pos))? - rows.len() as u32, rows)
+            }
+            PageFrom::End => {
+                let rows = pager.backward(None, max)?.0;
+                (count.saturating_sub(rows.len() as u32), rows)
             }
         };
         Ok(Some(Page {
-            items: rows,
-            count: u32::try_from(count).unwrap_or(u32::MAX),
-            first_index: u32::try_from(first.max(0)).unwrap_or(u32::MAX),
+            items,
+            count,
+            first_index: first,
         }))
+    }
+
+    fn archive_page(
+        &self,
+        node: &str,
+        query: &ArchiveQuery,
+        from: ArchiveFrom,
+        max: u32,
+        visible: &Visibility,
+    ) -> Result<ArchivePage> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut cond = visibility_sql(visible);
+        if let Some(p) = query.after_pos {
+            cond.push_str(&format!(" AND pos > {}", to_i64(p)));
+        }
+        if let Some(p) = query.before_pos {
+            cond.push_str(&format!(" AND pos < {}", to_i64(p)));
+        }
+        if let Some(t) = query.start {
+            cond.push_str(&format!(" AND published_at >= {}", to_i64(t)));
+        }
+        if let Some(t) = query.end {
+            cond.push_str(&format!(" AND published_at <= {}", to_i64(t)));
+        }
+        let pager = Pager {
+            tx: &tx,
+            node,
+            cond,
+        };
+        let count = pager.count(None)?;
+        let (items, more) = match from {
+            ArchiveFrom::After(after) => pager.forward(after, 0, max)?,
+            ArchiveFrom::Index(i) => pager.forward(None, i, max)?,
+            ArchiveFrom::Before(before) => pager.backward(before, max)?,
+        };
+        let first_index = match items.first() {
+            Some(item) => pager.count(Some(item.pos))?,
+            None => count,
+        };
+        Ok(ArchivePage {
+            items,
+            count,
+            first_index,
+            complete: !more,
+        })
+    }
+
+    fn history(&self, node: &str) -> Result<Option<History>> {
+        load_history(&self.lock(), node)
+    }
+
+    fn expire_items(&self, now: u64, limit: usize) -> Result<usize> {
+        self.write(|tx| {
+            let due: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT n.name, n.max_age_secs FROM guard_nodes n
+                     WHERE n.max_age_secs > 0 AND EXISTS
+                       (SELECT 1 FROM guard_items i
+                        WHERE i.node = n.name AND i.published_at < ?1 - n.max_age_secs)",
+                )?
+                .query_map([to_i64(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut expired = 0;
+            for (node, max_age) in due {
+                if expired >= limit {
+                    break;
+                }
+                let mut history = load_history(tx, &node)?.unwrap_or_default();
+                let cutoff = to_i64(now).saturating_sub(max_age);
+                let budget = limit - expired;
+                let dropped = drop_items(
+                    tx,
+                    &node,
+                    &format!(
+                        "pos IN (SELECT pos FROM guard_items WHERE node = ?1 AND published_at < ?2
+                                 ORDER BY pos LIMIT {budget})"
+                    ),
+                    cutoff,
+                    &mut history,
+                )?;
+                expired += dropped.len();
+                save_history(tx, &node, &history)?;
+            }
+            Ok(expired)
+        })
     }
 
     fn change_cursor(&self) -> Result<i64> {
@@ -423,7 +720,7 @@ mod tests {
 
     /// The newest `max` items of `node`, oldest first.
     fn newest(s: &SqliteStorage, node: &str, max: u32) -> Vec<Item> {
-        s.items_page(node, &PageFrom::End, max)
+        s.items_page(node, &PageFrom::End, max, &Visibility::All)
             .unwrap()
             .unwrap()
             .items
@@ -442,6 +739,8 @@ mod tests {
             access: Access::OAuth,
             publishers: vec!["loc@localhost".into()],
             max_items: 2,
+            max_age_secs: 0,
+            send_last_published_item: true,
             created_at: 1,
         }
     }
@@ -452,7 +751,13 @@ mod tests {
             payload: format!("<p xmlns='urn:test'>{id}</p>"),
             publisher: "loc@localhost".into(),
             published_at: 5,
+            pos: 0,
+            seq: 0,
         }
+    }
+
+    fn ids(items: &[Item]) -> Vec<&str> {
+        items.iter().map(|i| i.id.as_str()).collect()
     }
 
     fn subscription(jid: &str, token: &str) -> Subscription {
@@ -488,35 +793,194 @@ mod tests {
     fn items_keep_the_newest_max_items() {
         let (_dir, s) = open();
         s.create_node(&node("/location/alice")).unwrap();
-        assert!(
-            s.publish("/location/alice", &item("a"), 2)
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            s.publish("/location/alice", &item("b"), 2)
-                .unwrap()
-                .is_empty()
-        );
+        let n = "/location/alice";
+        let a = s.publish(n, &item("a")).unwrap();
+        assert_eq!((a.pos, a.dropped.len()), (1, 0));
+        assert!(s.publish(n, &item("b")).unwrap().dropped.is_empty());
+        let c = s.publish(n, &item("c")).unwrap();
+        assert_eq!((c.pos, c.dropped), (3, vec!["a".to_owned()]));
+        // Republishing an id moves it to the newest place (a new position), dropping nothing.
+        let b = s.publish(n, &item("b")).unwrap();
+        assert_eq!((b.pos, b.dropped.len()), (4, 0));
+        assert!(b.seq > c.seq);
+        assert_eq!(ids(&newest(&s, n, 500)), ["c", "b"]);
+        assert_eq!(ids(&newest(&s, n, 1)), ["b"]);
         assert_eq!(
-            s.publish("/location/alice", &item("c"), 2).unwrap(),
-            vec!["a"]
-        );
-        // Republishing an id moves it to the newest place.
-        assert_eq!(
-            s.publish("/location/alice", &item("b"), 2).unwrap(),
-            Vec::<String>::new()
-        );
-        let ids = |v: Vec<Item>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
-        assert_eq!(ids(newest(&s, "/location/alice", 500)), ["c", "b"]);
-        assert_eq!(ids(newest(&s, "/location/alice", 1)), ["b"]);
-        assert_eq!(
-            ids(s.items_by_id("/location/alice", &["b", "zz", "c"]).unwrap()),
+            ids(&s
+                .items_by_id(n, &["b", "zz", "c"], &Visibility::All)
+                .unwrap()),
             ["b", "c"]
         );
-        assert!(s.retract("/location/alice", "b").unwrap());
-        assert!(!s.retract("/location/alice", "b").unwrap());
-        assert_eq!(ids(newest(&s, "/location/alice", 500)), ["c"]);
+        assert_eq!(
+            s.history(n).unwrap().unwrap(),
+            History {
+                last_pos: 4,
+                held: 2,
+                trimmed_through: 1,
+                trimmed_at: 5
+            }
+        );
+        assert!(s.retract(n, "b").unwrap());
+        assert!(!s.retract(n, "b").unwrap());
+        assert_eq!(ids(&newest(&s, n, 500)), ["c"]);
+        assert_eq!(s.history(n).unwrap().unwrap().held, 1);
+        // A retraction is not a loss to report.
+        assert_eq!(s.history(n).unwrap().unwrap().trimmed_through, 1);
+    }
+
+    #[test]
+    fn retention_by_age_on_publish_and_by_the_sweeper() {
+        let (_dir, s) = open();
+        let n = "/location/alice";
+        s.create_node(&Node {
+            max_items: 100,
+            max_age_secs: 60,
+            ..node(n)
+        })
+        .unwrap();
+        s.create_node(&Node {
+            max_items: 100,
+            max_age_secs: 0,
+            ..node("/keep")
+        })
+        .unwrap();
+        for (id, at) in [("t0", 1_000), ("t10", 1_010), ("t50", 1_050)] {
+            let item = Item {
+                published_at: at,
+                ..item(id)
+            };
+            s.publish(n, &item).unwrap();
+            s.publish("/keep", &item).unwrap();
+        }
+        // Publishing at 1,065 drops what is older than 60 s: t0.
+        let late = s
+            .publish(
+                n,
+                &Item {
+                    published_at: 1_065,
+                    ..item("t65")
+                },
+            )
+            .unwrap();
+        assert_eq!(late.dropped, ["t0"]);
+        // The sweeper drops t10 at 1,071 (older than 1,011), and nothing of /keep.
+        assert_eq!(s.expire_items(1_071, 100).unwrap(), 1);
+        assert_eq!(s.expire_items(1_071, 100).unwrap(), 0);
+        assert_eq!(ids(&newest(&s, n, 10)), ["t50", "t65"]);
+        assert_eq!(ids(&newest(&s, "/keep", 10)), ["t0", "t10", "t50"]);
+        let h = s.history(n).unwrap().unwrap();
+        assert_eq!((h.held, h.trimmed_through, h.trimmed_at), (2, 2, 1_010));
+        // A batch limit is kept, and the rest goes in the next call.
+        assert_eq!(s.expire_items(10_000, 1).unwrap(), 1);
+        assert_eq!(s.expire_items(10_000, 5).unwrap(), 1);
+        assert_eq!(s.history(n).unwrap().unwrap().held, 0);
+    }
+
+    #[test]
+    fn archive_pages_by_position_time_and_grant() {
+        let (_dir, s) = open();
+        let n = "/location/alice";
+        s.create_node(&Node {
+            max_items: 100,
+            ..node(n)
+        })
+        .unwrap();
+        for i in 1..=10u64 {
+            let item = Item {
+                published_at: 100 + i,
+                ..item(&format!("i{i}"))
+            };
+            s.publish(n, &item).unwrap();
+        }
+        let all = ArchiveQuery::default();
+        let page = |q: &ArchiveQuery, from, max| {
+            s.archive_page(n, q, from, max, &Visibility::All).unwrap()
+        };
+        let p = page(&all, ArchiveFrom::After(None), 4);
+        assert_eq!(ids(&p.items), ["i1", "i2", "i3", "i4"]);
+        assert_eq!((p.count, p.first_index, p.complete), (10, 0, false));
+        let p = page(&all, ArchiveFrom::After(Some(8)), 4);
+        assert_eq!(ids(&p.items), ["i9", "i10"]);
+        assert_eq!((p.first_index, p.complete), (8, true));
+        let p = page(&all, ArchiveFrom::Before(None), 3);
+        assert_eq!(ids(&p.items), ["i8", "i9", "i10"]);
+        assert_eq!((p.first_index, p.complete), (7, false));
+        let p = page(&all, ArchiveFrom::Before(Some(3)), 5);
+        assert_eq!(ids(&p.items), ["i1", "i2"]);
+        assert!(p.complete);
+        let p = page(&all, ArchiveFrom::Index(9), 5);
+        assert_eq!((ids(&p.items), p.first_index), (vec!["i10"], 9));
+        // after-id and a time window narrow the query (and its count).
+        let q = ArchiveQuery {
+            after_pos: Some(2),
+            start: Some(104),
+            end: Some(108),
+            ..ArchiveQuery::default()
+        };
+        let p = page(&q, ArchiveFrom::After(None), 100);
+        assert_eq!(ids(&p.items), ["i4", "i5", "i6", "i7", "i8"]);
+        assert_eq!((p.count, p.first_index, p.complete), (5, 0, true));
+        let empty = page(&q, ArchiveFrom::After(Some(8)), 100);
+        assert_eq!(
+            (empty.items.len(), empty.count, empty.complete),
+            (0, 5, true)
+        );
+        // Visibility by change-log spans: none of these items was published with a grant
+        // (no change log), so a consumer's spans from 1 on see nothing, and from 0 all.
+        let spans = |from_seq| {
+            Visibility::Spans(vec![super::super::Span {
+                from_seq,
+                until_seq: None,
+                until_time: Some(106),
+            }])
+        };
+        let p = s
+            .archive_page(n, &all, ArchiveFrom::After(None), 100, &spans(0))
+            .unwrap();
+        assert_eq!(ids(&p.items), ["i1", "i2", "i3", "i4", "i5"]);
+        let p = s
+            .archive_page(n, &all, ArchiveFrom::After(None), 100, &spans(1))
+            .unwrap();
+        assert_eq!(p.count, 0);
+        let hidden = s
+            .items_page(n, &PageFrom::After("i2".into()), 10, &spans(1))
+            .unwrap();
+        assert_eq!(hidden, None);
+    }
+
+    #[test]
+    fn items_record_the_change_log_position_of_their_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = authz_server::Store::open(&path).unwrap();
+        let s = SqliteStorage::open(&path).unwrap();
+        s.create_node(&node("/location/alice")).unwrap();
+        store
+            .add_owner("alice", &oauth_xmpp::Secret::new("alice-password"), 1)
+            .unwrap();
+        let (key, _) = store.add_consumer("App", None, None, 1).unwrap();
+        s.publish("/location/alice", &item("before")).unwrap();
+        store
+            .grant("alice", &key, &oauth_xmpp::Scope::all(), None, 2)
+            .unwrap();
+        s.publish("/location/alice", &item("during")).unwrap();
+        store
+            .revoke_tokens(&authz_server::store::RevokeBy::Owner("alice".into()), 3)
+            .unwrap();
+        s.publish("/location/alice", &item("after")).unwrap();
+        let spans = store.grant_spans(&key, "alice").unwrap();
+        assert_eq!(spans.len(), 1);
+        let visible = Visibility::Spans(vec![super::super::Span {
+            from_seq: spans[0].granted_seq,
+            until_seq: spans[0].ended_seq,
+            until_time: None,
+        }]);
+        let page = s
+            .items_page("/location/alice", &PageFrom::Start, 10, &visible)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&page.items), ["during"]);
+        assert_eq!(page.count, 1);
     }
 
     #[test]
@@ -560,13 +1024,14 @@ mod tests {
         {
             let s = SqliteStorage::open(&path).unwrap();
             s.create_node(&node("/location/alice")).unwrap();
-            s.publish("/location/alice", &item("a"), 2).unwrap();
+            s.publish("/location/alice", &item("a")).unwrap();
             s.subscribe(&subscription("app@localhost", "t1")).unwrap();
             s.set_change_cursor(42).unwrap();
         }
         let s = SqliteStorage::open(&path).unwrap();
         assert_eq!(s.change_cursor().unwrap(), 42);
-        assert_eq!(newest(&s, "/location/alice", 500), vec![item("a")]);
+        let kept = newest(&s, "/location/alice", 500);
+        assert_eq!((ids(&kept), kept[0].pos), (vec!["a"], 1));
         assert_eq!(s.subscriptions(None).unwrap().len(), 1);
         // The authorization server opens the same file beside them.
         authz_server::Store::open(&path).unwrap();
@@ -575,9 +1040,12 @@ mod tests {
     #[test]
     fn a_full_database_is_told_apart_and_keeps_what_it_had() {
         let (_dir, s) = open();
-        s.create_node(&node("/location/alice")).unwrap();
-        s.publish("/location/alice", &item("kept"), 100_000)
-            .unwrap();
+        s.create_node(&Node {
+            max_items: 100_000,
+            ..node("/location/alice")
+        })
+        .unwrap();
+        s.publish("/location/alice", &item("kept")).unwrap();
         // The database may not grow: SQLite answers as it does on a full disk.
         let pages: i64 = s
             .lock()
@@ -596,12 +1064,12 @@ mod tests {
                     id: format!("big{i}"),
                     ..big.clone()
                 };
-                s.publish("/location/alice", &item, 100_000).err()
+                s.publish("/location/alice", &item).err()
             })
             .expect("the database filled up");
         assert!(err.is_full(), "{err}");
         let ids: Vec<String> = s
-            .items_page("/location/alice", &PageFrom::End, 1_000)
+            .items_page("/location/alice", &PageFrom::End, 1_000, &Visibility::All)
             .unwrap()
             .unwrap()
             .items
@@ -609,6 +1077,60 @@ mod tests {
             .map(|i| i.id)
             .collect();
         assert_eq!(ids.first().map(String::as_str), Some("kept"));
+    }
+
+    #[test]
+    fn version_3_items_get_positions_and_change_log_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        authz_server::Store::open(&path).unwrap();
+        {
+            let conn = authz_server::store::connect(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE guard_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO guard_state VALUES ('schema_version', 3);",
+            )
+            .unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO guard_nodes VALUES ('/a', 'alice', 'oauth', 10, 1);
+                 INSERT INTO guard_nodes VALUES ('/b', NULL, 'open', 10, 1);
+                 INSERT INTO guard_items (node, id, payload, publisher, published_at)
+                     VALUES ('/a', 'a1', '<p xmlns=''urn:t''/>', 'l@h', 100);
+                 INSERT INTO guard_items (node, id, payload, publisher, published_at)
+                     VALUES ('/b', 'b1', '<p xmlns=''urn:t''/>', 'l@h', 100);
+                 INSERT INTO guard_items (node, id, payload, publisher, published_at)
+                     VALUES ('/a', 'a2', '<p xmlns=''urn:t''/>', 'l@h', 300);
+                 INSERT INTO changes (at, kind) VALUES (200, 'granted');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStorage::open(&path).unwrap();
+        let a = newest(&s, "/a", 10);
+        assert_eq!(
+            a.iter().map(|i| (i.id.as_str(), i.pos)).collect::<Vec<_>>(),
+            [("a1", 1), ("a2", 2)]
+        );
+        assert_eq!(newest(&s, "/b", 10)[0].pos, 1);
+        let h = s.history("/a").unwrap().unwrap();
+        assert_eq!((h.last_pos, h.held, h.trimmed_through), (2, 2, 0));
+        assert!(s.node("/a").unwrap().unwrap().send_last_published_item);
+        assert!(!s.node("/b").unwrap().unwrap().send_last_published_item);
+        // a1 came before the change at 200, a2 after it.
+        let after_grant = Visibility::Spans(vec![super::super::Span {
+            from_seq: 1,
+            until_seq: None,
+            until_time: None,
+        }]);
+        let page = s
+            .items_page("/a", &PageFrom::Start, 10, &after_grant)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&page.items), ["a2"]);
+        // The next publish continues the positions.
+        assert_eq!(s.publish("/a", &item("a3")).unwrap().pos, 3);
     }
 
     #[test]

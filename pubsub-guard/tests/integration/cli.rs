@@ -41,6 +41,8 @@ fn nodes_are_created_listed_and_deleted() {
             "location@localhost/res",
             "--max-items",
             "3",
+            "--max-age",
+            "2w",
         ],
     );
     assert!(out.ok, "{}", out.stderr);
@@ -60,7 +62,7 @@ fn nodes_are_created_listed_and_deleted() {
     let out = guard(&db, &["node", "list"]);
     assert_eq!(
         out.stdout,
-        "/location/alice\toauth\talice\t3\tlocation@localhost\n/news\topen\t-\t10\tnews@localhost\n"
+        "/location/alice\toauth\talice\t3\t2w\tlocation@localhost\n/news\topen\t-\t10000\t30d\tnews@localhost\n"
     );
     // The store file is private, like the authorization server's.
     #[cfg(unix)]
@@ -112,6 +114,26 @@ fn refuses_bad_node_definitions() {
         ],
     );
     assert_eq!(out.stderr, "pubsub-guard: --max-items must be at least 1\n");
+    let out = guard(
+        &db,
+        &[
+            "node",
+            "create",
+            "/n",
+            "--open",
+            "--publisher",
+            "l@localhost",
+            "--max-age",
+            "a week",
+        ],
+    );
+    assert!(
+        out.stderr.contains(
+            "\"a week\" is not an age: write a whole number with s, m, h, d or w (like \"30d\"), or \"none\""
+        ),
+        "{}",
+        out.stderr
+    );
     guard(
         &db,
         &[
@@ -186,7 +208,8 @@ fn refuses_bad_node_definitions() {
     );
     let list = guard(&db, &["node", "list"]);
     assert!(
-        list.stdout.contains("/m\topen\t-\t10\tnews@localhost\n"),
+        list.stdout
+            .contains("/m\topen\t-\t10000\t30d\tnews@localhost\n"),
         "{}",
         list.stdout
     );

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+mod catchup;
 mod cli;
 mod service;
 mod stream_properties;
@@ -380,6 +381,8 @@ async fn a_burst_to_many_subscribers_delivers_everything_in_order_when_the_serve
                 access: pubsub_guard::storage::Access::Open,
                 publishers: vec!["news@localhost".into()],
                 max_items: 10,
+                max_age_secs: 0,
+                send_last_published_item: false,
                 created_at: 1,
             })
             .unwrap();

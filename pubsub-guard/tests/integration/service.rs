@@ -16,26 +16,26 @@ use pubsub_guard::service::Service;
 use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
 use pubsub_guard::stream::StanzaHead;
 
-const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
-const RSM: &str = "http://jabber.org/protocol/rsm";
-const APP: &str = "app@localhost/r";
-const LOC: &str = "loc@localhost/r";
-const EVE: &str = "eve@localhost/r";
+pub(crate) const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub(crate) const RSM: &str = "http://jabber.org/protocol/rsm";
+pub(crate) const APP: &str = "app@localhost/r";
+pub(crate) const LOC: &str = "loc@localhost/r";
+pub(crate) const EVE: &str = "eve@localhost/r";
 
-struct World {
-    _dir: tempfile::TempDir,
-    db: std::path::PathBuf,
-    config: Config,
-    service: Service,
-    storage: SqliteStorage,
-    store: Arc<Store>,
-    key: String,
-    secret: String,
-    token: (String, String),
-    token_id: i64,
+pub(crate) struct World {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) db: std::path::PathBuf,
+    pub(crate) config: Config,
+    pub(crate) service: Service,
+    pub(crate) storage: SqliteStorage,
+    pub(crate) store: Arc<Store>,
+    pub(crate) key: String,
+    pub(crate) secret: String,
+    pub(crate) token: (String, String),
+    pub(crate) token_id: i64,
 }
 
-fn world() -> World {
+pub(crate) fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("authz.sqlite");
     let store = Arc::new(Store::open(&db).unwrap());
@@ -53,6 +53,8 @@ fn world() -> World {
             access: Access::OAuth,
             publishers: vec!["loc@localhost".into()],
             max_items: 2,
+            max_age: 0,
+            send_last_published_item: None,
         }],
         ..Config::default()
     };
@@ -68,6 +70,8 @@ fn world() -> World {
                 access,
                 publishers: vec!["loc@localhost".into()],
                 max_items: 2,
+                max_age_secs: 0,
+                send_last_published_item: false,
                 created_at: now,
             })
             .unwrap();
@@ -91,7 +95,7 @@ fn world() -> World {
     }
 }
 
-fn iq(from: &str, kind: &str, payload: &str) -> Element {
+pub(crate) fn iq(from: &str, kind: &str, payload: &str) -> Element {
     format!(
         "<iq xmlns='jabber:component:accept' type='{kind}' id='q' from='{from}' to='pubsub.localhost'>{payload}</iq>"
     )
@@ -99,7 +103,7 @@ fn iq(from: &str, kind: &str, payload: &str) -> Element {
     .unwrap()
 }
 
-fn pubsub(from: &str, kind: &str, action: &str) -> Element {
+pub(crate) fn pubsub(from: &str, kind: &str, action: &str) -> Element {
     iq(
         from,
         kind,
@@ -109,12 +113,12 @@ fn pubsub(from: &str, kind: &str, action: &str) -> Element {
 
 impl World {
     /// A subscribe from APP to `node`, signed with the world's token.
-    fn signed_subscribe(&self, node: &str) -> Element {
+    pub(crate) fn signed_subscribe(&self, node: &str) -> Element {
         self.signed_subscribe_as(APP, node, "app@localhost")
     }
 
     /// A subscribe from `from` for `jid`, signed with the world's token over `from`.
-    fn signed_subscribe_as(&self, from: &str, node: &str, jid: &str) -> Element {
+    pub(crate) fn signed_subscribe_as(&self, from: &str, node: &str, jid: &str) -> Element {
         let mut stanza = pubsub(
             from,
             "set",
@@ -139,17 +143,17 @@ impl World {
     }
 
     /// APP subscribes to /location/alice with the world's token, and is subscribed.
-    fn subscribe_app(&mut self) {
+    pub(crate) fn subscribe_app(&mut self) {
         let subscribe = self.signed_subscribe("/location/alice");
         assert_eq!(self.reply(subscribe).attr("type"), Some("result"));
     }
 
-    fn handle(&mut self, stanza: Element) -> Vec<Element> {
+    pub(crate) fn handle(&mut self, stanza: Element) -> Vec<Element> {
         self.service.handle(&stanza)
     }
 
     /// The single reply; panics on more or fewer stanzas.
-    fn reply(&mut self, stanza: Element) -> Element {
+    pub(crate) fn reply(&mut self, stanza: Element) -> Element {
         let mut out = self.handle(stanza);
         assert_eq!(
             out.len(),
@@ -162,7 +166,7 @@ impl World {
 }
 
 /// (type, condition, app condition, text) of an error reply.
-fn error(reply: &Element) -> (String, String, Option<String>, String) {
+pub(crate) fn error(reply: &Element) -> (String, String, Option<String>, String) {
     assert_eq!(reply.attr("type"), Some("error"), "{}", String::from(reply));
     let e = reply.get_child("error", "jabber:component:accept").unwrap();
     let mut condition = String::new();
@@ -178,7 +182,7 @@ fn error(reply: &Element) -> (String, String, Option<String>, String) {
     (e.attr("type").unwrap().to_owned(), condition, app, text)
 }
 
-fn expect(reply: &Element, kind: &str, condition: &str, app: Option<&str>, text: &str) {
+pub(crate) fn expect(reply: &Element, kind: &str, condition: &str, app: Option<&str>, text: &str) {
     assert_eq!(
         error(reply),
         (
@@ -553,7 +557,7 @@ fn disco_lists_only_the_nodes_the_asker_may_know() {
     );
 }
 
-fn is_none_event(stanza: &Element) -> bool {
+pub(crate) fn is_none_event(stanza: &Element) -> bool {
     stanza
         .get_child("event", "http://jabber.org/protocol/pubsub#event")
         .and_then(|e| e.get_child("subscription", "http://jabber.org/protocol/pubsub#event"))
@@ -702,6 +706,8 @@ fn protected_nodes_answer_the_same_whether_or_not_they_exist() {
             access: Access::OAuth,
             publishers: vec!["loc@localhost".into()],
             max_items: 2,
+            max_age_secs: 0,
+            send_last_published_item: false,
             created_at: 1,
         })
         .unwrap();
@@ -831,7 +837,7 @@ fn one_subscription_per_bare_jid_whatever_its_case_or_resource() {
 }
 
 /// The ids of an items answer and its RSM `<set/>` as `first@index last count`.
-fn page_of(reply: &Element) -> (Vec<String>, String) {
+pub(crate) fn page_of(reply: &Element) -> (Vec<String>, String) {
     assert_eq!(
         reply.attr("type"),
         Some("result"),
@@ -874,6 +880,8 @@ fn items_come_in_pages_in_publish_order_and_paging_survives_publishes() {
             access: Access::Open,
             publishers: vec!["loc@localhost".into()],
             max_items: 100,
+            max_age_secs: 0,
+            send_last_published_item: false,
             created_at: 0,
         })
         .unwrap();
@@ -1018,6 +1026,8 @@ fn a_page_stays_under_the_byte_bound_and_an_unbounded_request_says_it_was_cut() 
             access: Access::Open,
             publishers: vec!["loc@localhost".into()],
             max_items: 1000,
+            max_age_secs: 0,
+            send_last_published_item: false,
             created_at: 0,
         })
         .unwrap();
