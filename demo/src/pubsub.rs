@@ -17,17 +17,17 @@ pub const PUBSUB: &str = ns::PUBSUB;
 /// The event namespace.
 pub const EVENT: &str = ns::PUBSUB_EVENT;
 /// XEP-0313: message archive management, version 2.
-pub const MAM: &str = "urn:xmpp:mam:2";
+pub const MAM: &str = ns::MAM;
 /// XEP-0359: unique and stable stanza ids.
-pub const SID: &str = "urn:xmpp:sid:0";
+pub const SID: &str = ns::SID;
 /// XEP-0297: stanza forwarding.
-pub const FORWARD: &str = "urn:xmpp:forward:0";
+pub const FORWARD: &str = ns::FORWARD;
 /// XEP-0004: data forms.
-pub const DATA: &str = "jabber:x:data";
+pub const DATA: &str = ns::DATA_FORMS;
 /// XEP-0059: result set management.
 pub const RSM: &str = ns::RSM;
 /// The guard's application condition for an archive query whose start was dropped.
-pub const GAP: &str = "urn:xmpp:pubsub-guard:gap:0";
+pub const GAP: &str = ns::GAP;
 
 fn iq(kind: &str, service: &str, pubsub: Element) -> Element {
     Element::builder("iq", CLIENT)

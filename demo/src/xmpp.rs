@@ -58,9 +58,15 @@ pub enum ClientError {
     #[error("the connection is closed")]
     Closed,
     /// The connection ended by itself: the server closed the stream, sent a stream error,
-    /// or the socket failed (the text says which).
-    #[error("the connection was lost: {0}")]
-    Lost(String),
+    /// or the socket failed.
+    #[error("the connection was lost: {reason}")]
+    Lost {
+        /// What happened, in words.
+        reason: String,
+        /// The condition of the server's stream error, if it sent one (`system-shutdown`;
+        /// `conflict` when another session bound the same resource).
+        condition: Option<String>,
+    },
 }
 
 /// An XML name known to be valid.
@@ -73,6 +79,10 @@ pub fn xml(element: &Element) -> String {
     String::from(element)
 }
 
+/// Why the read loop ended, once it has: in words, and the condition of the server's
+/// stream error if there was one.
+type EndOfStream = Arc<Mutex<Option<(String, Option<String>)>>>;
+
 /// A logged-in XMPP client.
 pub struct Client {
     jid: String,
@@ -81,8 +91,7 @@ pub struct Client {
     messages: mpsc::UnboundedReceiver<Element>,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
-    /// Why the read loop ended, once it has.
-    ended: Arc<Mutex<Option<String>>>,
+    ended: EndOfStream,
 }
 
 impl std::fmt::Debug for Client {
@@ -306,8 +315,10 @@ impl Client {
     }
 
     fn lost(&self) -> ClientError {
-        let reason = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        ClientError::Lost(reason.unwrap_or_else(|| "the connection is closed".into()))
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (reason, condition) =
+            ended.unwrap_or_else(|| ("the connection is closed".into(), None));
+        ClientError::Lost { reason, condition }
     }
 
     /// Closes the stream.
@@ -329,13 +340,20 @@ async fn read_loop(
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>>,
     messages: mpsc::UnboundedSender<Element>,
-    ended: Arc<Mutex<Option<String>>>,
+    ended: EndOfStream,
 ) {
     let reason = loop {
         let stanza = match events.stanza().await {
             Ok(stanza) => stanza,
-            Err(ClientError::Closed) => break "the server closed the stream".to_owned(),
-            Err(e) => break e.to_string(),
+            Err(ClientError::Closed) => break ("the server closed the stream".to_owned(), None),
+            Err(ClientError::Stream(StreamError::Server { condition, text })) => {
+                let e = StreamError::Server {
+                    condition: condition.clone(),
+                    text,
+                };
+                break (e.to_string(), Some(condition));
+            }
+            Err(e) => break (e.to_string(), None),
         };
         match (stanza.name(), stanza.attr("type")) {
             ("iq", Some("result" | "error")) => {

@@ -258,7 +258,7 @@ impl<'a> Consumer<'a> {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => return Ok(Ended::Lost(e.to_string())),
+                Err(e) => return lost(e),
             }
         }
     }
@@ -291,7 +291,7 @@ impl<'a> Consumer<'a> {
             }
             let reply = match client.iq(request, ANSWER_WAIT).await {
                 Ok(reply) => reply,
-                Err(e) => return Ok(Some(Ended::Lost(format!("archive query: {e}")))),
+                Err(e) => return lost(e).map(Some),
             };
             // The service sends a page's results before its answer: they are all here.
             let mut page = Vec::new();
@@ -302,7 +302,7 @@ impl<'a> Consumer<'a> {
                         None => held.push(message),
                     },
                     Ok(None) => break,
-                    Err(e) => return Ok(Some(Ended::Lost(e.to_string()))),
+                    Err(e) => return lost(e).map(Some),
                 }
             }
             if pubsub::error_of(&reply).is_some() {
@@ -452,6 +452,21 @@ enum Retry {
     Never(String),
     /// Yes: the server or the service may be back in a moment.
     Later(String),
+}
+
+/// A lost connection: log in again, unless another session took over the resource (its
+/// stream error `conflict`), which logging in again would only take back.
+fn lost(e: ClientError) -> Result<Ended, String> {
+    match &e {
+        ClientError::Lost {
+            condition: Some(condition),
+            ..
+        } if condition == "conflict" => Err(format!(
+            "{e}: another session logged in with the same resource; not reconnecting \
+             (give each consumer its own --resource)"
+        )),
+        _ => Ok(Ended::Lost(e.to_string())),
+    }
 }
 
 fn new_queryid() -> String {
