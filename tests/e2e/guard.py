@@ -343,6 +343,12 @@ def scenario_3_revocation(s: System, photos: Consumer, photos_id: str, app: Clie
     published_id(loc.send_iq_raw(publish_iq(node, "<photo xmlns='urn:example:photo' href='p1.jpg'/>")))
     app2 = s.client("findmenow", resource="photos")
     subscribed(app2.send_iq_raw(subscribe_iq(node, app2.jid, photos.oauth(app2.jid))), node, app2.jid)
+    # The node sends its last item to a new subscriber (on_sub, profile N14), with its
+    # archive id and when it was published.
+    last = app2.wait_message(is_event_for(node), timeout=3)
+    check(last is not None and b"p1.jpg" in ET.tostring(last), "the last item was not sent on subscribe")
+    check(last.find("{urn:xmpp:sid:0}stanza-id") is not None and last.find("{urn:xmpp:delay}delay") is not None,
+          f"the last item lacks its stanza-id or delay: {ET.tostring(last)!r}")
     app2.messages.clear()
     started = time.monotonic()
     s.cli("authz-server", "token", "revoke", "--id", photos_id)
