@@ -9,9 +9,13 @@
 //! - [`http`]: a small HTTP/1.1 client for the authorization server's endpoints.
 //! - [`flow`]: the consumer's side of the OAuth 1.0a flow (request token, authorize URL,
 //!   access token), and the owner's side as the authorize page's form would do it.
-//! - [`pubsub`]: the XEP-0060 requests the clients send, with the XEP-0235 signature.
+//! - [`pubsub`]: the XEP-0060 requests the clients send, with the XEP-0235 signature, and
+//!   the archive queries (XEP-0313 on a node) a consumer resumes with.
+//! - [`resume`]: what a consumer keeps to resume: the archive id of the last item it
+//!   printed, per node, in a file, and the ids printed lately.
 //!
-//! Binaries: `consumer` (subscribe with a token and print events), `publisher` (publish one
+//! Binaries: `consumer` (subscribe with a token and print events; with `--state`, first
+//! what was published while it was away, and again after each reconnection), `publisher` (publish one
 //! item), `quickstart-story` (the four steps `./quickstart` plays), `pubsub-bench` (the
 //! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`), and
 //! `pubsub-burst` (a fan-out burst and an IQ burst that count every delivery and reply,
@@ -20,6 +24,7 @@
 pub mod flow;
 pub mod http;
 pub mod pubsub;
+pub mod resume;
 pub mod xmpp;
 
 /// A fresh nonce: 128 bits from the OS, hex-encoded.

@@ -57,6 +57,16 @@ pub enum ClientError {
     /// The connection is gone.
     #[error("the connection is closed")]
     Closed,
+    /// The connection ended by itself: the server closed the stream, sent a stream error,
+    /// or the socket failed.
+    #[error("the connection was lost: {reason}")]
+    Lost {
+        /// What happened, in words.
+        reason: String,
+        /// The condition of the server's stream error, if it sent one (`system-shutdown`;
+        /// `conflict` when another session bound the same resource).
+        condition: Option<String>,
+    },
 }
 
 /// An XML name known to be valid.
@@ -69,6 +79,10 @@ pub fn xml(element: &Element) -> String {
     String::from(element)
 }
 
+/// Why the read loop ended, once it has: in words, and the condition of the server's
+/// stream error if there was one.
+type EndOfStream = Arc<Mutex<Option<(String, Option<String>)>>>;
+
 /// A logged-in XMPP client.
 pub struct Client {
     jid: String,
@@ -77,6 +91,7 @@ pub struct Client {
     messages: mpsc::UnboundedReceiver<Element>,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
+    ended: EndOfStream,
 }
 
 impl std::fmt::Debug for Client {
@@ -203,11 +218,13 @@ impl Client {
         let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>> = Arc::default();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let writer = Arc::new(tokio::sync::Mutex::new(write));
+        let ended = Arc::default();
         let reader = tokio::spawn(read_loop(
             events,
             Arc::clone(&writer),
             Arc::clone(&pending),
             messages_tx,
+            Arc::clone(&ended),
         ));
         Ok(Self {
             jid: full_jid,
@@ -216,6 +233,7 @@ impl Client {
             messages,
             next_id: AtomicU64::new(1),
             reader,
+            ended,
         })
     }
 
@@ -266,10 +284,41 @@ impl Client {
 
     /// The next incoming message, or `None` after `wait` (or when the connection is gone).
     pub async fn next_message(&mut self, wait: Duration) -> Option<Element> {
-        tokio::time::timeout(wait, self.messages.recv())
-            .await
-            .ok()
-            .flatten()
+        self.wait_message(wait).await.ok().flatten()
+    }
+
+    /// The next incoming message, `Ok(None)` when none came within `wait`, or
+    /// [`ClientError::Lost`] once the connection has ended and every message that came
+    /// before the end has been taken.
+    pub async fn wait_message(&mut self, wait: Duration) -> Result<Option<Element>, ClientError> {
+        match tokio::time::timeout(wait, self.messages.recv()).await {
+            Ok(Some(message)) => Ok(Some(message)),
+            Ok(None) => Err(self.lost()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// A message that has already arrived, without waiting: `Ok(None)` when there is none
+    /// yet, [`ClientError::Lost`] as [`Client::wait_message`] says.
+    pub fn try_message(&mut self) -> Result<Option<Element>, ClientError> {
+        match self.messages.try_recv() {
+            Ok(message) => Ok(Some(message)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(self.lost()),
+        }
+    }
+
+    /// Whether the connection has ended (messages that came before the end may still be
+    /// waiting to be taken).
+    pub fn is_closed(&self) -> bool {
+        self.reader.is_finished() || self.messages.is_closed()
+    }
+
+    fn lost(&self) -> ClientError {
+        let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (reason, condition) =
+            ended.unwrap_or_else(|| ("the connection is closed".into(), None));
+        ClientError::Lost { reason, condition }
     }
 
     /// Closes the stream.
@@ -291,8 +340,21 @@ async fn read_loop(
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>>,
     messages: mpsc::UnboundedSender<Element>,
+    ended: EndOfStream,
 ) {
-    while let Ok(stanza) = events.stanza().await {
+    let reason = loop {
+        let stanza = match events.stanza().await {
+            Ok(stanza) => stanza,
+            Err(ClientError::Closed) => break ("the server closed the stream".to_owned(), None),
+            Err(ClientError::Stream(StreamError::Server { condition, text })) => {
+                let e = StreamError::Server {
+                    condition: condition.clone(),
+                    text,
+                };
+                break (e.to_string(), Some(condition));
+            }
+            Err(e) => break (e.to_string(), None),
+        };
         match (stanza.name(), stanza.attr("type")) {
             ("iq", Some("result" | "error")) => {
                 let waiter = stanza
@@ -312,7 +374,9 @@ async fn read_loop(
             }
             _ => {}
         }
-    }
+    };
+    // Recorded before the queue's sender is dropped, so a reader of the closed queue sees it.
+    *ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     // Dropping the waiters tells them the connection is gone.
     pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
