@@ -8,7 +8,7 @@ use minidom::Element;
 use oauth_xmpp::NonceSource;
 use oauth_xmpp::replay::Clock;
 use oauth_xmpp::sign::Signer;
-use pubsub_guard::ns;
+use xmpp_component::ns;
 
 use crate::xmpp::{CLIENT, name};
 

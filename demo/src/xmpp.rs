@@ -15,11 +15,11 @@ use base64::Engine;
 use minidom::Element;
 use minidom::rxml::{Namespace, NcName};
 use oauth_xmpp::Secret;
-use pubsub_guard::stream::{StreamError, StreamEvent, StreamReader};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
+use xmpp_component::stream::{StreamError, StreamEvent, StreamReader};
 
 /// The client namespace.
 pub const CLIENT: &str = "jabber:client";
@@ -245,7 +245,7 @@ impl Client {
 
     /// The bare JID.
     pub fn bare(&self) -> &str {
-        pubsub_guard::jid::bare(&self.jid)
+        xmpp_component::jid::bare(&self.jid)
     }
 
     /// Sends a stanza.

@@ -1,4 +1,4 @@
-//! Fuzz target: the XEP-0114 stream reader, `pubsub_guard::stream::StreamParser`.
+//! Fuzz target: the XEP-0114 stream reader, `xmpp_component::stream::StreamParser`.
 //!
 //! Property: the reader does not depend on how the bytes arrive. Fed in one piece or in
 //! pieces cut at fuzzer-chosen points, the same bytes give exactly the same events and the
@@ -18,7 +18,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pubsub_guard::stream::{StreamEvent, StreamParser};
+use xmpp_component::stream::{StreamEvent, StreamParser};
 
 /// A server's stream header (XEP-0114 §3), as the guard's own tests use it.
 const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \

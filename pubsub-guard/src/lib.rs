@@ -7,8 +7,8 @@
 //! with `oauth-xmpp` against the shared SQLite store. It follows the store's change log, so a
 //! revoked or expired token ends its subscriptions within a second.
 //!
-//! - [`stream`]: the component stream: incremental reader with per-stanza size and depth
-//!   limits, handshake, writer.
+//! - [`stream`], [`ns`], [`jid`]: the component stream, namespaces and JIDs, from the
+//!   `xmpp-component` crate.
 //! - [`service`]: the pubsub service and the OAuth gate; sans-IO (stanzas in, stanzas out).
 //! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait.
 //! - [`component`]: the running component (worker thread, keepalive, reconnect).
@@ -22,12 +22,11 @@ pub mod archive;
 pub mod component;
 pub mod config;
 pub mod datetime;
-pub mod jid;
-pub mod ns;
 pub mod refusal;
 pub mod service;
 pub mod storage;
-pub mod stream;
+
+pub use xmpp_component::{jid, ns, stream};
 
 pub use config::Config;
 pub use service::Service;

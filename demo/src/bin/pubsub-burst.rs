@@ -35,9 +35,9 @@ use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name, xml};
 use minidom::Element;
 use oauth_xmpp::Secret;
-use pubsub_guard::ns;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use xmpp_component::ns;
 
 /// Count what the guard loses under a burst of publishes or of IQs.
 #[derive(Debug, Parser)]

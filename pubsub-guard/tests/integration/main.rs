@@ -23,7 +23,6 @@ use tokio::time::timeout;
 mod catchup;
 mod cli;
 mod service;
-mod stream_properties;
 
 const SECRET: &str = "fake-server-secret";
 const WAIT: Duration = Duration::from_secs(10);

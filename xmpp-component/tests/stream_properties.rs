@@ -1,8 +1,10 @@
 //! Properties of the stream reader: however the bytes are split, the same events come out;
 //! and no input makes it panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use proptest::prelude::*;
-use pubsub_guard::stream::{Limits, StreamEvent, StreamParser};
+use xmpp_component::stream::{Limits, StreamEvent, StreamParser};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' id='p-1'>";

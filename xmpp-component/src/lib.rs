@@ -1,0 +1,12 @@
+//! # xmpp-component
+//!
+//! What an XMPP external component (XEP-0114) and the project's reference clients share:
+//!
+//! - [`stream`]: the component stream: an incremental, sans-IO reader with per-stanza size
+//!   and depth limits, the handshake, and the connection halves (reader and writer).
+//! - [`ns`]: the XML namespaces the guard and the clients read and write.
+//! - [`jid`]: JIDs (RFC 7622) normalized once at the edge, and compared as strings after.
+
+pub mod jid;
+pub mod ns;
+pub mod stream;
