@@ -5,21 +5,22 @@
 //! access to her nodes through an authorize page, and issues the access tokens that
 //! consumers present over XMPP (XEP-0235) to the pubsub guard.
 //!
-//! - [`store`]: the SQLite token store, also opened by the guard; it implements the
-//!   credential lookup and nonce store traits of `oauth-xmpp`, and keeps the change log
-//!   the guard follows.
+//! - [`store`]: the SQLite token store, also opened by the guard (from the `shared-store`
+//!   crate); it implements the credential lookup and nonce store traits of `oauth-xmpp`,
+//!   and keeps the change log the guard follows.
+//! - [`password`]: owners' passwords, hashed with Argon2id before they reach the store.
 //! - [`web`]: the HTTP endpoints (request token, authorize, access token) and the owner's
 //!   pages, every signed request checked by `oauth-xmpp`'s verifier; [`web::run`] serves
 //!   them within timeouts and connection caps, and drains on shutdown.
-//! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout).
+//! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout), from
+//!   `shared-store`, which keeps their counters.
 //! - [`config`]: settings from a TOML file, the environment and the command line.
-//! - [`logging`]: the services' log setup (also used by the pubsub guard).
+//! - [`logging`]: the services' log setup (from `shared-store`; the guard uses it too).
 
 pub mod config;
-pub mod logging;
-pub mod random;
-pub mod store;
-pub mod throttle;
+pub mod password;
 pub mod web;
 
+pub use shared_store::authz as store;
+pub use shared_store::{logging, random, throttle};
 pub use store::{Store, StoreError};

@@ -219,8 +219,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         format!("cannot read the password from standard input: {e}")
                     })?;
                     let password = Secret::new(line.trim_end_matches(['\r', '\n']));
-                    store
-                        .add_owner(&name, &password, now)
+                    authz_server::password::add_owner(&store, &name, &password, now)
                         .map_err(|e| e.to_string())?;
                     say(format!("owner {name} added"));
                 }
@@ -247,6 +246,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     jid,
                     callback,
                 } => {
+                    if let Some(callback) = &callback {
+                        authz_server::web::check_consumer_callback(callback)?;
+                    }
                     let (key, secret) = store
                         .add_consumer(&name, jid.as_deref(), callback.as_deref(), now)
                         .map_err(|e| e.to_string())?;

@@ -49,6 +49,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first reconnection delay; it doubles up to `reconnect_max_secs`.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
+/// How long a shutdown waits, after closing the stream, for the server to close its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Why the component stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -57,7 +60,7 @@ pub enum RunError {
     NoSecret,
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
-    Store(#[from] authz_server::StoreError),
+    Store(#[from] shared_store::StoreError),
     /// The guard's tables could not be opened.
     #[error("cannot open the guard's tables: {0}")]
     Storage(#[from] StorageError),
@@ -85,7 +88,7 @@ enum Work {
 /// Runs the guard until `shutdown` completes (or the server refuses the component).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let secret = config.secret.clone().ok_or(RunError::NoSecret)?;
-    let store = Arc::new(authz_server::Store::open(&config.database)?);
+    let store = Arc::new(shared_store::Store::open(&config.database)?);
     let storage = SqliteStorage::open(&config.database)?;
     let service = Service::new(&config, Box::new(storage), store);
 
@@ -123,7 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             c = attempt => c,
         };
         match connected {
-            Ok((reader, mut writer)) => {
+            Ok((mut reader, mut writer)) => {
                 info!(
                     server = config.server,
                     component = config.component,
@@ -132,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 backoff = FIRST_BACKOFF;
                 let served = serve(
                     &config,
-                    reader,
+                    &mut reader,
                     &mut writer,
                     &work_tx,
                     &mut out_rx,
@@ -143,7 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .await;
                 match served {
                     Served::Shutdown { clean } => {
-                        connection = clean.then_some(writer);
+                        connection = clean.then_some((reader, writer));
                         break Ok(());
                     }
                     Served::Failed(e) => warn!("disconnected: {e}"),
@@ -184,12 +187,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drop(work_tx);
     };
     match connection {
-        Some(mut writer) => {
+        Some((mut reader, mut writer)) => {
             let drain = async {
                 while unsent.fill(&mut out_rx).await {
                     unsent.write(&mut writer).await?;
                 }
-                writer.close().await
+                writer.close().await?;
+                // What the server sent after the guard stopped reading is dropped, so that
+                // the socket closes with a FIN the server reads after everything written,
+                // not a reset that could discard the end of it.
+                let _ = tokio::time::timeout(CLOSE_WAIT, reader.discard_until_closed()).await;
+                Ok::<(), StreamError>(())
             };
             let drained =
                 tokio::time::timeout(DRAIN_TIMEOUT, async { tokio::join!(feed, drain).1 }).await;
@@ -273,7 +281,7 @@ enum Served {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     config: &Config,
-    mut reader: stream::StreamReader,
+    reader: &mut stream::StreamReader,
     writer: &mut stream::StreamWriter,
     work: &mpsc::Sender<Work>,
     outgoing: &mut mpsc::Receiver<Element>,

@@ -202,12 +202,12 @@ impl Template {
     }
 }
 
-pub use authz_server::config::ConfigError;
+pub use shared_store::config::ConfigError;
 
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        authz_server::config::load_checked(path, Self::check)
+        shared_store::config::load_checked(path, Self::check)
     }
 
     /// Checks the values that a TOML type cannot.

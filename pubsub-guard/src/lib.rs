@@ -10,7 +10,8 @@
 //! - [`stream`], [`ns`], [`jid`]: the component stream, namespaces and JIDs, from the
 //!   `xmpp-component` crate.
 //! - [`service`]: the pubsub service and the OAuth gate; sans-IO (stanzas in, stanzas out).
-//! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait.
+//! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait
+//!   (from the `shared-store` crate).
 //! - [`component`]: the running component (worker thread, keepalive, reconnect).
 //! - [`config`]: the settings file, `guard.toml`.
 //!
@@ -24,8 +25,8 @@ pub mod config;
 pub mod datetime;
 pub mod refusal;
 pub mod service;
-pub mod storage;
 
+pub use shared_store::guard as storage;
 pub use xmpp_component::{jid, ns, stream};
 
 pub use config::Config;

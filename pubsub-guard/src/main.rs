@@ -159,7 +159,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 send_last_published_item: send_last_published_item
                     .map_or(owner.is_some(), |s| s == "on_sub"),
                 owner,
-                created_at: authz_server::store::now(),
+                created_at: shared_store::authz::now(),
             };
             storage()?.create_node(&node).map_err(|e| e.to_string())?;
             say(format!("created {} ({})", node.name, node.access.as_str()));
@@ -226,7 +226,7 @@ fn readable_by_others(path: &std::path::Path) -> Option<PathBuf> {
 }
 
 fn serve(config: Config, exposed_secret: Option<PathBuf>) -> Result<(), String> {
-    authz_server::logging::init("GUARD_LOG");
+    shared_store::logging::init("GUARD_LOG");
     if let Some(path) = exposed_secret {
         tracing::warn!(
             config = %path.display(),

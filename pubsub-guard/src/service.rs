@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use authz_server::Store;
 use minidom::Element;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::{Verified, Verifier, VerifierConfig, VerifyError};
+use shared_store::Store;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Template};
@@ -1433,7 +1433,7 @@ fn storage_failed(e: StorageError) -> Refusal {
 
 /// A fresh random id (item ids, subids, message ids).
 fn new_id() -> Result<String, Refusal> {
-    authz_server::random::token(16).map_err(|e| {
+    shared_store::random::token(16).map_err(|e| {
         warn!("no randomness: {e}");
         Refusal::internal()
     })

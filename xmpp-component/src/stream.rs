@@ -537,6 +537,15 @@ impl StreamReader {
             self.pending.extend(out);
         }
     }
+
+    /// Reads and drops what the server still sends, until it closes its side (or the read
+    /// fails). Call it after [`StreamWriter::close`] and bound it with a timeout: a socket
+    /// closed with unread bytes in its buffer sends a reset, and the server may then lose the
+    /// end of what was written to it.
+    pub async fn discard_until_closed(&mut self) {
+        self.pending.clear();
+        while matches!(self.half.read(&mut self.buf).await, Ok(n) if n > 0) {}
+    }
 }
 
 /// The writing half of an established component stream.

@@ -12,6 +12,20 @@ pub(crate) mod targets;
 
 pub use server::{ConnectionLimits, run};
 
+/// Checks the callback URL of a consumer being registered (`consumer add --callback`): an
+/// absolute http(s) URL with no user info, fragment or control character (profile C1). The
+/// error says why, for the admin.
+pub fn check_consumer_callback(callback: &str) -> Result<(), String> {
+    targets::check_callback_url(callback)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "the callback {callback:?} is refused: {}",
+                e.to_string().trim_start_matches("oauth_callback ")
+            )
+        })
+}
+
 use std::sync::Arc;
 
 use axum::Router;

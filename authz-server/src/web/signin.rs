@@ -243,7 +243,7 @@ pub(crate) async fn login(
         let name = name.clone();
         state
             .pools
-            .hash(move |store| store.check_password(&name, &password))
+            .hash(move |store| crate::password::check(store, &name, &password))
             .await
     };
     let ok = match checked {

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use authz_server::store::RevokeBy;
 use minidom::Element;
 use oauth_xmpp::Scope;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::sign::{Credentials, Signer};
 use pubsub_guard::service::Service;
 use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
+use shared_store::authz::RevokeBy;
 
 use crate::service::{APP, EVE, LOC, RSM, World, error, expect, iq, pubsub, world};
 
@@ -181,7 +181,7 @@ fn signed(w: &World, mut stanza: Element, from: &str) -> Element {
             token_secret: oauth_xmpp::Secret::new(w.token.1.clone()),
         },
         SystemClock,
-        || authz_server::random::token(16).unwrap(),
+        || shared_store::random::token(16).unwrap(),
     );
     let oauth = signer.sign_stanza("iq", from, "pubsub.localhost");
     stanza.children_mut().next().unwrap().append_child(oauth);

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use authz_server::Store;
-use authz_server::store::RevokeBy;
 use minidom::Element;
 use oauth_xmpp::replay::SystemClock;
 use oauth_xmpp::sign::{Credentials, Signer};
@@ -15,6 +13,8 @@ use pubsub_guard::refusal::Refusal;
 use pubsub_guard::service::Service;
 use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
 use pubsub_guard::stream::StanzaHead;
+use shared_store::Store;
+use shared_store::authz::RevokeBy;
 
 pub(crate) const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub(crate) const RSM: &str = "http://jabber.org/protocol/rsm";
@@ -39,11 +39,9 @@ pub(crate) fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("authz.sqlite");
     let store = Arc::new(Store::open(&db).unwrap());
-    let now = authz_server::store::now();
+    let now = shared_store::authz::now();
     let (key, secret) = store.add_consumer("FindMeNow", None, None, now).unwrap();
-    store
-        .add_owner("alice", &Secret::new("alice-password"), now)
-        .unwrap();
+    store.add_owner("alice", "$argon2id$test", now).unwrap();
     let grant = store
         .grant("alice", &key, &Scope::parse("/location/alice"), None, now)
         .unwrap();
@@ -132,7 +130,7 @@ impl World {
                 token_secret: Secret::new(self.token.1.clone()),
             },
             SystemClock,
-            || authz_server::random::token(16).unwrap(),
+            || shared_store::random::token(16).unwrap(),
         );
         let oauth = signer.sign_stanza("iq", from, "pubsub.localhost");
         stanza
@@ -589,7 +587,7 @@ fn the_change_log_ends_subscriptions_once() {
     // Catch up with the log (the grant), then revoke.
     w.service.follow_changes();
     w.store
-        .revoke_tokens(&RevokeBy::Id(w.token_id), authz_server::store::now())
+        .revoke_tokens(&RevokeBy::Id(w.token_id), shared_store::authz::now())
         .unwrap();
     let out = w.service.follow_changes();
     assert_eq!(out.len(), 1);
@@ -605,7 +603,7 @@ fn delivery_checks_the_token_even_before_the_log_is_read() {
     let mut w = world();
     w.subscribe_app();
     w.store
-        .revoke_tokens(&RevokeBy::Id(w.token_id), authz_server::store::now())
+        .revoke_tokens(&RevokeBy::Id(w.token_id), shared_store::authz::now())
         .unwrap();
     // No follow_changes: the publish itself finds the token dead, ends the subscription
     // and delivers nothing.
@@ -635,7 +633,7 @@ fn after_a_restart_the_first_poll_catches_up_with_the_log() {
     );
     // The guard stops; meanwhile the consumer is revoked.
     w.store
-        .revoke_consumer(&w.key, authz_server::store::now())
+        .revoke_consumer(&w.key, shared_store::authz::now())
         .unwrap();
     let mut restarted = Service::new(
         &w.config,

@@ -35,9 +35,9 @@ const CHANGE_POSITIONS: i64 = 4;
 
 impl SqliteStorage {
     /// Opens the guard's tables in the shared file at `path` (created private if missing, see
-    /// [`authz_server::store::connect`]), migrating them.
+    /// [`crate::authz::connect`]), migrating them.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let conn = authz_server::store::connect(path.as_ref())?;
+        let conn = crate::authz::connect(path.as_ref())?;
         let storage = Self {
             conn: Mutex::new(conn),
         };
@@ -432,7 +432,7 @@ impl Storage for SqliteStorage {
                     s.token,
                     s.consumer_key,
                     to_i64(s.created_at),
-                    crate::jid::bare(&s.jid)
+                    super::bare_jid(&s.jid)
                 ],
                 subscription_row,
             )?)
@@ -447,7 +447,7 @@ impl Storage for SqliteStorage {
                         "DELETE FROM guard_subscriptions WHERE node = ?1 AND bare = ?2
                          RETURNING {SUBSCRIPTION_COLUMNS}"
                     ),
-                    params![node, crate::jid::bare(jid)],
+                    params![node, super::bare_jid(jid)],
                     subscription_row,
                 )
                 .optional()?)
@@ -952,12 +952,10 @@ mod tests {
     fn items_record_the_change_log_position_of_their_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = authz_server::Store::open(&path).unwrap();
+        let store = crate::authz::Store::open(&path).unwrap();
         let s = SqliteStorage::open(&path).unwrap();
         s.create_node(&node("/location/alice")).unwrap();
-        store
-            .add_owner("alice", &oauth_xmpp::Secret::new("alice-password"), 1)
-            .unwrap();
+        store.add_owner("alice", "$argon2id$test", 1).unwrap();
         let (key, _) = store.add_consumer("App", None, None, 1).unwrap();
         s.publish("/location/alice", &item("before")).unwrap();
         store
@@ -965,7 +963,7 @@ mod tests {
             .unwrap();
         s.publish("/location/alice", &item("during")).unwrap();
         store
-            .revoke_tokens(&authz_server::store::RevokeBy::Owner("alice".into()), 3)
+            .revoke_tokens(&crate::authz::RevokeBy::Owner("alice".into()), 3)
             .unwrap();
         s.publish("/location/alice", &item("after")).unwrap();
         let spans = store.grant_spans(&key, "alice").unwrap();
@@ -1034,7 +1032,7 @@ mod tests {
         assert_eq!((ids(&kept), kept[0].pos), (vec!["a"], 1));
         assert_eq!(s.subscriptions(None).unwrap().len(), 1);
         // The authorization server opens the same file beside them.
-        authz_server::Store::open(&path).unwrap();
+        crate::authz::Store::open(&path).unwrap();
     }
 
     #[test]
@@ -1083,9 +1081,9 @@ mod tests {
     fn version_3_items_get_positions_and_change_log_places() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        authz_server::Store::open(&path).unwrap();
+        crate::authz::Store::open(&path).unwrap();
         {
-            let conn = authz_server::store::connect(&path).unwrap();
+            let conn = crate::authz::connect(&path).unwrap();
             conn.execute_batch(
                 "CREATE TABLE guard_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
                  INSERT INTO guard_state VALUES ('schema_version', 3);",
@@ -1138,7 +1136,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         {
-            let conn = authz_server::store::connect(&path).unwrap();
+            let conn = crate::authz::connect(&path).unwrap();
             conn.execute_batch(
                 "CREATE TABLE guard_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
                  INSERT INTO guard_state VALUES ('schema_version', 1);",

@@ -13,6 +13,12 @@ pub use sqlite::SqliteStorage;
 
 use serde::Deserialize;
 
+/// The JID without its resource: `alice@localhost/phone` → `alice@localhost` (the JIDs
+/// here are normalized at the edge, so comparing strings compares addresses).
+pub(crate) fn bare_jid(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(bare, _)| bare)
+}
+
 /// The longest node name, in bytes.
 pub const MAX_NODE_NAME_BYTES: usize = 1023;
 
@@ -98,9 +104,7 @@ pub struct Node {
 impl Node {
     /// Whether `jid` (normalized, full or bare) may publish to it.
     pub fn is_publisher(&self, jid: &str) -> bool {
-        self.publishers
-            .iter()
-            .any(|p| crate::jid::same_bare(p, jid))
+        self.publishers.iter().any(|p| bare_jid(p) == bare_jid(jid))
     }
 }
 
@@ -288,7 +292,7 @@ pub enum StorageError {
     Corrupt(String),
     /// Another error of the shared store (opening it, random ids).
     #[error(transparent)]
-    Store(#[from] authz_server::StoreError),
+    Store(#[from] crate::authz::StoreError),
 }
 
 impl StorageError {
@@ -296,7 +300,7 @@ impl StorageError {
     /// same request can succeed once space returns.
     pub fn is_full(&self) -> bool {
         let sqlite = match self {
-            Self::Database(e) | Self::Store(authz_server::StoreError::Sqlite(e)) => e,
+            Self::Database(e) | Self::Store(crate::authz::StoreError::Sqlite(e)) => e,
             _ => return false,
         };
         matches!(

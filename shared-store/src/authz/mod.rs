@@ -196,20 +196,18 @@ impl Store {
 
     // ----- owners -----
 
-    /// Adds an owner with `password` (hashed with Argon2id).
-    pub fn add_owner(&self, name: &str, password: &Secret, now: u64) -> Result<()> {
+    /// Adds an owner whose password hashes to `password_hash` (a PHC string; the
+    /// authorization server makes it with Argon2id).
+    pub fn add_owner(&self, name: &str, password_hash: &str, now: u64) -> Result<()> {
         validate_name(name)?;
-        if password.expose().len() < 8 {
-            return Err(StoreError::Refused(
-                "the password must be at least 8 characters".into(),
-            ));
+        if password_hash.is_empty() {
+            return Err(StoreError::Password("the password hash is empty".into()));
         }
-        let hash = hash_password(password)?;
         self.write(|tx| {
             let inserted = tx.execute(
                 "INSERT INTO owners (name, password_hash, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO NOTHING",
-                params![name, hash, to_i64(now)],
+                params![name, password_hash, to_i64(now)],
             )?;
             if inserted == 0 {
                 return Err(StoreError::Exists(format!(
@@ -220,17 +218,16 @@ impl Store {
         })
     }
 
-    /// Whether `password` is the owner's. Unknown owners take as long as known ones.
-    pub fn check_password(&self, name: &str, password: &Secret) -> Result<bool> {
-        let hash: Option<String> = self
+    /// The password hash of an owner (`None`: no such owner).
+    pub fn password_hash(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
             .lock()
             .query_row(
                 "SELECT password_hash FROM owners WHERE name = ?1",
                 [name],
                 |r| r.get(0),
             )
-            .optional()?;
-        Ok(verify_password(hash.as_deref(), password))
+            .optional()?)
     }
 
     /// Every owner, by name.
@@ -273,9 +270,10 @@ impl Store {
 
     /// Registers a consumer application. Returns its key and secret (shown once).
     ///
-    /// `callback` is where owners are sent back after answering (an absolute http(s) URL
-    /// with no user info, fragment or control character); its requests must use that one
-    /// (profile C1). Without one, the application can only use `oob`.
+    /// `callback` is where owners are sent back after answering; its requests must use that
+    /// one (profile C1). Without one, the application can only use `oob`. The caller checks
+    /// it first (the authorization server's `web::targets::check_callback_url`: an absolute
+    /// http(s) URL with no user info, fragment or control character).
     pub fn add_consumer(
         &self,
         name: &str,
@@ -287,14 +285,6 @@ impl Store {
             return Err(StoreError::Refused(
                 "a consumer needs a name (shown to owners)".into(),
             ));
-        }
-        if let Some(callback) = callback {
-            crate::web::targets::check_callback_url(callback).map_err(|e| {
-                StoreError::Refused(format!(
-                    "the callback {callback:?} is refused: {}",
-                    e.to_string().trim_start_matches("oauth_callback ")
-                ))
-            })?;
         }
         let key = random::token(16)?;
         let secret = Secret::new(random::token(32)?);
@@ -1071,35 +1061,6 @@ fn validate_name(name: &str) -> Result<()> {
             "owner names are 1 to 64 of a-z A-Z 0-9 - _ . (got {name:?})"
         )))
     }
-}
-
-fn hash_password(password: &Secret) -> Result<String> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt_bytes = random::bytes::<16>()?;
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|e| StoreError::Password(e.to_string()))?;
-    argon2::Argon2::default()
-        .hash_password(password.expose().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| StoreError::Password(e.to_string()))
-}
-
-/// A fixed Argon2id hash (default parameters) of a random string, so that checking an
-/// unknown owner costs as much as a known one.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
-                          3kmiPgyDwqTRqRVaUpiSdCLRPXONLBXYAF04qvzX8Sg";
-
-/// Checks `password` against `hash`; with no hash, spends the same time on a dummy one.
-fn verify_password(hash: Option<&str>, password: &Secret) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    let parsed = PasswordHash::new(hash.unwrap_or(DUMMY_HASH));
-    let Ok(parsed) = parsed else {
-        return false;
-    };
-    let ok = argon2::Argon2::default()
-        .verify_password(password.expose().as_bytes(), &parsed)
-        .is_ok();
-    ok && hash.is_some()
 }
 
 /// A connection to the shared SQLite file as every program of the project opens it: the

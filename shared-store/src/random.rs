@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::store::StoreError;
+use crate::authz::StoreError;
 
 /// `N` bytes from the OS random generator.
 pub fn bytes<const N: usize>() -> Result<[u8; N], StoreError> {

@@ -7,7 +7,7 @@
 //! each further attempt waits twice as long as the one before (1 s, 2 s, 4 s…, at most
 //! `max_delay_secs`); at `lockout_after` failures the subject is locked for `lockout_secs`,
 //! and every failure after that locks it again. A counter untouched for `forget_after_secs`
-//! starts over. The store keeps the counters ([`crate::store::Store::begin_sign_in`]); this
+//! starts over. The store keeps the counters ([`crate::Store::begin_sign_in`]); this
 //! module only decides.
 
 use std::net::{IpAddr, Ipv6Addr};

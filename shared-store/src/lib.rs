@@ -1,0 +1,20 @@
+//! # shared-store
+//!
+//! What the authorization server and the pubsub guard share, so that the guard needs neither
+//! the web server nor the password hashing to reach the store:
+//!
+//! - [`authz`]: owners, consumers, tokens, sessions, sign-in counters and the change log, in
+//!   SQLite; [`Store`] implements `oauth-xmpp`'s credential lookup and nonce store.
+//! - [`guard`]: the guard's nodes, subscriptions and items behind the [`guard::Storage`]
+//!   trait, in the same file.
+//! - [`throttle`]: the sign-in throttling rules the counters apply.
+//! - [`config`], [`logging`], [`random`]: settings files, log setup and random tokens.
+
+pub mod authz;
+pub mod config;
+pub mod guard;
+pub mod logging;
+pub mod random;
+pub mod throttle;
+
+pub use authz::{Store, StoreError};
