@@ -12,7 +12,7 @@ use std::sync::Arc;
 use minidom::Element;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::{Verified, Verifier, VerifierConfig, VerifyError};
-use shared_store::Store;
+use shared_store::Authorizations;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Template};
@@ -56,7 +56,7 @@ const CHANGES_PER_POLL: usize = 500;
 pub struct Service {
     domain: String,
     storage: Box<dyn Storage>,
-    store: Arc<Store>,
+    store: Arc<dyn Authorizations>,
     verifier: VerifierConfig,
     templates: Vec<Template>,
     /// The second in which expiries were last logged. The authorization server logs them
@@ -69,6 +69,8 @@ pub struct Service {
     swept_at: u64,
     /// The clock (the system's, or a test's).
     clock: Box<dyn Clock + Send>,
+    /// Where fresh ids come from (item ids, subids, message ids).
+    ids: IdSource,
     /// Stanzas to send right after the reply to the current request (the last item sent
     /// to a new subscriber follows the subscribe's result).
     after_reply: Vec<Element>,
@@ -84,12 +86,16 @@ impl std::fmt::Debug for Service {
 
 type Outcome = Result<Option<Element>, Refusal>;
 
+/// Where the service takes fresh ids from.
+type IdSource = Box<dyn Fn() -> Result<String, String> + Send>;
+
 /// Where the service hands each stanza it sends, in order.
 pub type Sink<'a> = &'a mut dyn FnMut(Element);
 
 impl Service {
-    /// The service for the component `config.component`, on `storage` and the token `store`.
-    pub fn new(config: &Config, storage: Box<dyn Storage>, store: Arc<Store>) -> Self {
+    /// The service for the component `config.component`, on `storage` and the token `store`,
+    /// with the system clock and ids from the OS random generator.
+    pub fn new(config: &Config, storage: Box<dyn Storage>, store: Arc<dyn Authorizations>) -> Self {
         Self {
             domain: config.component.clone(),
             storage,
@@ -120,6 +126,7 @@ impl Service {
             cursor: None,
             swept_at: 0,
             clock: Box::new(SystemClock),
+            ids: Box::new(|| shared_store::random::token(16).map_err(|e| e.to_string())),
             after_reply: Vec::new(),
         }
     }
@@ -130,8 +137,22 @@ impl Service {
         self
     }
 
+    /// The same service taking its ids from `ids` instead of the OS random generator.
+    pub fn with_ids(mut self, ids: impl Fn() -> Result<String, String> + Send + 'static) -> Self {
+        self.ids = Box::new(ids);
+        self
+    }
+
     fn now(&self) -> u64 {
         self.clock.now()
+    }
+
+    /// A fresh id (item ids, subids, message ids).
+    fn new_id(&self) -> Result<String, Refusal> {
+        (self.ids)().map_err(|e| {
+            warn!("no fresh id: {e}");
+            Refusal::internal()
+        })
     }
 
     /// Handles one stanza from the server; returns the stanzas to send, in order (any
@@ -550,7 +571,7 @@ impl Service {
         node: Option<Node>,
     ) -> Result<(Verified, Node), Refusal> {
         let verifier =
-            Verifier::with_config(self.verifier, &*self.store, &*self.store, SystemClock);
+            Verifier::with_config(self.verifier, &*self.store, &*self.store, &*self.clock);
         let from = iq.attr("from").unwrap_or("");
         let verified = verifier.verify_stanza(iq).map_err(|e| {
             if let VerifyError::Store(cause) = &e {
@@ -616,7 +637,7 @@ impl Service {
             .subscribe(&Subscription {
                 node: node.name.clone(),
                 jid: jid.to_owned(),
-                subid: new_id()?,
+                subid: self.new_id()?,
                 token,
                 consumer_key,
                 created_at: self.now(),
@@ -808,7 +829,7 @@ impl Service {
         let node = self.node_for_publisher(node_name, from)?;
         let id = match item.attr("id").filter(|id| !id.is_empty()) {
             Some(id) => id.to_owned(),
-            None => new_id()?,
+            None => self.new_id()?,
         };
         let mut stored = Item {
             id: id.clone(),
@@ -1007,7 +1028,7 @@ impl Service {
             out(archive::result(
                 &self.domain,
                 to,
-                new_id()?,
+                self.new_id()?,
                 request.queryid.as_deref(),
                 node_name,
                 item,
@@ -1124,7 +1145,7 @@ impl Service {
         let Some(token) = &s.token else {
             return true;
         };
-        match oauth_xmpp::verify::check_live_token(&*self.store, token, self.now()) {
+        match oauth_xmpp::verify::check_live_token(&&*self.store, token, self.now()) {
             Ok(_) => true,
             Err(VerifyError::Store(e)) => {
                 // Fail closed: nothing is delivered under a token that cannot be checked.
@@ -1186,7 +1207,7 @@ impl Service {
             .attr(name("from"), self.domain.as_str())
             .attr(name("to"), to)
             .attr(name("type"), "headline")
-            .attr(name("id"), new_id().unwrap_or_else(|_| "event".into()))
+            .attr(name("id"), self.new_id().unwrap_or_else(|_| "event".into()))
             .append(Element::builder("event", ns::PUBSUB_EVENT).append(content))
             .build()
     }
@@ -1429,12 +1450,4 @@ fn storage_failed(e: StorageError) -> Refusal {
     }
     warn!("storage failed: {e}");
     Refusal::internal()
-}
-
-/// A fresh random id (item ids, subids, message ids).
-fn new_id() -> Result<String, Refusal> {
-    shared_store::random::token(16).map_err(|e| {
-        warn!("no randomness: {e}");
-        Refusal::internal()
-    })
 }

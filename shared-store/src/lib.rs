@@ -17,4 +17,4 @@ pub mod logging;
 pub mod random;
 pub mod throttle;
 
-pub use authz::{Store, StoreError};
+pub use authz::{Authorizations, Store, StoreError};

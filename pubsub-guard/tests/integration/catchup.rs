@@ -740,7 +740,7 @@ fn retention_by_age_on_publish_and_by_the_sweeper() {
     let mut service = Service::new(
         &w.config,
         Box::new(SqliteStorage::open(&w.db).unwrap()),
-        Arc::clone(&w.store),
+        w.store.clone(),
     )
     .with_clock(clock.clone());
     let mut ids = Vec::new();
@@ -789,5 +789,82 @@ fn retention_by_age_on_publish_and_by_the_sweeper() {
             .contains("(at most 100 items, for at most 10m)"),
         "{}",
         error(&reply[0]).3
+    );
+}
+
+/// Issue 13: the service does no I/O of its own: on a clock the test moves and with ids it
+/// is given, a token's expiry is checked at the moment the test chooses, by the signature
+/// check and by the change log alike.
+#[test]
+fn expiry_follows_the_services_clock_and_ids_come_from_its_source() {
+    let mut w = world();
+    let clock = TestClock::default();
+    let start = 2_000_000_000;
+    clock.0.store(start, Ordering::SeqCst);
+    let grant = w
+        .store
+        .grant(
+            "alice",
+            &w.key.clone(),
+            &Scope::parse("/location/alice"),
+            Some(start + 60),
+            start,
+        )
+        .unwrap();
+    w.token = (grant.token.clone(), grant.secret.expose().to_owned());
+    let next = Arc::new(AtomicU64::new(0));
+    let mut service = Service::new(
+        &w.config,
+        Box::new(SqliteStorage::open(&w.db).unwrap()),
+        w.store.clone(),
+    )
+    .with_clock(clock.clone())
+    .with_ids({
+        let next = Arc::clone(&next);
+        move || Ok(format!("id-{}", next.fetch_add(1, Ordering::SeqCst)))
+    });
+    let signed_at = |w: &World, at: u64| {
+        let mut stanza = pubsub(
+            APP,
+            "set",
+            "<subscribe node='/location/alice' jid='app@localhost'/>",
+        );
+        let signer = Signer::new(
+            Credentials {
+                consumer_key: w.key.clone(),
+                consumer_secret: oauth_xmpp::Secret::new(w.secret.clone()),
+                token: Some(w.token.0.clone()),
+                token_secret: oauth_xmpp::Secret::new(w.token.1.clone()),
+            },
+            oauth_xmpp::replay::FixedClock(at),
+            || shared_store::random::token(16).unwrap(),
+        );
+        let oauth = signer.sign_stanza("iq", APP, "pubsub.localhost");
+        stanza.children_mut().next().unwrap().append_child(oauth);
+        stanza
+    };
+    // Within the token's life on the service's clock: subscribed, with the id it was given.
+    let out = service.handle(&signed_at(&w, start + 10));
+    let sub = out[0]
+        .get_child("pubsub", crate::service::PUBSUB)
+        .and_then(|p| p.get_child("subscription", crate::service::PUBSUB))
+        .expect("subscribed");
+    assert_eq!(sub.attr("subid"), Some("id-0"));
+    // A minute later the token has expired: the next poll logs it and ends the subscription.
+    clock.0.store(start + 61, Ordering::SeqCst);
+    let ended = service.follow_changes();
+    assert!(
+        ended.iter().any(crate::service::is_none_event),
+        "{:?}",
+        ended.iter().map(String::from).collect::<Vec<_>>()
+    );
+    // And a subscribe signed then is refused as expired.
+    let reply = service.handle(&signed_at(&w, start + 62));
+    expect(
+        &reply[0],
+        "auth",
+        "not-authorized",
+        Some("invalid-token"),
+        "the token expired at 2000000060 (seconds since 1970)",
     );
 }

@@ -77,7 +77,7 @@ pub(crate) fn world() -> World {
     let service = Service::new(
         &config,
         Box::new(SqliteStorage::open(&db).unwrap()),
-        Arc::clone(&store),
+        store.clone(),
     );
     World {
         _dir: dir,
@@ -638,7 +638,7 @@ fn after_a_restart_the_first_poll_catches_up_with_the_log() {
     let mut restarted = Service::new(
         &w.config,
         Box::new(SqliteStorage::open(&w.db).unwrap()),
-        Arc::clone(&w.store),
+        w.store.clone(),
     );
     let out = restarted.follow_changes();
     assert_eq!(out.len(), 1);

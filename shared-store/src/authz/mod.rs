@@ -1063,6 +1063,35 @@ fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// The authorization server's side as the guard reads it: credentials and nonces (through
+/// `oauth-xmpp`'s traits), the change log it follows, the expiries it logs when it runs
+/// alone, and each token's span of the log (what it may replay). [`Store`] is the SQLite
+/// one; the guard's service holds any.
+pub trait Authorizations:
+    oauth_xmpp::CredentialStore + oauth_xmpp::replay::NonceStore + Send + Sync
+{
+    /// Changes after `seq`, oldest first, at most `limit` ([`Store::changes_since`]).
+    fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>>;
+    /// Logs the expiries that passed by `now` ([`Store::log_expiries`]).
+    fn log_expiries(&self, now: u64) -> Result<usize>;
+    /// The spans of `consumer_key`'s tokens from `owner` ([`Store::grant_spans`]).
+    fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>>;
+}
+
+impl Authorizations for Store {
+    fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        Store::changes_since(self, seq, limit)
+    }
+
+    fn log_expiries(&self, now: u64) -> Result<usize> {
+        Store::log_expiries(self, now)
+    }
+
+    fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>> {
+        Store::grant_spans(self, consumer_key, owner)
+    }
+}
+
 /// A connection to the shared SQLite file as every program of the project opens it: the
 /// file created with mode 0600 if missing, WAL, `synchronous = NORMAL`, foreign keys on, and
 /// a busy timeout so two processes can write to it in turn. The pubsub guard opens its own
