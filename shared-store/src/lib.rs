@@ -9,8 +9,10 @@
 //!   trait, in the same file.
 //! - [`throttle`]: the sign-in throttling rules the counters apply.
 //! - [`config`], [`logging`], [`random`]: settings files, log setup and random tokens.
+//! - [`backend`]: database failures in words that do not depend on the engine.
 
 pub mod authz;
+pub mod backend;
 pub mod config;
 pub mod guard;
 pub mod logging;

@@ -30,9 +30,9 @@ use crate::random;
 /// What can go wrong with the store, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite failed (I/O, a locked file past the busy timeout, corruption…).
+    /// The database failed (I/O, a locked file past the busy timeout, corruption…).
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Backend(#[from] crate::backend::BackendError),
     /// Creating or opening the file failed.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -67,6 +67,12 @@ pub enum StoreError {
     /// Hashing a password failed.
     #[error("password hashing failed: {0}")]
     Password(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(e.into())
+    }
 }
 
 /// Why temporary credentials cannot be exchanged for an access token (RFC 5849 §2.3).

@@ -286,7 +286,7 @@ pub enum StorageError {
     NoNode(String),
     /// The database failed.
     #[error("storage: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[from] crate::backend::BackendError),
     /// The database holds a value this version cannot read.
     #[error("storage: {0}")]
     Corrupt(String),
@@ -299,14 +299,17 @@ impl StorageError {
     /// Whether the disk (or the database's size limit) is full: nothing was written, and the
     /// same request can succeed once space returns.
     pub fn is_full(&self) -> bool {
-        let sqlite = match self {
-            Self::Database(e) | Self::Store(crate::authz::StoreError::Sqlite(e)) => e,
+        let backend = match self {
+            Self::Database(e) | Self::Store(crate::authz::StoreError::Backend(e)) => e,
             _ => return false,
         };
-        matches!(
-            sqlite.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DiskFull)
-        )
+        backend.kind == crate::backend::BackendErrorKind::Full
+    }
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Database(e.into())
     }
 }
 
