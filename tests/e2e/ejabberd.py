@@ -72,11 +72,13 @@ import stat
 import subprocess
 import tempfile
 import time
+import sys
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-DOMAIN = "localhost"
-LOOPBACK = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from prosody import DOMAIN, LOOPBACK, LoopbackServer, port_is_free  # noqa: E402
 # The system user Debian's ejabberdctl insists on (its INSTALLUSER).
 EJABBERD_USER = "ejabberd"
 ERLANG_NODE = "ejabberd@localhost"
@@ -91,25 +93,6 @@ POLL_INTERVAL = 0.05
 
 class EjabberdError(RuntimeError):
     """ejabberd could not be configured, started or stopped; the message has the log tail."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:port (we can bind it ourselves)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR like ejabberd itself: a port in TIME_WAIT after a restart is usable.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-        return True
 
 
 def _free_ports(count: int, taken: set[int]) -> list[int]:
@@ -135,10 +118,12 @@ def _yaml(value: str) -> str:
     return json.dumps(value)
 
 
-class Ejabberd:
+class Ejabberd(LoopbackServer):
     """One ejabberd node with the host "localhost" and one external component domain that
     `component_number` component connections share (see the module docstring: exactly that
     many must be connected, or the senders hashed to an empty slot get no answer at all)."""
+
+    NAME = "ejabberd"
 
     def __init__(
         self,
@@ -201,10 +186,6 @@ class Ejabberd:
     # ----------------------------------------------------------------- properties
 
     @property
-    def workdir(self) -> Path:
-        return self._workdir
-
-    @property
     def config_path(self) -> Path:
         return self._workdir / "ejabberd.yml"
 
@@ -221,37 +202,9 @@ class Ejabberd:
         return self._workdir / "ejabberd.pid"
 
     @property
-    def log_path(self) -> Path:
-        return self._workdir / "ejabberd.log"
-
-    @property
-    def stdout_path(self) -> Path:
-        return self._workdir / "ejabberd.stdout"
-
-    @property
-    def c2s_port(self) -> int:
-        return self._c2s_port
-
-    @property
-    def component_port(self) -> int:
-        return self._component_port
-
-    @property
     def dist_port(self) -> int:
         """The Erlang distribution port ejabberdctl talks to (127.0.0.1 only)."""
         return self._dist_port
-
-    @property
-    def domain(self) -> str:
-        return DOMAIN
-
-    @property
-    def component(self) -> str:
-        return self._component
-
-    @property
-    def component_secret(self) -> str:
-        return self._component_secret
 
     @property
     def component_number(self) -> int:

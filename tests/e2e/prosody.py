@@ -124,8 +124,54 @@ def _scram_record(password: str, salt: str) -> str:
     )
 
 
-class Prosody:
+class LoopbackServer:
+    """What every XMPP server the tests start on loopback from a temp folder has: its folder,
+    its ports, its domain and one external component. `NAME` names its log files."""
+
+    NAME = "server"
+    _workdir: Path
+    _c2s_port: int
+    _component_port: int
+    _component: str
+    _component_secret: str
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    @property
+    def log_path(self) -> Path:
+        return self._workdir / f"{self.NAME}.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self._workdir / f"{self.NAME}.stdout"
+
+    @property
+    def c2s_port(self) -> int:
+        return self._c2s_port
+
+    @property
+    def component_port(self) -> int:
+        return self._component_port
+
+    @property
+    def domain(self) -> str:
+        return DOMAIN
+
+    @property
+    def component(self) -> str:
+        return self._component
+
+    @property
+    def component_secret(self) -> str:
+        return self._component_secret
+
+
+class Prosody(LoopbackServer):
     """One Prosody process with a VirtualHost "localhost" and one external component."""
+
+    NAME = "prosody"
 
     def __init__(
         self,
@@ -169,40 +215,8 @@ class Prosody:
     # ----------------------------------------------------------------- properties
 
     @property
-    def workdir(self) -> Path:
-        return self._workdir
-
-    @property
     def config_path(self) -> Path:
         return self._workdir / "prosody.cfg.lua"
-
-    @property
-    def log_path(self) -> Path:
-        return self._workdir / "prosody.log"
-
-    @property
-    def stdout_path(self) -> Path:
-        return self._workdir / "prosody.stdout"
-
-    @property
-    def c2s_port(self) -> int:
-        return self._c2s_port
-
-    @property
-    def component_port(self) -> int:
-        return self._component_port
-
-    @property
-    def domain(self) -> str:
-        return DOMAIN
-
-    @property
-    def component(self) -> str:
-        return self._component
-
-    @property
-    def component_secret(self) -> str:
-        return self._component_secret
 
     @property
     def pid(self) -> int | None:

@@ -172,7 +172,12 @@ fn renew_alice(w: &World, max_items: u32, send_last: bool) {
 
 /// Signs `stanza` over `from` with the world's current credentials, putting the `<oauth/>`
 /// in its payload element.
-fn signed(w: &World, mut stanza: Element, from: &str) -> Element {
+fn signed(w: &World, stanza: Element, from: &str) -> Element {
+    signed_on(w, stanza, from, SystemClock)
+}
+
+/// [`signed`], with the signature's timestamp read from `clock`.
+fn signed_on(w: &World, mut stanza: Element, from: &str, clock: impl Clock) -> Element {
     let signer = Signer::new(
         Credentials {
             consumer_key: w.key.clone(),
@@ -180,7 +185,7 @@ fn signed(w: &World, mut stanza: Element, from: &str) -> Element {
             token: Some(w.token.0.clone()),
             token_secret: oauth_xmpp::Secret::new(w.token.1.clone()),
         },
-        SystemClock,
+        clock,
         || shared_store::random::token(16).unwrap(),
     );
     let oauth = signer.sign_stanza("iq", from, "pubsub.localhost");
@@ -824,24 +829,12 @@ fn expiry_follows_the_services_clock_and_ids_come_from_its_source() {
         move || Ok(format!("id-{}", next.fetch_add(1, Ordering::SeqCst)))
     });
     let signed_at = |w: &World, at: u64| {
-        let mut stanza = pubsub(
+        let subscribe = pubsub(
             APP,
             "set",
             "<subscribe node='/location/alice' jid='app@localhost'/>",
         );
-        let signer = Signer::new(
-            Credentials {
-                consumer_key: w.key.clone(),
-                consumer_secret: oauth_xmpp::Secret::new(w.secret.clone()),
-                token: Some(w.token.0.clone()),
-                token_secret: oauth_xmpp::Secret::new(w.token.1.clone()),
-            },
-            oauth_xmpp::replay::FixedClock(at),
-            || shared_store::random::token(16).unwrap(),
-        );
-        let oauth = signer.sign_stanza("iq", APP, "pubsub.localhost");
-        stanza.children_mut().next().unwrap().append_child(oauth);
-        stanza
+        signed_on(w, subscribe, APP, oauth_xmpp::replay::FixedClock(at))
     };
     // Within the token's life on the service's clock: subscribed, with the id it was given.
     let out = service.handle(&signed_at(&w, start + 10));
