@@ -1,9 +1,9 @@
 //! Fuzz target: reading a node's archive query (`pubsub_guard::archive::read`), XEP-0082
-//! dates (`pubsub_guard::datetime`) and archive ids (`Item::pos_of_archive_id`).
+//! dates (`pubsub_guard::datetime`) and archive ids (`Item::parse_archive_id`).
 //!
 //! Properties: nothing panics, whatever the query's fields, values and RSM set; a date that
 //! reads writes back to one that reads as the same second; an archive id that reads gives a
-//! position whose own id reads back the same.
+//! position and number whose own id reads back the same.
 //!
 //! Input: UTF-8 text. The whole text is tried as a date and as an archive id, then put
 //! inside `<query xmlns='urn:xmpp:mam:2' node='/n'>…</query>` and, when that is XML, read as a
@@ -23,16 +23,16 @@ fuzz_target!(|data: &[u8]| {
         let written = datetime::format(secs);
         assert_eq!(datetime::parse(&written), Ok(secs), "{text:?} -> {written}");
     }
-    if let Some(pos) = Item::pos_of_archive_id(text) {
+    if let Some((pos, seq)) = Item::parse_archive_id(text) {
         let item = Item {
             id: String::new(),
             payload: String::new(),
             publisher: String::new(),
             published_at: 0,
             pos,
-            seq: 1,
+            seq,
         };
-        assert_eq!(Item::pos_of_archive_id(&item.archive_id()), Some(pos));
+        assert_eq!(Item::parse_archive_id(&item.archive_id()), Some((pos, seq)));
     }
     let xml = format!("<query xmlns='urn:xmpp:mam:2' node='/n' queryid='q'>{text}</query>");
     if let Ok(query) = xml.parse::<minidom::Element>() {

@@ -1052,8 +1052,10 @@ impl Service {
         history: &crate::storage::History,
         id: &str,
     ) -> Result<u64, Refusal> {
-        Item::pos_of_archive_id(id)
-            .filter(|pos| (1..=history.last_pos).contains(pos))
+        // Ids of a node of the same name that was deleted have no larger service number.
+        Item::parse_archive_id(id)
+            .filter(|(pos, seq)| (1..=history.last_pos).contains(pos) && *seq > history.created_seq)
+            .map(|(pos, _)| pos)
             .ok_or_else(|| {
                 Refusal::item_not_found(format!(
                     "the node {:?} has no item with archive id {id:?}",

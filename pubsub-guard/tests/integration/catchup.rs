@@ -861,3 +861,43 @@ fn expiry_follows_the_services_clock_and_ids_come_from_its_source() {
         "the token expired at 2000000060 (seconds since 1970)",
     );
 }
+
+/// An archive id of a node that was deleted does not resume a new node of the same name,
+/// even where the new one's positions have grown past it.
+#[test]
+fn an_archive_id_of_a_deleted_node_is_unknown_to_its_successor() {
+    let mut w = world();
+    renew_alice(&w, 100, false);
+    w.subscribe_app();
+    let old: Vec<String> = (1..=2)
+        .map(|i| publish_seen(&mut w, &format!("old{i}")))
+        .collect();
+    renew_alice(&w, 100, false);
+    w.subscribe_app();
+    let new: Vec<String> = (1..=3)
+        .map(|i| publish_seen(&mut w, &format!("new{i}")))
+        .collect();
+    assert_eq!(old[1].split('-').next(), new[1].split('-').next());
+    expect(
+        &w.reply(query(
+            APP,
+            "/location/alice",
+            &field("after-id", &old[1]),
+            "",
+        )),
+        "cancel",
+        "item-not-found",
+        None,
+        &format!(
+            "the node \"/location/alice\" has no item with archive id {:?}",
+            old[1]
+        ),
+    );
+    let out = w.handle(query(
+        APP,
+        "/location/alice",
+        &field("after-id", &new[0]),
+        "",
+    ));
+    assert_eq!(item_ids(&results(&out)), ["new2", "new3"]);
+}

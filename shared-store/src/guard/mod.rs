@@ -153,14 +153,16 @@ impl Item {
         format!("{}-{}", self.pos, self.seq)
     }
 
-    /// The position an archive id names, if it has the form [`Item::archive_id`] writes.
-    pub fn pos_of_archive_id(id: &str) -> Option<u64> {
+    /// The position and the service number an archive id names, if it has the form
+    /// [`Item::archive_id`] writes.
+    pub fn parse_archive_id(id: &str) -> Option<(u64, i64)> {
         let (pos, seq) = id.split_once('-')?;
         let digits =
-            |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
-        (digits(pos) && digits(seq))
-            .then(|| pos.parse().ok())
-            .flatten()
+            |s: &str| !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit());
+        if !(digits(pos) && digits(seq)) {
+            return None;
+        }
+        Some((pos.parse().ok()?, seq.parse().ok()?))
     }
 }
 
@@ -187,6 +189,10 @@ pub struct History {
     pub trimmed_through: u64,
     /// When the item at `trimmed_through` had been published (seconds since 1970).
     pub trimmed_at: u64,
+    /// The newest service number ([`Item::seq`]) given before the node was created: the
+    /// node's own items all have larger ones, so an archive id of a node of the same name
+    /// that was deleted is told apart.
+    pub created_seq: i64,
 }
 
 /// A stretch of the authorization server's change log in which a consumer held a grant

@@ -74,6 +74,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE guard_nodes ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE guard_nodes ADD COLUMN trimmed_through INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE guard_nodes ADD COLUMN trimmed_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE guard_nodes ADD COLUMN created_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE guard_items ADD COLUMN pos INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE guard_items ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
     UPDATE guard_items SET pos = (SELECT COUNT(*) FROM guard_items o

@@ -200,7 +200,8 @@ fn load_node(conn: &Connection, name: &str) -> Result<Option<Node>> {
 fn load_history(conn: &Connection, node: &str) -> Result<Option<History>> {
     Ok(conn
         .prepare_cached(
-            "SELECT last_pos, held, trimmed_through, trimmed_at FROM guard_nodes WHERE name = ?1",
+            "SELECT last_pos, held, trimmed_through, trimmed_at, created_seq
+             FROM guard_nodes WHERE name = ?1",
         )?
         .query_row([node], |r| {
             Ok(History {
@@ -208,6 +209,7 @@ fn load_history(conn: &Connection, node: &str) -> Result<Option<History>> {
                 held: to_u64(r.get(1)?),
                 trimmed_through: to_u64(r.get(2)?),
                 trimmed_at: to_u64(r.get(3)?),
+                created_seq: r.get(4)?,
             })
         })
         .optional()?)
@@ -365,8 +367,12 @@ impl Storage for SqliteStorage {
         self.write(|tx| {
             let inserted = tx.execute(
                 "INSERT INTO guard_nodes
-                     (name, owner, access, max_items, created_at, max_age_secs, send_last)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
+                     (name, owner, access, max_items, created_at, max_age_secs, send_last,
+                      created_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+                     (SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence
+                      WHERE name = 'guard_items'))
+                 ON CONFLICT (name) DO NOTHING",
                 params![
                     node.name,
                     node.owner,
@@ -817,7 +823,8 @@ mod tests {
                 last_pos: 4,
                 held: 2,
                 trimmed_through: 1,
-                trimmed_at: 5
+                trimmed_at: 5,
+                created_seq: 0
             }
         );
         assert!(s.retract(n, "b").unwrap());
