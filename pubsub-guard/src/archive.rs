@@ -62,7 +62,8 @@ pub fn read(query: &Element) -> Result<Request, Refusal> {
         read_form(form, &mut request)?;
     }
     if let Some(set) = query.get_child("set", ns::RSM) {
-        read_set(set, &mut request)?;
+        (request.page, request.max) =
+            crate::service::rsm_request(set, "archive id", DEFAULT_PAGE, MAX_PAGE)?;
     }
     Ok(request)
 }
@@ -132,12 +133,6 @@ fn read_form(form: &Element, request: &mut Request) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn read_set(set: &Element, request: &mut Request) -> Result<(), Refusal> {
-    (request.page, request.max) =
-        crate::service::rsm_request(set, "archive id", DEFAULT_PAGE, MAX_PAGE)?;
-    Ok(())
-}
-
 /// `<delay xmlns='urn:xmpp:delay' from stamp/>` for an item published at `at`.
 pub fn delay(service: &str, at: u64) -> Element {
     Element::builder("delay", ns::DELAY)
@@ -154,7 +149,17 @@ pub fn stanza_id(service: &str, item: &Item) -> Element {
         .build()
 }
 
-/// One archive result for `to`: the item's event notification, forwarded with its delay.
+/// `<items xmlns='…pubsub#event' node>` around `content` (an `<item/>` or a `<retract/>`):
+/// what every notification of the node carries.
+pub fn event_items(node: &str, content: Element) -> Element {
+    Element::builder("items", ns::PUBSUB_EVENT)
+        .attr(name("node"), node)
+        .append(content)
+        .build()
+}
+
+/// One archive result for `to`: the notification of `item` (whose `<item/>` in the event
+/// namespace is `entry`), forwarded with its delay.
 pub fn result(
     service: &str,
     to: &str,
@@ -162,18 +167,10 @@ pub fn result(
     queryid: Option<&str>,
     node: &str,
     item: &Item,
-    payload: Element,
+    entry: Element,
 ) -> Element {
     let event = Element::builder("event", ns::PUBSUB_EVENT)
-        .append(
-            Element::builder("items", ns::PUBSUB_EVENT)
-                .attr(name("node"), node)
-                .append(
-                    Element::builder("item", ns::PUBSUB_EVENT)
-                        .attr(name("id"), item.id.as_str())
-                        .append(payload),
-                ),
-        )
+        .append(event_items(node, entry))
         .build();
     let forwarded = Element::builder("forwarded", ns::FORWARD)
         .append(delay(service, item.published_at))

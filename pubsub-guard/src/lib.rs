@@ -22,10 +22,10 @@
 pub mod archive;
 pub mod component;
 pub mod config;
-pub mod datetime;
 pub mod refusal;
 pub mod service;
 
+pub use shared_store::datetime;
 pub use shared_store::guard as storage;
 pub use xmpp_component::{jid, ns, stream};
 

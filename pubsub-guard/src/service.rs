@@ -86,6 +86,14 @@ impl std::fmt::Debug for Service {
 
 type Outcome = Result<Option<Element>, Refusal>;
 
+/// How a requester may know a node without a signed request.
+enum Known {
+    /// Anyone may (an open node), or it publishes there: every item.
+    Everything,
+    /// It holds a live subscription, made by this consumer.
+    Subscriber(Option<String>),
+}
+
 /// Where the service takes fresh ids from.
 type IdSource = Box<dyn Fn() -> Result<String, String> + Send>;
 
@@ -498,9 +506,18 @@ impl Service {
     /// Whether `from` may know `node` and read its items without a signed request (profile
     /// N3, N6): it is open, or `from` publishes to it or holds a live subscription to it.
     fn may_know(&self, node: &Node, from: &str) -> Result<bool, Refusal> {
-        Ok(node.access == Access::Open
-            || node.is_publisher(from)
-            || self.live_subscription_of(node, from)?.is_some())
+        Ok(self.known_as(node, from)?.is_some())
+    }
+
+    /// How `from` may know `node` without a signed request: as anyone (an open node) or a
+    /// publisher (`Known::Everything`), or as a subscriber whose token lives.
+    fn known_as(&self, node: &Node, from: &str) -> Result<Option<Known>, Refusal> {
+        if node.access == Access::Open || node.is_publisher(from) {
+            return Ok(Some(Known::Everything));
+        }
+        Ok(self
+            .live_subscription_of(node, from)?
+            .map(|s| Known::Subscriber(s.consumer_key)))
     }
 
     /// Lets `from` read the items of the node `name` (profile N3, N11), and says which: every
@@ -511,12 +528,13 @@ impl Service {
     fn reader(&self, iq: &Element, name: &str, from: &str) -> Result<(Node, Visibility), Refusal> {
         let stored = self.storage.node(name).map_err(storage_failed)?;
         if let Some(node) = &stored {
-            if node.access == Access::Open || node.is_publisher(from) {
-                return Ok((node.clone(), Visibility::All));
-            }
-            if let Some(s) = self.live_subscription_of(node, from)? {
-                let visible = self.grants_of(node, s.consumer_key.as_deref())?;
-                return Ok((node.clone(), visible));
+            match self.known_as(node, from)? {
+                Some(Known::Everything) => return Ok((node.clone(), Visibility::All)),
+                Some(Known::Subscriber(consumer)) => {
+                    let visible = self.grants_of(node, consumer.as_deref())?;
+                    return Ok((node.clone(), visible));
+                }
+                None => {}
             }
         }
         let (verified, node) = self.gate(iq, name, stored)?;
@@ -676,14 +694,10 @@ impl Service {
             }
         };
         let Some(item) = last else { return };
-        let Ok(payload) = item_element(ns::PUBSUB_EVENT, &item) else {
+        let Ok(entry) = item_element(ns::PUBSUB_EVENT, &item) else {
             return;
         };
-        let items = Element::builder("items", ns::PUBSUB_EVENT)
-            .attr(name("node"), node.name.as_str())
-            .append(payload)
-            .build();
-        let mut message = self.event_message(to, items);
+        let mut message = self.event_message(to, archive::event_items(&node.name, entry));
         message.append_child(archive::stanza_id(&self.domain, &item));
         message.append_child(archive::delay(&self.domain, item.published_at));
         self.after_reply.push(message);
@@ -1021,10 +1035,6 @@ impl Service {
         // The requester's own address (full JID): results go where the query came from.
         let to = iq.attr("from").unwrap_or(from);
         for item in &page.items {
-            let payload: Element = item.payload.parse().map_err(|e| {
-                warn!(item = item.id, "a stored payload does not parse: {e}");
-                Refusal::internal()
-            })?;
             out(archive::result(
                 &self.domain,
                 to,
@@ -1032,7 +1042,7 @@ impl Service {
                 request.queryid.as_deref(),
                 node_name,
                 item,
-                payload,
+                item_element(ns::PUBSUB_EVENT, item)?,
             ));
         }
         debug!(
@@ -1169,10 +1179,7 @@ impl Service {
                 return;
             }
         };
-        let items = Element::builder("items", ns::PUBSUB_EVENT)
-            .attr(name("node"), node.name.as_str())
-            .append(content)
-            .build();
+        let items = archive::event_items(&node.name, content);
         let stanza_id = item.map(|item| archive::stanza_id(&self.domain, item));
         // Subscriptions often share a token (one application, several JIDs): check each
         // token once per notification.
@@ -1234,6 +1241,30 @@ impl Service {
         }
     }
 
+    /// Drops the items past their node's `max_age` (the sweeper; publishing does it for its
+    /// own node too).
+    fn sweep(&mut self, now: u64) {
+        let mut dropped = 0;
+        // Bounded: a backlog larger than this is finished by the next sweeps.
+        for _ in 0..20 {
+            match self.storage.expire_items(now, SWEEP_BATCH) {
+                Ok(n) => {
+                    dropped += n;
+                    if n < SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!("cannot drop expired items: {e}");
+                    break;
+                }
+            }
+        }
+        if dropped > 0 {
+            info!(dropped, "dropped items past their node's max_age");
+        }
+    }
+
     /// Follows the authorization server's change log: ends the subscriptions of every token
     /// revoked or expired since the last call (profile N4). Call it a few times a second. The
     /// position is stored, so the first call after a restart catches up with what happened
@@ -1286,33 +1317,6 @@ impl Service {
         if let Err(e) = self.storage.set_change_cursor(last) {
             warn!("cannot save the change cursor: {e}");
         }
-    }
-}
-
-impl Service {
-    /// Drops the items past their node's `max_age` (the sweeper; publishing does it for its
-    /// own node too). Returns how many it dropped.
-    pub fn sweep(&mut self, now: u64) -> usize {
-        let mut dropped = 0;
-        // Bounded: a backlog larger than this is finished by the next sweeps.
-        for _ in 0..20 {
-            match self.storage.expire_items(now, SWEEP_BATCH) {
-                Ok(n) => {
-                    dropped += n;
-                    if n < SWEEP_BATCH {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    warn!("cannot drop expired items: {e}");
-                    break;
-                }
-            }
-        }
-        if dropped > 0 {
-            info!(dropped, "dropped items past their node's max_age");
-        }
-        dropped
     }
 }
 

@@ -8,12 +8,14 @@
 //! - [`guard`]: the guard's nodes, subscriptions and items behind the [`guard::Storage`]
 //!   trait, in the same file.
 //! - [`throttle`]: the sign-in throttling rules the counters apply.
-//! - [`config`], [`logging`], [`random`]: settings files, log setup and random tokens.
+//! - [`config`], [`logging`], [`random`], [`datetime`]: settings files, log setup, random
+//!   tokens, dates.
 //! - [`backend`]: database failures in words that do not depend on the engine.
 
 pub mod authz;
 pub mod backend;
 pub mod config;
+pub mod datetime;
 pub mod guard;
 pub mod logging;
 pub mod random;

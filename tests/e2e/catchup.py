@@ -51,7 +51,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faults import Rig  # noqa: E402
+from faults import Rig, run_scenarios  # noqa: E402
 from guard import USERS, Consumer, check, publish_iq, published_id  # noqa: E402
 from xmpp import Client  # noqa: E402
 
@@ -240,7 +240,7 @@ class CatchupRig(Rig):
             got = published_id(client.send_iq_raw(publish_iq(node, payload(n), item), timeout=10))
             check(got == item, f"publish {n}: the service answered item {got}")
 
-    def tails(self) -> str:
+    def failure_report(self) -> str:
         parts = [f"---- guard log (tail) ----\n{self.log_tail()}"]
         for c in self.consumers:
             for start in range(1, c.starts + 1):
@@ -486,26 +486,7 @@ def main() -> int:
     if args.figures:
         return figures(bin_dir)
     names = [args.only] if args.only else list(SCENARIOS)
-    failed = []
-    suite_started = time.monotonic()
-    for name in names:
-        print(f"== {name}")
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=f"catchup-{name}-") as tmp:
-            r = CatchupRig(bin_dir, Path(tmp))
-            try:
-                SCENARIOS[name](r)
-                print(f"ok {name} ({time.monotonic() - started:.1f} s)")
-            except Exception:  # noqa: BLE001 - report and go on with the next scenario
-                traceback.print_exc()
-                print(r.tails(), file=sys.stderr)
-                print(f"FAIL {name} ({time.monotonic() - started:.1f} s)")
-                failed.append(name)
-            finally:
-                r.close()
-    print(f"catchup: {len(names) - len(failed)} of {len(names)} scenarios passed in "
-          f"{time.monotonic() - suite_started:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return run_scenarios("catchup", SCENARIOS, names, lambda tmp: CatchupRig(bin_dir, tmp))
 
 
 if __name__ == "__main__":

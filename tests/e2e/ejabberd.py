@@ -218,10 +218,6 @@ class Ejabberd(LoopbackServer):
             return None
         return self._beam or self._process.pid
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     # ----------------------------------------------------------------- config
 
     def _config_text(self) -> str:
@@ -512,19 +508,6 @@ EJABBERD_BYPASS_WARNINGS=true
             self._stdout.close()
             self._stdout = None
         atexit.unregister(self.stop)
-
-    def restart(self) -> None:
-        """stop() then start() on the same ports, with the same accounts."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> "Ejabberd":
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- helpers
 

@@ -112,6 +112,10 @@ class Rig(g.System):
     # tracing's line for the handshake: "... INFO pubsub_guard::component: connected server=..."
     CONNECTED = re.compile(r": connected( |$)")
 
+    def failure_report(self) -> str:
+        """What a failed scenario prints after its traceback."""
+        return f"---- guard log (tail) ----\n{self.log_tail()}"
+
     def sqlite(self, sql: str, db: Path | None = None) -> str:
         """`sqlite3 DB SQL` (a separate process, as an operator runs it); its output, stripped."""
         done = subprocess.run(
@@ -771,26 +775,32 @@ def main() -> int:
     parser.add_argument("--bin", type=Path, default=Path("target/debug"), help="folder with the built binaries")
     parser.add_argument("--only", choices=sorted(SCENARIOS), help="run this scenario alone")
     args = parser.parse_args()
-    bin_dir = args.bin.resolve()
     names = [args.only] if args.only else list(SCENARIOS)
+    return run_scenarios("faults", SCENARIOS, names, lambda tmp: Rig(args.bin.resolve(), tmp))
+
+
+def run_scenarios(suite: str, scenarios: dict, names: list[str], make_rig: Callable[[Path], "Rig"]) -> int:
+    """Runs each named scenario on a rig of its own in a temp folder (`make_rig`), prints ok or
+    FAIL with the time and, on a failure, the traceback and the rig's `failure_report()`; goes
+    on with the next. 0 when every one passed."""
     failed = []
     suite_started = time.monotonic()
     for name in names:
         print(f"== {name}")
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=f"faults-{name}-") as tmp:
-            r = Rig(bin_dir, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix=f"{suite}-{name}-") as tmp:
+            r = make_rig(Path(tmp))
             try:
-                SCENARIOS[name](r)
+                scenarios[name](r)
                 print(f"ok {name} ({time.monotonic() - started:.1f} s)")
             except Exception:  # noqa: BLE001 - report and go on with the next scenario
                 traceback.print_exc()
-                print(f"---- guard log (tail) ----\n{r.log_tail()}", file=sys.stderr)
+                print(r.failure_report(), file=sys.stderr)
                 print(f"FAIL {name} ({time.monotonic() - started:.1f} s)")
                 failed.append(name)
             finally:
                 r.close()
-    print(f"faults: {len(names) - len(failed)} of {len(names)} scenarios passed in "
+    print(f"{suite}: {len(names) - len(failed)} of {len(names)} scenarios passed in "
           f"{time.monotonic() - suite_started:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -126,7 +126,8 @@ def _scram_record(password: str, salt: str) -> str:
 
 class LoopbackServer:
     """What every XMPP server the tests start on loopback from a temp folder has: its folder,
-    its ports, its domain and one external component. `NAME` names its log files."""
+    its ports, its domain, one external component, and its process (`_process`); subclasses
+    give `start()` and `stop()`. `NAME` names its log files."""
 
     NAME = "server"
     _workdir: Path
@@ -134,6 +135,7 @@ class LoopbackServer:
     _component_port: int
     _component: str
     _component_secret: str
+    _process: subprocess.Popen | None
 
     @property
     def workdir(self) -> Path:
@@ -166,6 +168,23 @@ class LoopbackServer:
     @property
     def component_secret(self) -> str:
         return self._component_secret
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self) -> None:
+        """stop() then start() on the same ports, with the same data and accounts."""
+        self.stop()
+        self.start()
+
+    def __enter__(self):
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
 
 class Prosody(LoopbackServer):
@@ -222,10 +241,6 @@ class Prosody(LoopbackServer):
     def pid(self) -> int | None:
         """The running server's process id, or None."""
         return self._process.pid if self.running else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     # ----------------------------------------------------------------- config
 
@@ -358,19 +373,6 @@ class Prosody(LoopbackServer):
             self._stdout.close()
             self._stdout = None
         atexit.unregister(self.stop)
-
-    def restart(self) -> None:
-        """stop() then start() on the same ports, with the same data."""
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> "Prosody":
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- helpers
 

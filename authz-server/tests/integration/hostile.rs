@@ -453,23 +453,28 @@ fn a_lost_exchange_answer_is_collected_by_a_retry_even_after_a_crash() {
     let location = approved.header("Location").unwrap();
     let verifier = location.split("oauth_verifier=").nth(1).unwrap().to_owned();
     let url = format!("{public}/oauth/access_token");
-    let auth = signer(
-        &s.key,
-        &s.secret,
-        Some((&temp.0, &temp.1)),
-        SignatureMethod::HmacSha1,
-    )
-    .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
-    .unwrap();
-    let exchange = |server: &Server| {
+    // Each call signs anew (a fresh nonce and timestamp).
+    let sign = || {
+        signer(
+            &s.key,
+            &s.secret,
+            Some((&temp.0, &temp.1)),
+            SignatureMethod::HmacSha1,
+        )
+        .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
+        .unwrap()
+    };
+    let post = |server: &Server, auth: &str| {
         http(
             &server.addr,
             "POST",
             "/oauth/access_token",
-            &[("Authorization", &auth)],
+            &[("Authorization", auth)],
             "",
         )
     };
+    let auth = sign();
+    let exchange = |server: &Server| post(server, &auth);
     let first = exchange(&server);
     assert_eq!(first.status, 200, "{first:?}");
     // The answer is lost and the server is killed (SIGKILL) before anyone retries.
@@ -483,21 +488,7 @@ fn a_lost_exchange_answer_is_collected_by_a_retry_even_after_a_crash() {
         (first.get("oauth_token"), first.get("oauth_token_secret"))
     );
     // A new signed request with the verifier gets it too; one token, not two.
-    let fresh = signer(
-        &s.key,
-        &s.secret,
-        Some((&temp.0, &temp.1)),
-        SignatureMethod::HmacSha1,
-    )
-    .sign_http("POST", &url, &[], &[("oauth_verifier", &verifier)])
-    .unwrap();
-    let a = http(
-        &server.addr,
-        "POST",
-        "/oauth/access_token",
-        &[("Authorization", &fresh)],
-        "",
-    );
+    let a = post(&server, &sign());
     assert_eq!(a.get("oauth_token"), first.get("oauth_token"));
     let (_, list, _) = cli(&s.db, &["token", "list"], "");
     assert_eq!(list.lines().count(), 1, "{list}");

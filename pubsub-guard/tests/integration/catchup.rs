@@ -170,6 +170,16 @@ fn renew_alice(w: &World, max_items: u32, send_last: bool) {
         .unwrap();
 }
 
+/// Renews /location/alice to keep `max_items`, subscribes APP, publishes `count` items
+/// `{prefix}1`, `{prefix}2`…, and returns their archive ids as APP saw them.
+fn renewed_and_seen(w: &mut World, max_items: u32, prefix: &str, count: usize) -> Vec<String> {
+    renew_alice(w, max_items, false);
+    w.subscribe_app();
+    (1..=count)
+        .map(|i| publish_seen(w, &format!("{prefix}{i}")))
+        .collect()
+}
+
 /// Signs `stanza` over `from` with the world's current credentials, putting the `<oauth/>`
 /// in its payload element.
 fn signed(w: &World, stanza: Element, from: &str) -> Element {
@@ -198,11 +208,7 @@ fn signed_on(w: &World, mut stanza: Element, from: &str, clock: impl Clock) -> E
 #[test]
 fn notifications_carry_archive_ids_and_the_archive_pages_after_one() {
     let mut w = world();
-    renew_alice(&w, 100, false);
-    w.subscribe_app();
-    let ids: Vec<String> = (1..=6)
-        .map(|i| publish_seen(&mut w, &format!("p{i}")))
-        .collect();
+    let ids = renewed_and_seen(&mut w, 100, "p", 6);
     assert_eq!(ids[0].split('-').next(), Some("1"));
     assert_eq!(ids[5].split('-').next(), Some("6"));
     // Resume after the second: 4 results in pages of 3, then 1.
@@ -272,11 +278,7 @@ fn notifications_carry_archive_ids_and_the_archive_pages_after_one() {
 #[test]
 fn a_resume_point_past_retention_reports_the_gap() {
     let mut w = world();
-    renew_alice(&w, 3, false);
-    w.subscribe_app();
-    let ids: Vec<String> = (1..=8)
-        .map(|i| publish_seen(&mut w, &format!("p{i}")))
-        .collect();
+    let ids = renewed_and_seen(&mut w, 3, "p", 8);
     // Held: p6, p7, p8; dropped: positions 1 to 5.
     let reply = w.reply(query(
         APP,
@@ -867,16 +869,8 @@ fn expiry_follows_the_services_clock_and_ids_come_from_its_source() {
 #[test]
 fn an_archive_id_of_a_deleted_node_is_unknown_to_its_successor() {
     let mut w = world();
-    renew_alice(&w, 100, false);
-    w.subscribe_app();
-    let old: Vec<String> = (1..=2)
-        .map(|i| publish_seen(&mut w, &format!("old{i}")))
-        .collect();
-    renew_alice(&w, 100, false);
-    w.subscribe_app();
-    let new: Vec<String> = (1..=3)
-        .map(|i| publish_seen(&mut w, &format!("new{i}")))
-        .collect();
+    let old = renewed_and_seen(&mut w, 100, "old", 2);
+    let new = renewed_and_seen(&mut w, 100, "new", 3);
     assert_eq!(old[1].split('-').next(), new[1].split('-').next());
     expect(
         &w.reply(query(

@@ -13,12 +13,6 @@ pub use sqlite::SqliteStorage;
 
 use serde::Deserialize;
 
-/// The JID without its resource: `alice@localhost/phone` → `alice@localhost` (the JIDs
-/// here are normalized at the edge, so comparing strings compares addresses).
-pub(crate) fn bare_jid(jid: &str) -> &str {
-    jid.split_once('/').map_or(jid, |(bare, _)| bare)
-}
-
 /// The longest node name, in bytes.
 pub const MAX_NODE_NAME_BYTES: usize = 1023;
 
@@ -104,7 +98,9 @@ pub struct Node {
 impl Node {
     /// Whether `jid` (normalized, full or bare) may publish to it.
     pub fn is_publisher(&self, jid: &str) -> bool {
-        self.publishers.iter().any(|p| bare_jid(p) == bare_jid(jid))
+        self.publishers
+            .iter()
+            .any(|p| xmpp_component::jid::same_bare(p, jid))
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`Storage`] on the SQLite file shared with the authorization server.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -14,6 +15,9 @@ use super::{
 /// The guard's state in the shared SQLite file.
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+    /// Whether the authorization server's change log was seen in the file (it never goes
+    /// away once there, so publishes stop looking for it).
+    change_log: AtomicBool,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -40,6 +44,7 @@ impl SqliteStorage {
         let conn = crate::authz::connect(path.as_ref())?;
         let storage = Self {
             conn: Mutex::new(conn),
+            change_log: AtomicBool::new(false),
         };
         storage.migrate()?;
         Ok(storage)
@@ -119,16 +124,21 @@ fn has_change_log(conn: &Connection) -> Result<bool> {
         .is_some())
 }
 
-/// The position of the newest change-log entry, read in the publishing transaction: a grant
-/// or revocation committed before it has a position at most this, one committed after it a
-/// larger one.
-fn change_position(conn: &Connection) -> Result<i64> {
-    if !has_change_log(conn)? {
-        return Ok(0);
+impl SqliteStorage {
+    /// The position of the newest change-log entry, read in the publishing transaction: a
+    /// grant or revocation committed before it has a position at most this, one committed
+    /// after it a larger one. 0 while the file has no change log.
+    fn change_position(&self, conn: &Connection) -> Result<i64> {
+        if !self.change_log.load(Ordering::Relaxed) {
+            if !has_change_log(conn)? {
+                return Ok(0);
+            }
+            self.change_log.store(true, Ordering::Relaxed);
+        }
+        Ok(conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
+            .query_row([], |r| r.get(0))?)
     }
-    Ok(conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
-        .query_row([], |r| r.get(0))?)
 }
 
 const SUBSCRIPTION_COLUMNS: &str = "node, jid, subid, token, consumer_key, created_at";
@@ -198,19 +208,26 @@ fn load_node(conn: &Connection, name: &str) -> Result<Option<Node>> {
 }
 
 fn load_history(conn: &Connection, node: &str) -> Result<Option<History>> {
+    Ok(load_retention(conn, node)?.map(|(history, _)| history))
+}
+
+/// A node's history and its retention (`max_items`, `max_age_secs`), in one read.
+fn load_retention(conn: &Connection, node: &str) -> Result<Option<(History, (u64, i64))>> {
     Ok(conn
         .prepare_cached(
-            "SELECT last_pos, held, trimmed_through, trimmed_at, created_seq
+            "SELECT last_pos, held, trimmed_through, trimmed_at, created_seq,
+                    max_items, max_age_secs
              FROM guard_nodes WHERE name = ?1",
         )?
         .query_row([node], |r| {
-            Ok(History {
+            let history = History {
                 last_pos: to_u64(r.get(0)?),
                 held: to_u64(r.get(1)?),
                 trimmed_through: to_u64(r.get(2)?),
                 trimmed_at: to_u64(r.get(3)?),
                 created_seq: r.get(4)?,
-            })
+            };
+            Ok((history, (to_u64(r.get(5)?), r.get(6)?)))
         })
         .optional()?)
 }
@@ -438,7 +455,7 @@ impl Storage for SqliteStorage {
                     s.token,
                     s.consumer_key,
                     to_i64(s.created_at),
-                    super::bare_jid(&s.jid)
+                    xmpp_component::jid::bare(&s.jid)
                 ],
                 subscription_row,
             )?)
@@ -453,7 +470,7 @@ impl Storage for SqliteStorage {
                         "DELETE FROM guard_subscriptions WHERE node = ?1 AND bare = ?2
                          RETURNING {SUBSCRIPTION_COLUMNS}"
                     ),
-                    params![node, super::bare_jid(jid)],
+                    params![node, xmpp_component::jid::bare(jid)],
                     subscription_row,
                 )
                 .optional()?)
@@ -478,12 +495,8 @@ impl Storage for SqliteStorage {
 
     fn publish(&self, node: &str, item: &Item) -> Result<Published> {
         self.write(|tx| {
-            let (max_items, max_age): (i64, i64) = tx
-                .prepare_cached("SELECT max_items, max_age_secs FROM guard_nodes WHERE name = ?1")?
-                .query_row([node], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .ok_or_else(|| StorageError::NoNode(node.to_owned()))?;
-            let mut history = load_history(tx, node)?.unwrap_or_default();
+            let (mut history, (max_items, max_age)) =
+                load_retention(tx, node)?.ok_or_else(|| StorageError::NoNode(node.to_owned()))?;
             let replaced = tx
                 .prepare_cached("DELETE FROM guard_items WHERE node = ?1 AND id = ?2")?
                 .execute(params![node, item.id])?;
@@ -503,7 +516,7 @@ impl Storage for SqliteStorage {
                         item.publisher,
                         to_i64(item.published_at),
                         to_i64(pos),
-                        change_position(tx)?
+                        self.change_position(tx)?
                     ],
                     |r| r.get(0),
                 )?;
@@ -514,7 +527,7 @@ impl Storage for SqliteStorage {
                 let cutoff = to_i64(item.published_at).saturating_sub(max_age);
                 dropped = drop_items(tx, node, "published_at < ?2", cutoff, &mut history)?;
             }
-            let max_items = to_u64(max_items).max(1);
+            let max_items = max_items.max(1);
             if history.held > max_items {
                 let excess = to_i64(history.held - max_items);
                 dropped.extend(drop_items(

@@ -1,5 +1,6 @@
-//! XEP-0082 date and time: `2026-12-02T05:00:00Z`, as the archive's `start`/`end` fields and
-//! the delay stamps (XEP-0203) use it. Seconds since 1970, UTC.
+//! Dates and times, UTC, from seconds since 1970: [`civil`] for any wording (the owner's
+//! notices of failed sign-ins), and XEP-0082's `2026-12-02T05:00:00Z` ([`format()`], [`parse`]),
+//! as the guard's archive fields and delay stamps (XEP-0203) use it.
 
 /// Days from 1970-01-01 to the civil date (proleptic Gregorian).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
@@ -26,16 +27,44 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// `secs` as an XEP-0082 DateTime in UTC, to the second.
-pub fn format(secs: u64) -> String {
+/// A moment in UTC, field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    /// The year (proleptic Gregorian).
+    pub year: i64,
+    /// 1 to 12.
+    pub month: i64,
+    /// 1 to 31.
+    pub day: i64,
+    /// 0 to 23.
+    pub hour: i64,
+    /// 0 to 59.
+    pub minute: i64,
+    /// 0 to 59.
+    pub second: i64,
+}
+
+/// `secs` since 1970 as a UTC date and time.
+pub fn civil(secs: u64) -> Civil {
     let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (year, month, day) = civil_from_days(days);
+    Civil {
+        year,
+        month,
+        day,
+        hour: rest / 3_600,
+        minute: rest % 3_600 / 60,
+        second: rest % 60,
+    }
+}
+
+/// `secs` as an XEP-0082 DateTime in UTC, to the second.
+pub fn format(secs: u64) -> String {
+    let c = civil(secs);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
 }
 
