@@ -38,3 +38,13 @@ impl From<rusqlite::Error> for BackendError {
         }
     }
 }
+
+impl BackendError {
+    /// A failure of kind [`BackendErrorKind::Other`] with this message.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            kind: BackendErrorKind::Other,
+            message: message.into(),
+        }
+    }
+}

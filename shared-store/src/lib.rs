@@ -16,6 +16,7 @@ pub mod authz;
 pub mod backend;
 pub mod config;
 pub mod datetime;
+pub mod db;
 pub mod guard;
 pub mod logging;
 pub mod random;

@@ -51,4 +51,4 @@ mod shared;
 mod watchdog;
 
 pub use cluster::Cluster;
-pub use shared::shared;
+pub use shared::{REQUIRE, optional_shared, shared};

@@ -24,3 +24,25 @@ pub fn shared() -> &'static Cluster {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The environment variable that makes [`optional_shared`] fail instead of skipping when
+/// PostgreSQL is not installed (the project's test command sets it).
+pub const REQUIRE: &str = "REQUIRE_POSTGRES";
+
+/// [`shared()`], or `None` when PostgreSQL is not installed and [`REQUIRE`] is not set, so
+/// that a plain `cargo test` on a machine without it runs the SQLite half of a suite (and
+/// says on standard error that the PostgreSQL half was skipped).
+///
+/// # Panics
+/// When PostgreSQL is installed but the cluster cannot start, or when it is missing and
+/// [`REQUIRE`] is set.
+pub fn optional_shared() -> Option<&'static Cluster> {
+    let missing = crate::bin_dir::BinDir::find().is_err();
+    if missing && std::env::var_os(REQUIRE).is_none() {
+        eprintln!(
+            "PostgreSQL is not installed: its half of this test is skipped ({REQUIRE}=1 makes this an error)"
+        );
+        return None;
+    }
+    Some(shared())
+}

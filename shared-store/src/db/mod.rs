@@ -1,0 +1,263 @@
+//! One way to talk to either engine: SQLite (the embedded default, one file) or PostgreSQL
+//! (several processes, several machines). The store's SQL is written once, in the dialect both
+//! understand, with `?1`-style parameters; [`Tx`] runs it on whichever engine the
+//! [`Location`] names, rewriting the parameters to `$1` for PostgreSQL.
+//!
+//! Transactions behave the same on both:
+//!
+//! - [`Database::write`] runs its closure as the only writer of the whole database: SQLite's
+//!   `BEGIN IMMEDIATE`, and on PostgreSQL a transaction that first takes one advisory lock
+//!   every writer takes ([`WRITE_LOCK`]). Writers are serialized across processes, so a
+//!   read-modify-write inside one is never interleaved with another, and numbers handed out
+//!   in a write (change-log positions, item numbers) are committed in the order they were
+//!   given, which is what a reader following them by position relies on.
+//! - [`Database::read`] sees one snapshot: a deferred SQLite transaction, a PostgreSQL
+//!   `REPEATABLE READ READ ONLY` one.
+//! - [`Database::atomic`] runs one statement that is atomic by itself (the nonce check's
+//!   insert-or-take-over) without waiting for the writers' lock.
+
+mod location;
+pub(crate) mod pg;
+mod sqlite;
+mod value;
+
+use std::sync::{Mutex, MutexGuard};
+
+pub use location::Location;
+pub use pg::Listener;
+pub use value::{FromValue, Row, Value};
+
+use crate::backend::{BackendError, BackendErrorKind};
+
+/// The PostgreSQL advisory lock every writer takes (a 64-bit key: "sharedst" in ASCII).
+pub const WRITE_LOCK: i64 = 0x7368_6172_6564_7374;
+
+/// The PostgreSQL advisory lock the expiry sweepers of a fleet take, so one of them sweeps
+/// at a time ("sweepers" in ASCII).
+pub const SWEEP_LOCK: i64 = 0x7377_6565_7065_7273;
+
+/// Which engine a database runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// One SQLite file.
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// An open database: one connection, used by one call at a time.
+pub struct Database {
+    conn: Conn,
+    location: Location,
+}
+
+enum Conn {
+    Sqlite(Mutex<rusqlite::Connection>),
+    Postgres(Mutex<pg::Conn>),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the argument list of a statement: `args![name, 3_i64, None::<String>]`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {
+        &[$($crate::db::Value::from($v)),*] as &[$crate::db::Value]
+    };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a transaction half-done (both engines roll
+    // back an unfinished transaction when it is dropped), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Database {
+    /// Opens the database at `location`: a SQLite file (created with mode 0600 if missing;
+    /// see [`crate::authz::connect`]) or a PostgreSQL server, connected at once so that a wrong
+    /// URL or a server that is down is reported now.
+    pub fn open(location: &Location) -> Result<Self, crate::StoreError> {
+        let conn = match location {
+            Location::Sqlite(path) => Conn::Sqlite(Mutex::new(sqlite::connect(path)?)),
+            Location::Postgres(url) => Conn::Postgres(Mutex::new(pg::Conn::open(url)?)),
+        };
+        Ok(Self {
+            conn,
+            location: location.clone(),
+        })
+    }
+
+    /// Where it is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Which engine it runs on.
+    pub fn engine(&self) -> Engine {
+        match self.conn {
+            Conn::Sqlite(_) => Engine::Sqlite,
+            Conn::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Runs `f` as the only writer of the database, in one transaction committed when `f`
+    /// succeeds and rolled back when it fails.
+    pub fn write<T, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &self.conn {
+            Conn::Sqlite(c) => {
+                sqlite::transaction(&mut lock(c), rusqlite::TransactionBehavior::Immediate, f)
+            }
+            Conn::Postgres(c) => lock(c).transaction(pg::Mode::Write, f),
+        }
+    }
+
+    /// Runs `f` on one snapshot of the database.
+    pub fn read<T, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &self.conn {
+            Conn::Sqlite(c) => {
+                sqlite::transaction(&mut lock(c), rusqlite::TransactionBehavior::Deferred, f)
+            }
+            Conn::Postgres(c) => lock(c).transaction(pg::Mode::Read, f),
+        }
+    }
+
+    /// Runs `f`, whose statements are each atomic by themselves, without waiting for the
+    /// writers' lock (SQLite: each statement its own transaction).
+    pub fn atomic<T, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &self.conn {
+            Conn::Sqlite(c) => f(&Tx::sqlite(&lock(c))),
+            Conn::Postgres(c) => lock(c).transaction(pg::Mode::Atomic, f),
+        }
+    }
+
+    /// Runs `f` while this process holds the fleet's sweeper lock; `None` without running it
+    /// when another process holds it. SQLite has one file and its writers take turns, so
+    /// there `f` always runs.
+    pub fn as_sweeper<T, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        match &self.conn {
+            Conn::Sqlite(_) => f().map(Some),
+            Conn::Postgres(c) => {
+                if !lock(c).try_session_lock(SWEEP_LOCK)? {
+                    return Ok(None);
+                }
+                let out = f();
+                lock(c).session_unlock(SWEEP_LOCK)?;
+                out.map(Some)
+            }
+        }
+    }
+}
+
+/// A transaction (or, from [`Database::atomic`], a connection) that statements run in.
+pub struct Tx<'a> {
+    inner: TxInner<'a>,
+}
+
+enum TxInner<'a> {
+    Sqlite(&'a rusqlite::Connection),
+    Postgres(std::cell::RefCell<pg::Tx<'a>>),
+}
+
+impl<'a> Tx<'a> {
+    fn sqlite(conn: &'a rusqlite::Connection) -> Self {
+        Self {
+            inner: TxInner::Sqlite(conn),
+        }
+    }
+
+    /// Which engine it runs on (for the few statements the two spell differently).
+    pub fn engine(&self) -> Engine {
+        match self.inner {
+            TxInner::Sqlite(_) => Engine::Sqlite,
+            TxInner::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Runs one statement; returns how many rows it changed.
+    pub fn execute(&self, sql: &str, args: &[Value]) -> Result<usize, BackendError> {
+        match &self.inner {
+            TxInner::Sqlite(c) => sqlite::execute(c, sql, args),
+            TxInner::Postgres(t) => t.borrow_mut().execute(sql, args),
+        }
+    }
+
+    /// Runs a query and maps each row with `f`.
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        f: impl FnMut(&Row) -> Result<T, BackendError>,
+    ) -> Result<Vec<T>, BackendError> {
+        let rows = match &self.inner {
+            TxInner::Sqlite(c) => sqlite::query(c, sql, args)?,
+            TxInner::Postgres(t) => t.borrow_mut().query(sql, args)?,
+        };
+        rows.iter().map(f).collect()
+    }
+
+    /// Runs a query and maps its first row with `f`, if there is one.
+    pub fn query_opt<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        f: impl FnOnce(&Row) -> Result<T, BackendError>,
+    ) -> Result<Option<T>, BackendError> {
+        let rows = match &self.inner {
+            TxInner::Sqlite(c) => sqlite::query(c, sql, args)?,
+            TxInner::Postgres(t) => t.borrow_mut().query(sql, args)?,
+        };
+        rows.first().map(f).transpose()
+    }
+
+    /// Runs a query that returns a row, and maps it with `f`.
+    pub fn query_one<T>(
+        &self,
+        sql: &str,
+        args: &[Value],
+        f: impl FnOnce(&Row) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        self.query_opt(sql, args, f)?.ok_or_else(|| BackendError {
+            kind: BackendErrorKind::Other,
+            message: format!("the query returned no row: {sql}"),
+        })
+    }
+
+    /// Runs several `;`-separated statements without parameters (migrations).
+    pub fn batch(&self, sql: &str) -> Result<(), BackendError> {
+        match &self.inner {
+            TxInner::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            TxInner::Postgres(t) => t.borrow_mut().batch(sql),
+        }
+    }
+
+    /// Whether the database has a table of this name.
+    pub fn table_exists(&self, name: &str) -> Result<bool, BackendError> {
+        let sql = match self.engine() {
+            Engine::Sqlite => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            Engine::Postgres => "SELECT 1 WHERE to_regclass(CAST(?1 AS TEXT)) IS NOT NULL",
+        };
+        Ok(self.query_opt(sql, args![name], |_| Ok(()))?.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests;
