@@ -98,6 +98,12 @@ impl From<&PathBuf> for Location {
     }
 }
 
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Self {
+        l.clone()
+    }
+}
+
 impl std::str::FromStr for Location {
     type Err = std::convert::Infallible;
 
