@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use minidom::Element;
@@ -30,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::refusal::Refusal;
 use crate::service::Service;
-use crate::storage::{SqliteStorage, StorageError};
+use crate::storage::{DbStorage, StorageError};
 use crate::stream::{self, StreamError, StreamEvent};
 
 /// How often the worker reads the change log.
@@ -89,10 +90,26 @@ enum Work {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let secret = config.secret.clone().ok_or(RunError::NoSecret)?;
     let store = Arc::new(shared_store::Store::open(&config.database)?);
-    let storage = SqliteStorage::open(&config.database)?;
-    let service = Service::new(&config, Box::new(storage), store);
+    let storage = DbStorage::open(&config.database)?.for_instance(&config.instance);
+    let mut service = Service::new(&config, Box::new(storage), Arc::clone(&store) as _);
 
     let (work_tx, work_rx) = mpsc::channel::<Work>(INBOUND_CAPACITY);
+    // On PostgreSQL the store tells of each change (LISTEN/NOTIFY), and the worker reads the
+    // change log then; on SQLite it reads it every CHANGE_POLL. The listener lives as long as
+    // this function.
+    let news = Arc::new(AtomicBool::new(true));
+    let listener = {
+        let (news, work) = (Arc::clone(&news), work_tx.clone());
+        store.watch_changes(Box::new(move || {
+            news.store(true, Ordering::Relaxed);
+            // A full queue means the worker is busy; it looks at the flag between stanzas.
+            let _ = work.try_send(Work::Tick);
+        }))?
+    };
+    if listener.is_some() {
+        info!("following the change log by the database's notices");
+        service.use_change_notices(news);
+    }
     let (out_tx, mut out_rx) = mpsc::channel::<Element>(OUTBOUND_CAPACITY);
     let worker = std::thread::Builder::new()
         .name("pubsub-guard-service".into())

@@ -8,6 +8,7 @@ use oauth_xmpp::Secret;
 use serde::Deserialize;
 
 use crate::storage::Access;
+use shared_store::db::Location;
 
 /// Every setting of the guard.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,8 +22,13 @@ pub struct Config {
     pub secret: Option<Secret>,
     /// The XMPP server's component port (`host:port`).
     pub server: String,
-    /// The SQLite file shared with the authorization server.
-    pub database: PathBuf,
+    /// The database shared with the authorization server: the path of a SQLite file, or a
+    /// PostgreSQL URL (`postgres://user@host:port/database`), which several guards can share.
+    pub database: Location,
+    /// This guard's name in a fleet of guards sharing one database (`guard-1`…): each follows
+    /// the authorization server's change log with a cursor of its own. Empty (the default)
+    /// for a single guard.
+    pub instance: String,
     /// The timestamp window of `<oauth/>` signatures, in seconds either way.
     pub window_secs: u64,
     /// Whether consumers may sign with PLAINTEXT.
@@ -51,7 +57,8 @@ impl Default for Config {
             component: "pubsub.localhost".into(),
             secret: None,
             server: "127.0.0.1:5347".into(),
-            database: PathBuf::from("authz.sqlite"),
+            database: Location::Sqlite(PathBuf::from("authz.sqlite")),
+            instance: String::new(),
             window_secs: oauth_xmpp::replay::DEFAULT_WINDOW_SECS,
             allow_plaintext: true,
             accept_bare_jid_signatures: true,
@@ -227,6 +234,17 @@ impl Config {
         if self.keepalive_secs == 0 || self.reconnect_max_secs == 0 {
             return Err("keepalive_secs and reconnect_max_secs must be at least 1".into());
         }
+        if self.instance.len() > 64
+            || !self
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(format!(
+                "instance = {:?}: an instance name is up to 64 of a-z A-Z 0-9 - _ .",
+                self.instance
+            ));
+        }
         for t in &self.templates {
             if t.pattern.matches("{owner}").count() > 1 {
                 return Err(format!(
@@ -376,6 +394,33 @@ mod tests {
         assert!(err.message().contains("\"soon\" is not an age"), "{err}");
         assert_eq!(config.keepalive_secs, 60);
         assert!(!format!("{config:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn a_fleet_member_on_postgres() {
+        let config: Config = toml::from_str(
+            r#"
+            secret = "s"
+            database = "postgres://guard:db-pass@10.0.0.2:5432/fleet"
+            instance = "guard-2"
+            "#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        assert_eq!(
+            config.database,
+            Location::Postgres("postgres://guard:db-pass@10.0.0.2:5432/fleet".into())
+        );
+        assert_eq!(config.instance, "guard-2");
+        assert!(!format!("{config:?}").contains("db-pass"));
+        let bad = Config {
+            instance: "guard 2".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            bad.check().unwrap_err(),
+            "instance = \"guard 2\": an instance name is up to 64 of a-z A-Z 0-9 - _ ."
+        );
     }
 
     #[test]

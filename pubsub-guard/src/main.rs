@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use oauth_xmpp::Secret;
 use pubsub_guard::Config;
 use pubsub_guard::config::{DEFAULT_MAX_AGE_SECS, DEFAULT_MAX_ITEMS};
-use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
+use pubsub_guard::storage::{Access, DbStorage, Node, Storage};
+use shared_store::db::Location;
 
 /// The pubsub service for protected per-user nodes: an XMPP external component (XEP-0114)
 /// that lets a consumer subscribe only with an OAuth token the node's owner granted
@@ -16,15 +17,15 @@ use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// The TOML config file (component, secret, server, database, window_secs,
+    /// The TOML config file (component, secret, server, database, instance, window_secs,
     /// allow_plaintext, accept_bare_jid_signatures, max_stanza_bytes, max_depth, keepalive_secs,
     /// reconnect_max_secs, [[template]]).
     #[arg(long, env = "GUARD_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The SQLite file shared with authz-server (overrides the config's `database`)
-    /// [default: authz.sqlite].
+    /// The database shared with authz-server: a SQLite file or a `postgres://` URL (overrides
+    /// the config's `database`) [default: authz.sqlite].
     #[arg(long, env = "GUARD_DATABASE", global = true)]
-    database: Option<PathBuf>,
+    database: Option<Location>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,7 +111,7 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Ok(secret) = std::env::var("GUARD_SECRET") {
         config.secret = Some(Secret::new(secret));
     }
-    let storage = || SqliteStorage::open(&config.database).map_err(|e| e.to_string());
+    let storage = || DbStorage::open(&config.database).map_err(|e| e.to_string());
     let mut out = std::io::stdout().lock();
     let mut say = |line: String| {
         // A closed stdout (e.g. `| head`) is not an error worth reporting.

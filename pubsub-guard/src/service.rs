@@ -8,6 +8,7 @@
 //! templates), so the owner use cases answer `feature-not-implemented`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use minidom::Element;
 use oauth_xmpp::replay::{Clock, SystemClock};
@@ -74,6 +75,9 @@ pub struct Service {
     /// Stanzas to send right after the reply to the current request (the last item sent
     /// to a new subscriber follows the subscribe's result).
     after_reply: Vec<Element>,
+    /// Set by the store's change notices (PostgreSQL's LISTEN/NOTIFY) when the change log has
+    /// news; `None` while the guard polls it instead.
+    change_notices: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -136,6 +140,7 @@ impl Service {
             clock: Box::new(SystemClock),
             ids: Box::new(|| shared_store::random::token(16).map_err(|e| e.to_string())),
             after_reply: Vec::new(),
+            change_notices: None,
         }
     }
 
@@ -1265,6 +1270,23 @@ impl Service {
         }
     }
 
+    /// From now on, [`Service::follow_changes_into`] reads the change log only when `news` is
+    /// set (it clears it), instead of on every call: the store tells the guard of each change
+    /// (see [`shared_store::Authorizations::watch_changes`]). It reads it once more right
+    /// away.
+    pub fn use_change_notices(&mut self, news: Arc<AtomicBool>) {
+        news.store(true, Ordering::Relaxed);
+        self.change_notices = Some(news);
+    }
+
+    /// Makes the next [`Service::follow_changes_into`] read the change log even without a
+    /// new notice (after a failed read, or a full batch).
+    fn read_changes_again(&self) {
+        if let Some(news) = &self.change_notices {
+            news.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Follows the authorization server's change log: ends the subscriptions of every token
     /// revoked or expired since the last call (profile N4). Call it a few times a second. The
     /// position is stored, so the first call after a restart catches up with what happened
@@ -1288,12 +1310,18 @@ impl Service {
             self.swept_at = now;
             self.sweep(now);
         }
+        if let Some(news) = &self.change_notices
+            && !news.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
         let cursor = match self.cursor {
             Some(c) => c,
             None => match self.storage.change_cursor() {
                 Ok(c) => *self.cursor.insert(c),
                 Err(e) => {
                     warn!("cannot read the change cursor: {e}");
+                    self.read_changes_again();
                     return;
                 }
             },
@@ -1302,12 +1330,17 @@ impl Service {
             Ok(changes) => changes,
             Err(e) => {
                 warn!("cannot read the change log: {e}");
+                self.read_changes_again();
                 return;
             }
         };
         let Some(last) = changes.last().map(|c| c.seq) else {
             return;
         };
+        if changes.len() >= CHANGES_PER_POLL {
+            // More may follow: read on at the next call.
+            self.read_changes_again();
+        }
         for change in changes.iter().filter(|c| c.kind.ends_access()) {
             if let Some(token) = &change.token {
                 self.end_token(token, out);

@@ -11,7 +11,7 @@ use oauth_xmpp::Scope;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::sign::{Credentials, Signer};
 use pubsub_guard::service::Service;
-use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
+use pubsub_guard::storage::{Access, Node, DbStorage, Storage};
 use shared_store::authz::RevokeBy;
 
 use crate::service::{APP, EVE, LOC, RSM, World, error, expect, iq, pubsub, world};
@@ -746,7 +746,7 @@ fn retention_by_age_on_publish_and_by_the_sweeper() {
     clock.0.store(1_000_000, Ordering::SeqCst);
     let mut service = Service::new(
         &w.config,
-        Box::new(SqliteStorage::open(&w.db).unwrap()),
+        Box::new(DbStorage::open(&w.db).unwrap()),
         w.store.clone(),
     )
     .with_clock(clock.clone());
@@ -822,7 +822,7 @@ fn expiry_follows_the_services_clock_and_ids_come_from_its_source() {
     let next = Arc::new(AtomicU64::new(0));
     let mut service = Service::new(
         &w.config,
-        Box::new(SqliteStorage::open(&w.db).unwrap()),
+        Box::new(DbStorage::open(&w.db).unwrap()),
         w.store.clone(),
     )
     .with_clock(clock.clone())

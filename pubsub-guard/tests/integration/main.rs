@@ -372,7 +372,7 @@ async fn a_burst_to_many_subscribers_delivers_everything_in_order_when_the_serve
     let running = start_with(|c, db| {
         c.max_stanza_bytes = 64 * 1024;
         use pubsub_guard::storage::Storage;
-        let storage = pubsub_guard::storage::SqliteStorage::open(db).unwrap();
+        let storage = pubsub_guard::storage::DbStorage::open(db).unwrap();
         storage
             .create_node(&pubsub_guard::storage::Node {
                 name: "/news".into(),

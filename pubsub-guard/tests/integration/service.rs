@@ -11,7 +11,8 @@ use oauth_xmpp::{Scope, Secret};
 use pubsub_guard::config::{Config, Template};
 use pubsub_guard::refusal::Refusal;
 use pubsub_guard::service::Service;
-use pubsub_guard::storage::{Access, Node, SqliteStorage, Storage};
+use pubsub_guard::storage::{Access, DbStorage, Node, Storage};
+use shared_store::db::Location;
 use pubsub_guard::stream::StanzaHead;
 use shared_store::Store;
 use shared_store::authz::RevokeBy;
@@ -24,10 +25,12 @@ pub(crate) const EVE: &str = "eve@localhost/r";
 
 pub(crate) struct World {
     pub(crate) _dir: tempfile::TempDir,
-    pub(crate) db: std::path::PathBuf,
+    /// The database: a SQLite file, or with `GUARD_TEST_DATABASE=postgres` a database of its
+    /// own in the test process's PostgreSQL cluster (see [`test_database`]).
+    pub(crate) db: Location,
     pub(crate) config: Config,
     pub(crate) service: Service,
-    pub(crate) storage: SqliteStorage,
+    pub(crate) storage: DbStorage,
     pub(crate) store: Arc<Store>,
     pub(crate) key: String,
     pub(crate) secret: String,
@@ -35,9 +38,36 @@ pub(crate) struct World {
     pub(crate) token_id: i64,
 }
 
+/// The environment variable that runs the service suite on PostgreSQL (`postgres`) instead of
+/// SQLite (unset, or `sqlite`); the project's test command runs it both ways.
+pub(crate) const ENGINE_VAR: &str = "GUARD_TEST_DATABASE";
+
+/// Whether this run of the suite is on PostgreSQL.
+pub(crate) fn on_postgres() -> bool {
+    match std::env::var(ENGINE_VAR).as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("{ENGINE_VAR}={other}: use postgres or sqlite"),
+    }
+}
+
+/// A fresh database for one test: a file in `dir`, or a new database in the shared
+/// PostgreSQL cluster.
+pub(crate) fn test_database(dir: &std::path::Path) -> Location {
+    if !on_postgres() {
+        return Location::Sqlite(dir.join("authz.sqlite"));
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let url = testkit_postgres::shared()
+        .new_database(&format!("world_{n}"))
+        .unwrap();
+    Location::Postgres(url)
+}
+
 pub(crate) fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("authz.sqlite");
+    let db = test_database(dir.path());
     let store = Arc::new(Store::open(&db).unwrap());
     let now = shared_store::authz::now();
     let (key, secret) = store.add_consumer("FindMeNow", None, None, now).unwrap();
@@ -56,7 +86,7 @@ pub(crate) fn world() -> World {
         }],
         ..Config::default()
     };
-    let storage = SqliteStorage::open(&db).unwrap();
+    let storage = DbStorage::open(&db).unwrap();
     for (name, owner, access) in [
         ("/location/alice", Some("alice"), Access::OAuth),
         ("/news", None, Access::Open),
@@ -76,7 +106,7 @@ pub(crate) fn world() -> World {
     }
     let service = Service::new(
         &config,
-        Box::new(SqliteStorage::open(&db).unwrap()),
+        Box::new(DbStorage::open(&db).unwrap()),
         store.clone(),
     );
     World {
@@ -637,7 +667,7 @@ fn after_a_restart_the_first_poll_catches_up_with_the_log() {
         .unwrap();
     let mut restarted = Service::new(
         &w.config,
-        Box::new(SqliteStorage::open(&w.db).unwrap()),
+        Box::new(DbStorage::open(&w.db).unwrap()),
         w.store.clone(),
     );
     let out = restarted.follow_changes();

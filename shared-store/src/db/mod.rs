@@ -167,6 +167,20 @@ impl Database {
     }
 }
 
+#[cfg(test)]
+impl Database {
+    /// Runs `f` on the SQLite connection itself (tests that change its limits).
+    pub(crate) fn with_sqlite<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BackendError> {
+        match &self.conn {
+            Conn::Sqlite(c) => Ok(f(&lock(c))?),
+            Conn::Postgres(_) => Err(BackendError::other("not a SQLite database")),
+        }
+    }
+}
+
 /// A transaction (or, from [`Database::atomic`], a connection) that statements run in.
 pub struct Tx<'a> {
     inner: TxInner<'a>,
@@ -260,4 +274,4 @@ impl<'a> Tx<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,15 +1,15 @@
 //! What the guard keeps: nodes, subscriptions, items, and how far it has read the
 //! authorization server's change log.
 //!
-//! [`Storage`] is the seam: [`SqliteStorage`] keeps everything in the SQLite file the
-//! authorization server uses; a later deployment can put several guards on one networked
-//! database behind the same trait. Every call is a committed transaction: once a call
-//! returns `Ok`, a crash or a restart does not lose what it wrote.
+//! [`Storage`] is the seam: [`DbStorage`] keeps everything in the database the authorization
+//! server uses, a SQLite file or a PostgreSQL database that several guards can share. Every
+//! call is a committed transaction: once a call returns `Ok`, a crash or a restart does not
+//! lose what it wrote.
 
 mod schema;
-mod sqlite;
+mod tables;
 
-pub use sqlite::SqliteStorage;
+pub use tables::DbStorage;
 
 use serde::Deserialize;
 
@@ -306,12 +306,6 @@ impl StorageError {
             _ => return false,
         };
         backend.kind == crate::backend::BackendErrorKind::Full
-    }
-}
-
-impl From<rusqlite::Error> for StorageError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Database(e.into())
     }
 }
 

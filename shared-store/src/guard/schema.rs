@@ -1,8 +1,9 @@
-//! The guard's tables in the shared SQLite file. They carry a `guard_` prefix and their own
-//! version number (in `guard_state`, which `SqliteStorage::open` creates first), so they migrate independently of the authorization
-//! server's tables (which use `PRAGMA user_version`).
+//! The guard's tables in the shared database. They carry a `guard_` prefix and their own
+//! version number, so they migrate independently of the authorization server's tables: on
+//! SQLite in `guard_state` (which `DbStorage::open` creates first; the authorization server
+//! uses `PRAGMA user_version`), on PostgreSQL in the `guard` row of `schema_versions`.
 
-/// Each migration, in order; the version after running migration `i` is `i + 1`.
+/// Each SQLite migration, in order; the version after running migration `i` is `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE guard_nodes (
         name TEXT PRIMARY KEY,
@@ -89,3 +90,57 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX guard_items_history ON guard_items(node, pos, change_seq, published_at);
     CREATE INDEX guard_items_node_time ON guard_items(node, published_at);",
 ];
+
+/// Each PostgreSQL migration, in order (versioned in `schema_versions`, part `guard`). The
+/// first is the whole schema SQLite reached in its four: every integer a `BIGINT`, text that
+/// is ordered or compared in byte order (`COLLATE "C"`, as SQLite compares), item numbers
+/// from a sequence that never gives a number twice.
+pub(super) const POSTGRES: &[&str] = &["CREATE TABLE IF NOT EXISTS guard_state (
+        key TEXT COLLATE \"C\" PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    CREATE TABLE guard_nodes (
+        name TEXT COLLATE \"C\" PRIMARY KEY,
+        owner TEXT COLLATE \"C\",
+        access TEXT NOT NULL,
+        max_items BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        max_age_secs BIGINT NOT NULL DEFAULT 0,
+        send_last BIGINT NOT NULL DEFAULT 0,
+        last_pos BIGINT NOT NULL DEFAULT 0,
+        held BIGINT NOT NULL DEFAULT 0,
+        trimmed_through BIGINT NOT NULL DEFAULT 0,
+        trimmed_at BIGINT NOT NULL DEFAULT 0,
+        created_seq BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE guard_publishers (
+        node TEXT COLLATE \"C\" NOT NULL REFERENCES guard_nodes(name) ON DELETE CASCADE,
+        jid TEXT COLLATE \"C\" NOT NULL,
+        PRIMARY KEY (node, jid)
+    );
+    CREATE TABLE guard_subscriptions (
+        node TEXT COLLATE \"C\" NOT NULL REFERENCES guard_nodes(name) ON DELETE CASCADE,
+        bare TEXT COLLATE \"C\" NOT NULL,
+        jid TEXT COLLATE \"C\" NOT NULL,
+        subid TEXT NOT NULL,
+        token TEXT COLLATE \"C\",
+        consumer_key TEXT,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (node, bare)
+    );
+    CREATE INDEX guard_subscriptions_token ON guard_subscriptions(token);
+    CREATE SEQUENCE guard_item_numbers;
+    CREATE TABLE guard_items (
+        seq BIGINT PRIMARY KEY DEFAULT nextval('guard_item_numbers'),
+        node TEXT COLLATE \"C\" NOT NULL REFERENCES guard_nodes(name) ON DELETE CASCADE,
+        id TEXT COLLATE \"C\" NOT NULL,
+        payload TEXT NOT NULL,
+        publisher TEXT NOT NULL,
+        published_at BIGINT NOT NULL,
+        pos BIGINT NOT NULL,
+        change_seq BIGINT NOT NULL DEFAULT 0,
+        UNIQUE (node, id)
+    );
+    ALTER SEQUENCE guard_item_numbers OWNED BY guard_items.seq;
+    CREATE INDEX guard_items_history ON guard_items(node, pos, change_seq, published_at);
+    CREATE INDEX guard_items_node_time ON guard_items(node, published_at);"];
