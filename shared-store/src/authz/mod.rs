@@ -1062,7 +1062,7 @@ impl Authorizations for Store {
         Store::grant_spans(self, consumer_key, owner)
     }
 
-    /// On PostgreSQL, a listener on [`schema::CHANGES_CHANNEL`], which the change log's
+    /// On PostgreSQL, a listener on the channel `authz_changes`, which the change log's
     /// trigger notifies once per statement that appends to it.
     fn watch_changes(&self, wake: Box<dyn Fn() + Send>) -> Result<Option<Listener>> {
         match self.location() {

@@ -52,6 +52,28 @@ fn file_is_private_and_migrations_run_once() {
     }
 }
 
+/// Processes that start at once on a new database take turns to migrate it: each finds it
+/// either empty or complete.
+#[test]
+fn stores_opened_at_once_migrate_in_turn() {
+    for (_dir, location) in each_engine("authz_open_at_once") {
+        let barrier = Arc::new(Barrier::new(3));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (location, barrier) = (location.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let store = Store::open(&location).unwrap();
+                    store.schema_version().unwrap() == known(&store)
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap(), "{location}");
+        }
+    }
+}
+
 #[test]
 fn a_newer_schema_is_refused() {
     for (_dir, location, store) in stores("authz_too_new") {

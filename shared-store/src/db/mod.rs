@@ -53,7 +53,8 @@ pub struct Database {
 
 enum Conn {
     Sqlite(Mutex<rusqlite::Connection>),
-    Postgres(Mutex<pg::Conn>),
+    // Boxed: a PostgreSQL connection is several times the size of a SQLite one.
+    Postgres(Mutex<Box<pg::Conn>>),
 }
 
 impl std::fmt::Debug for Database {
@@ -86,7 +87,7 @@ impl Database {
     pub fn open(location: &Location) -> Result<Self, crate::StoreError> {
         let conn = match location {
             Location::Sqlite(path) => Conn::Sqlite(Mutex::new(sqlite::connect(path)?)),
-            Location::Postgres(url) => Conn::Postgres(Mutex::new(pg::Conn::open(url)?)),
+            Location::Postgres(url) => Conn::Postgres(Mutex::new(Box::new(pg::Conn::open(url)?))),
         };
         Ok(Self {
             conn,
