@@ -31,7 +31,8 @@ use crate::random;
 /// What can go wrong with the store, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed (I/O, a locked file past the busy timeout, corruption…).
+    /// The database failed (I/O, a lock held past the busy timeout, a lost connection,
+    /// corruption…).
     #[error("database: {0}")]
     Backend(#[from] crate::backend::BackendError),
     /// Creating or opening the SQLite file failed.

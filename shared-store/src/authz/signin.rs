@@ -1,5 +1,5 @@
 //! The sign-in counters of [`crate::throttle`], kept in the store so that they hold across
-//! restarts and across every replica on the file.
+//! restarts and across every replica on the database.
 
 use super::{Result, Store, validate_name};
 use crate::args;
