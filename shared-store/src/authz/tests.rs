@@ -101,7 +101,7 @@ fn a_newer_schema_is_refused() {
 
 #[test]
 fn owners_keep_the_hash_they_are_given_and_names_are_unique() {
-    for (_dir, _location, store) in stores("authz_owners") {
+    for (_dir, location, store) in stores("authz_owners") {
         seeded(&store);
         assert_eq!(store.password_hash("alice").unwrap().as_deref(), Some(HASH));
         assert_eq!(store.password_hash("bob").unwrap(), None);
@@ -117,6 +117,16 @@ fn owners_keep_the_hash_they_are_given_and_names_are_unique() {
             store.add_owner("bob", "", 1),
             Err(StoreError::Password(_))
         ));
+        // Names sort byte by byte on both engines (PostgreSQL's "C" collation), whatever
+        // the server's locale.
+        store.add_owner("Bob", HASH, 1).unwrap();
+        let names: Vec<String> = store
+            .owners()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["Bob", "alice"], "{location}");
     }
 }
 
