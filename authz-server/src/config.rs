@@ -2,9 +2,10 @@
 //! line (the environment and command line are read by clap in `main.rs`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
+use shared_store::db::Location;
 
 use crate::web::ConnectionLimits;
 
@@ -12,8 +13,9 @@ use crate::web::ConnectionLimits;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The SQLite file.
-    pub database: PathBuf,
+    /// Where the store lives: the path of a SQLite file, or a `postgres://` (or
+    /// `postgresql://`) URL for a PostgreSQL database.
+    pub database: Location,
     /// Where `serve` listens. Loopback by default: put a TLS-terminating proxy in front.
     pub listen: SocketAddr,
     /// The URL consumers use to reach the server (scheme, host, port, no path), when it
@@ -43,7 +45,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            database: PathBuf::from("authz.sqlite"),
+            database: Location::parse("authz.sqlite"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             realm: "authz-server".into(),
@@ -98,10 +100,15 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(
             config.database,
-            PathBuf::from("/var/lib/authz/authz.sqlite")
+            Location::Sqlite("/var/lib/authz/authz.sqlite".into())
         );
         assert_eq!(config.window_secs, 120);
         assert_eq!(config.listen, Config::default().listen);
+        std::fs::write(&path, "database = \"postgres://authz@db.example/authz\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().database,
+            Location::Postgres("postgres://authz@db.example/authz".into())
+        );
         std::fs::write(&path, "databse = \"x\"\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `databse`"), "{err}");

@@ -5,9 +5,9 @@
 //! access to her nodes through an authorize page, and issues the access tokens that
 //! consumers present over XMPP (XEP-0235) to the pubsub guard.
 //!
-//! - [`store`]: the SQLite token store, also opened by the guard (from the `shared-store`
-//!   crate); it implements the credential lookup and nonce store traits of `oauth-xmpp`,
-//!   and keeps the change log the guard follows.
+//! - [`store`]: the token store (a SQLite file or a PostgreSQL database), also opened by the
+//!   guard (from the `shared-store` crate); it implements the credential lookup and nonce
+//!   store traits of `oauth-xmpp`, and keeps the change log the guard follows.
 //! - [`password`]: owners' passwords, hashed with Argon2id before they reach the store.
 //! - [`web`]: the HTTP endpoints (request token, authorize, access token) and the owner's
 //!   pages, every signed request checked by `oauth-xmpp`'s verifier; [`web::run`] serves

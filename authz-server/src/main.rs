@@ -11,6 +11,7 @@ use authz_server::store::{self, RevokeBy, Store};
 use authz_server::web::{self, AppState};
 use clap::{Args, Parser, Subcommand};
 use oauth_xmpp::{Scope, Secret};
+use shared_store::db::Location;
 
 /// The OAuth 1.0a authorization server: consumer keys, the token flow, the owner's
 /// authorize page, and the token store the pubsub guard reads.
@@ -26,9 +27,9 @@ struct Cli {
     /// max_connections_per_address, drain_secs).
     #[arg(long, env = "AUTHZ_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// The SQLite file [default: authz.sqlite].
+    /// The store: a SQLite file, or a postgres:// URL [default: authz.sqlite].
     #[arg(long, env = "AUTHZ_DATABASE", global = true)]
-    database: Option<PathBuf>,
+    database: Option<Location>,
     #[command(subcommand)]
     command: Command,
 }
@@ -391,7 +392,7 @@ fn serve(config: Config) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();
-        tracing::info!(%addr, database = %config.database.display(), "serving");
+        tracing::info!(%addr, database = %config.database, "serving");
         // Log token expiries into the change log once a second, for the guard.
         let sweeper = Arc::clone(&store);
         tokio::spawn(async move {

@@ -4,12 +4,14 @@
 //! the web server nor the password hashing to reach the store:
 //!
 //! - [`authz`]: owners, consumers, tokens, sessions, sign-in counters and the change log, in
-//!   SQLite; [`Store`] implements `oauth-xmpp`'s credential lookup and nonce store.
+//!   SQLite or PostgreSQL; [`Store`] implements `oauth-xmpp`'s credential lookup and nonce
+//!   store.
 //! - [`guard`]: the guard's nodes, subscriptions and items behind the [`guard::Storage`]
 //!   trait, in the same file.
 //! - [`throttle`]: the sign-in throttling rules the counters apply.
 //! - [`config`], [`logging`], [`random`], [`datetime`]: settings files, log setup, random
 //!   tokens, dates.
+//! - [`db`]: the connection layer both stores run on, over SQLite or PostgreSQL.
 //! - [`backend`]: database failures in words that do not depend on the engine.
 
 pub mod authz;

@@ -40,7 +40,7 @@ use crate::store::Store;
 use pool::Pools;
 
 /// What every handler shares: the store (reached only through bounded blocking pools, so
-/// no SQLite call or password hash runs on the async runtime) and the settings.
+/// no store call or password hash runs on the async runtime) and the settings.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pools: Arc<Pools>,

@@ -1,4 +1,4 @@
-//! Blocking work off the async runtime: every SQLite call and every password hash runs on
+//! Blocking work off the async runtime: every store call and every password hash runs on
 //! tokio's blocking threads, each kind behind its own bound, so a burst of sign-ins (Argon2id
 //! takes tens of milliseconds of CPU each) never stalls the threads that serve the other
 //! pages, and never grows without limit.

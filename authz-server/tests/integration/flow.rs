@@ -2,7 +2,10 @@
 
 use oauth_xmpp::SignatureMethod;
 
-use crate::{Answer, CALLBACK, FORM, Server, Setup, cli, csrf_in, http, setup, sign_in, signer};
+use crate::{
+    Answer, CALLBACK, FORM, Server, Setup, cli, csrf_in, http, setup, setup_postgres, sign_in,
+    signer,
+};
 
 fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
     let url = format!("{}/oauth/request_token", server.base);
@@ -76,10 +79,21 @@ fn verifier_of(location: &str) -> String {
 
 #[test]
 fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
-    let s = setup();
+    whole_flow(&setup());
+}
+
+/// The same on PostgreSQL (`--database postgres://…`).
+#[test]
+fn whole_flow_on_postgres() {
+    if let Some(s) = setup_postgres("authz_server_flow") {
+        whole_flow(&s);
+    }
+}
+
+fn whole_flow(s: &Setup) {
     // A 2 s window: also how long the exchange may be retried (profile P6).
     let server = Server::start(&s.db, &["--window", "2"]);
-    let (token, secret) = request_token(&server, &s, "/location/alice /photos/alice/");
+    let (token, secret) = request_token(&server, s, "/location/alice /photos/alice/");
     let approved = answer(&server, &token, "approve");
     assert_eq!(approved.status, 303);
     let location = approved.header("Location").unwrap().to_owned();
@@ -90,20 +104,20 @@ fn whole_flow_then_reuse_then_revoke_shows_in_the_change_log() {
         "{location}"
     );
     let verifier = verifier_of(&location);
-    let access = access_token(&server, &s, (&token, &secret), &verifier);
+    let access = access_token(&server, s, (&token, &secret), &verifier);
     assert_eq!(access.status, 200, "{access:?}");
     assert_eq!(access.get("oauth_token").len(), 22);
     assert_eq!(access.get("oauth_token_secret").len(), 43);
 
     // Retried inside the window: the same token, not a second one.
-    let retry = access_token(&server, &s, (&token, &secret), &verifier);
+    let retry = access_token(&server, s, (&token, &secret), &verifier);
     assert_eq!(
         (retry.status, retry.get("oauth_token")),
         (200, access.get("oauth_token"))
     );
     // Past the window (whole seconds: at most 3 s later).
     std::thread::sleep(std::time::Duration::from_millis(3100));
-    let again = access_token(&server, &s, (&token, &secret), &verifier);
+    let again = access_token(&server, s, (&token, &secret), &verifier);
     assert_eq!(
         (again.status, again.get("oauth_problem").as_str()),
         (401, "token_used")
@@ -269,8 +283,14 @@ fn grant(s: &Setup) -> String {
 
 #[test]
 fn the_store_survives_a_restart() {
-    let s = setup();
-    let out = grant(&s);
+    survives_a_restart(&setup());
+    if let Some(s) = setup_postgres("authz_server_restart") {
+        survives_a_restart(&s);
+    }
+}
+
+fn survives_a_restart(s: &Setup) {
+    let out = grant(s);
     let server = Server::start(&s.db, &[]);
     drop(server);
     let _again = Server::start(&s.db, &[]);

@@ -218,7 +218,7 @@ pub(crate) const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-u
 /// The callback `FindMeNow` is registered with.
 pub(crate) const CALLBACK: &str = "http://127.0.0.1:9/cb";
 
-/// A database with the owner `alice` (password `correct horse`), the consumer `FindMeNow`
+/// A database (a SQLite file, or a PostgreSQL URL) with the owner `alice` (password `correct horse`), the consumer `FindMeNow`
 /// registered with the callback [`CALLBACK`], and `Kiosk`, registered without one (`oob`).
 pub(crate) struct Setup {
     _dir: tempfile::TempDir,
@@ -244,6 +244,20 @@ pub(crate) fn add_consumer(db: &Path, args: &[&str]) -> (String, String) {
 
 pub(crate) fn setup() -> Setup {
     let (dir, db) = temp_db();
+    setup_in(dir, db)
+}
+
+/// [`setup`] on a new database of the shared PostgreSQL test cluster (`name` unique among
+/// the tests), or `None` when PostgreSQL is not installed (see
+/// [`testkit_postgres::optional_shared`]). `db` is its URL.
+pub(crate) fn setup_postgres(name: &str) -> Option<Setup> {
+    let url = testkit_postgres::optional_shared()?
+        .new_database(name)
+        .unwrap();
+    Some(setup_in(tempfile::tempdir().unwrap(), PathBuf::from(url)))
+}
+
+fn setup_in(dir: tempfile::TempDir, db: PathBuf) -> Setup {
     let (ok, _, err) = cli(&db, &["owner", "add", "alice"], "correct horse\n");
     assert!(ok, "{err}");
     let (key, secret) = add_consumer(&db, &["--name", "FindMeNow", "--callback", CALLBACK]);

@@ -1,11 +1,12 @@
-//! The token store: one SQLite file (WAL, `busy_timeout`, mode 0600) holding owners,
-//! consumers, temporary credentials, access tokens, the nonces of the replay check, owner
-//! sessions and an append-only change log.
+//! The token store: owners, consumers, temporary credentials, access tokens, the nonces of
+//! the replay check, owner sessions and an append-only change log, in one SQLite file (WAL,
+//! `busy_timeout`, mode 0600) or one PostgreSQL database (see [`crate::db::Location`]).
 //!
-//! The authorization server writes it; the pubsub guard opens the same file, looks up
+//! The authorization server writes it; the pubsub guard opens the same database, looks up
 //! credentials through [`oauth_xmpp::CredentialStore`], records nonces through
-//! [`oauth_xmpp::replay::NonceStore`] and follows [`Store::changes_since`]. Every write is one
-//! `BEGIN IMMEDIATE` transaction, so two processes on the file are safe.
+//! [`oauth_xmpp::replay::NonceStore`] and follows [`Store::changes_since`]. Every write runs
+//! as the database's only writer ([`crate::db::Database::write`]) and every read on one
+//! snapshot, so several processes on one database are safe.
 
 mod model;
 mod oauth;
@@ -13,11 +14,8 @@ mod schema;
 mod signin;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use oauth_xmpp::{Scope, Secret};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use model::{
     AccessToken, Change, ChangeKind, Consumer, FailedSignIns, Grant, GrantSpan, Owner, RevokeBy,
@@ -25,15 +23,19 @@ pub use model::{
 };
 pub use signin::{Attempt, Throttled, ThrottledBy};
 
+use crate::args;
+use crate::backend::BackendError;
+use crate::db::{Database, Listener, Location, Row, Tx, Value};
 use crate::random;
 
 /// What can go wrong with the store, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed (I/O, a locked file past the busy timeout, corruption…).
+    /// The database failed (I/O, a lock held past the busy timeout, a lost connection,
+    /// corruption…).
     #[error("database: {0}")]
     Backend(#[from] crate::backend::BackendError),
-    /// Creating or opening the file failed.
+    /// Creating or opening the SQLite file failed.
     #[error("cannot open {path}: {source}")]
     Open {
         /// The file.
@@ -41,10 +43,10 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file was written by a newer version of this program.
+    /// The database was written by a newer version of this program.
     #[error("the database is at schema version {found}; this program knows up to {known}")]
     TooNew {
-        /// The file's version.
+        /// The database's version.
         found: i64,
         /// This program's newest.
         known: i64,
@@ -67,12 +69,6 @@ pub enum StoreError {
     /// Hashing a password failed.
     #[error("password hashing failed: {0}")]
     Password(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Backend(e.into())
-    }
 }
 
 /// Why temporary credentials cannot be exchanged for an access token (RFC 5849 §2.3).
@@ -112,13 +108,9 @@ impl ExchangeRefused {
 /// A `Result` of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// How long a writer waits for another process's lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// An open store. Cheap to share behind an `Arc`; calls are serialized on one connection.
 pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    db: Database,
     /// The second in which expired nonces were last deleted (at most once a second).
     nonces_purged_at: std::sync::atomic::AtomicU64,
     /// When stale sign-in counters were last deleted.
@@ -127,7 +119,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("location", self.db.location())
+            .finish()
     }
 }
 
@@ -140,64 +134,41 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 impl Store {
-    /// Opens (creating it, mode 0600, if missing) the store at `path` and runs the pending
-    /// migrations.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let conn = connect(&path)?;
+    /// Opens the store at `location` (a SQLite file is created, mode 0600, if missing) and
+    /// runs the pending migrations, as the only writer (two processes starting at once take
+    /// turns).
+    pub fn open(location: impl Into<Location>) -> Result<Self> {
+        let db = Database::open(&location.into())?;
         let store = Self {
-            conn: Mutex::new(conn),
-            path,
+            db,
             nonces_purged_at: std::sync::atomic::AtomicU64::new(0),
             throttle_purged_at: std::sync::atomic::AtomicU64::new(0),
         };
-        store.migrate()?;
+        store.write(schema::migrate)?;
         Ok(store)
     }
 
-    /// The file it is on.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where it is.
+    pub fn location(&self) -> &Location {
+        self.db.location()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` as the only writer of the database, in one transaction (committed when `f`
+    /// succeeds).
+    fn write<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.db.write(f)
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (committed when `f` succeeds).
-    fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Runs `f` on one snapshot of the database.
+    fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.db.read(f)
     }
 
-    fn migrate(&self) -> Result<()> {
-        let known = schema::MIGRATIONS.len() as i64;
-        self.write(|tx| {
-            let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if found > known {
-                return Err(StoreError::TooNew { found, known });
-            }
-            for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
-                tx.execute_batch(sql)?;
-                tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// The schema version of the file.
+    /// The schema version of the database: SQLite's `PRAGMA user_version`, or on PostgreSQL
+    /// the `authz` row of `schema_versions` (each engine has its own list of migrations).
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self
-            .lock()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        self.read(schema::version)
     }
 
     // ----- owners -----
@@ -213,7 +184,7 @@ impl Store {
             let inserted = tx.execute(
                 "INSERT INTO owners (name, password_hash, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO NOTHING",
-                params![name, password_hash, to_i64(now)],
+                args![name, password_hash, now],
             )?;
             if inserted == 0 {
                 return Err(StoreError::Exists(format!(
@@ -226,33 +197,33 @@ impl Store {
 
     /// The password hash of an owner (`None`: no such owner).
     pub fn password_hash(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .lock()
-            .query_row(
+        self.read(|tx| {
+            Ok(tx.query_opt(
                 "SELECT password_hash FROM owners WHERE name = ?1",
-                [name],
+                args![name],
                 |r| r.get(0),
-            )
-            .optional()?)
+            )?)
+        })
     }
 
     /// Every owner, by name.
     pub fn owners(&self) -> Result<Vec<Owner>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT o.name, o.created_at,
-                    (SELECT COUNT(*) FROM access_tokens t
-                      WHERE t.owner = o.name AND t.revoked_at IS NULL)
-             FROM owners o ORDER BY o.name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Owner {
-                name: r.get(0)?,
-                created_at: to_u64(r.get(1)?),
-                live_tokens: to_u64(r.get(2)?),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            Ok(tx.query_map(
+                "SELECT o.name, o.created_at,
+                        (SELECT COUNT(*) FROM access_tokens t
+                          WHERE t.owner = o.name AND t.revoked_at IS NULL)
+                 FROM owners o ORDER BY o.name",
+                &[],
+                |r| {
+                    Ok(Owner {
+                        name: r.get(0)?,
+                        created_at: r.get(1)?,
+                        live_tokens: r.get(2)?,
+                    })
+                },
+            )?)
+        })
     }
 
     /// Removes an owner: revokes her tokens (logged), ends her sessions, deletes her.
@@ -260,12 +231,12 @@ impl Store {
     pub fn remove_owner(&self, name: &str, now: u64) -> Result<usize> {
         self.write(|tx| {
             let revoked = revoke_in(tx, &RevokeBy::Owner(name.to_owned()), now)?;
-            tx.execute("DELETE FROM sessions WHERE owner = ?1", [name])?;
+            tx.execute("DELETE FROM sessions WHERE owner = ?1", args![name])?;
             tx.execute(
                 "UPDATE temporary_tokens SET state = 'denied' WHERE owner = ?1 AND state = 'approved'",
-                [name],
+                args![name],
             )?;
-            if tx.execute("DELETE FROM owners WHERE name = ?1", [name])? == 0 {
+            if tx.execute("DELETE FROM owners WHERE name = ?1", args![name])? == 0 {
                 return Err(StoreError::NotFound(format!("no owner named {name}")));
             }
             Ok(revoked)
@@ -298,14 +269,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO consumers (key, secret, name, jid, callback, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    key,
-                    secret.expose(),
-                    name.trim(),
-                    jid,
-                    callback,
-                    to_i64(now)
-                ],
+                args![&key, secret.expose(), name.trim(), jid, callback, now],
             )?;
             Ok(())
         })?;
@@ -314,22 +278,24 @@ impl Store {
 
     /// Every consumer, oldest first.
     pub fn consumers(&self) -> Result<Vec<Consumer>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(&format!("{CONSUMER_SELECT} ORDER BY created_at, key"))?;
-        let rows = stmt.query_map([], consumer_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            Ok(tx.query_map(
+                &format!("{CONSUMER_SELECT} ORDER BY created_at, key"),
+                &[],
+                consumer_row,
+            )?)
+        })
     }
 
     /// One consumer.
     pub fn consumer(&self, key: &str) -> Result<Option<Consumer>> {
-        Ok(self
-            .lock()
-            .query_row(
+        self.read(|tx| {
+            Ok(tx.query_opt(
                 &format!("{CONSUMER_SELECT} WHERE key = ?1"),
-                [key],
+                args![key],
                 consumer_row,
-            )
-            .optional()?)
+            )?)
+        })
     }
 
     /// Revokes a consumer and every access token issued to it (all logged). Returns how
@@ -338,14 +304,13 @@ impl Store {
         self.write(|tx| {
             let changed = tx.execute(
                 "UPDATE consumers SET revoked_at = ?2 WHERE key = ?1 AND revoked_at IS NULL",
-                params![key, to_i64(now)],
+                args![key, now],
             )?;
             if changed == 0 {
-                let exists: bool = tx
-                    .query_row("SELECT 1 FROM consumers WHERE key = ?1", [key], |_| {
-                        Ok(true)
-                    })
-                    .optional()?
+                let exists = tx
+                    .query_opt("SELECT 1 FROM consumers WHERE key = ?1", args![key], |_| {
+                        Ok(())
+                    })?
                     .is_some();
                 return Err(if exists {
                     StoreError::Refused(format!("the consumer {key} is already revoked"))
@@ -377,20 +342,20 @@ impl Store {
                 "INSERT INTO temporary_tokens
                    (token, secret, consumer_key, callback, scope, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    token,
+                args![
+                    &token,
                     secret.expose(),
                     consumer_key,
                     callback,
                     scope.to_string(),
-                    to_i64(now),
-                    to_i64(now.saturating_add(lifetime))
+                    now,
+                    now.saturating_add(lifetime)
                 ],
             )?;
             // Old temporary credentials are of no use to anyone: keep the table small.
             tx.execute(
                 "DELETE FROM temporary_tokens WHERE expires_at < ?1",
-                [to_i64(now.saturating_sub(86_400))],
+                args![now.saturating_sub(86_400)],
             )?;
             Ok(())
         })?;
@@ -399,28 +364,27 @@ impl Store {
 
     /// Temporary credentials with their consumer's name.
     pub fn temporary(&self, token: &str) -> Result<Option<TemporaryToken>> {
-        Ok(self
-            .lock()
-            .query_row(
+        self.read(|tx| {
+            Ok(tx.query_opt(
                 "SELECT t.token, t.consumer_key, c.name, t.callback, t.scope, t.state,
                         t.expires_at, t.owner
                  FROM temporary_tokens t JOIN consumers c ON c.key = t.consumer_key
                  WHERE t.token = ?1",
-                [token],
+                args![token],
                 |r| {
                     Ok(TemporaryToken {
                         token: r.get(0)?,
                         consumer_key: r.get(1)?,
                         consumer_name: r.get(2)?,
                         callback: r.get(3)?,
-                        scope: Scope::parse(&r.get::<_, String>(4)?),
-                        state: TemporaryState::parse(&r.get::<_, String>(5)?),
-                        expires_at: to_u64(r.get(6)?),
+                        scope: Scope::parse(&r.get::<String>(4)?),
+                        state: TemporaryState::parse(&r.get::<String>(5)?),
+                        expires_at: r.get(6)?,
                         owner: r.get(7)?,
                     })
                 },
-            )
-            .optional()?)
+            )?)
+        })
     }
 
     /// The owner approves pending temporary credentials for `scope` (which must be inside
@@ -441,7 +405,7 @@ impl Store {
             tx.execute(
                 "UPDATE temporary_tokens SET state = 'approved', owner = ?2, scope = ?3,
                         verifier = ?4 WHERE token = ?1",
-                params![token, owner, scope.to_string(), verifier],
+                args![token, owner, scope.to_string(), &verifier],
             )?;
             Ok(())
         })?;
@@ -455,7 +419,7 @@ impl Store {
             check_pending(&state, expires_at, now)?;
             tx.execute(
                 "UPDATE temporary_tokens SET state = 'denied' WHERE token = ?1",
-                [token],
+                args![token],
             )?;
             Ok(())
         })
@@ -478,26 +442,24 @@ impl Store {
         now: u64,
     ) -> Result<Grant> {
         self.write(|tx| {
-            let row: Option<TemporaryRow> = tx
-                .query_row(
-                    "SELECT state, consumer_key, scope, owner, verifier, expires_at,
-                            exchanged_at, access_token_id
-                     FROM temporary_tokens WHERE token = ?1",
-                    [token],
-                    |r| {
-                        Ok(TemporaryRow {
-                            state: r.get(0)?,
-                            consumer_key: r.get(1)?,
-                            scope: r.get(2)?,
-                            owner: r.get(3)?,
-                            verifier: r.get(4)?,
-                            expires_at: r.get(5)?,
-                            exchanged_at: r.get::<_, Option<i64>>(6)?.map(to_u64),
-                            access_token_id: r.get(7)?,
-                        })
-                    },
-                )
-                .optional()?;
+            let row = tx.query_opt(
+                "SELECT state, consumer_key, scope, owner, verifier, expires_at,
+                        exchanged_at, access_token_id
+                 FROM temporary_tokens WHERE token = ?1",
+                args![token],
+                |r| {
+                    Ok(TemporaryRow {
+                        state: r.get(0)?,
+                        consumer_key: r.get(1)?,
+                        scope: r.get(2)?,
+                        owner: r.get(3)?,
+                        verifier: r.get(4)?,
+                        expires_at: r.get(5)?,
+                        exchanged_at: r.get(6)?,
+                        access_token_id: r.get(7)?,
+                    })
+                },
+            )?;
             let Some(row) = row else {
                 return Err(StoreError::NotFound("unknown temporary token".into()));
             };
@@ -521,7 +483,7 @@ impl Store {
                 TemporaryState::Denied => return Err(ExchangeRefused::Denied.into()),
                 TemporaryState::Pending => return Err(ExchangeRefused::NotApproved.into()),
             }
-            if to_u64(row.expires_at) <= now {
+            if row.expires_at <= now {
                 return Err(ExchangeRefused::Expired.into());
             }
             let Some(owner) = row.owner else {
@@ -542,7 +504,7 @@ impl Store {
                 "UPDATE temporary_tokens SET state = 'used', exchanged_at = ?2,
                         exchange_nonce = ?3, access_token_id = ?4
                  WHERE token = ?1",
-                params![token, to_i64(now), nonce, grant.id],
+                args![token, now, nonce, grant.id],
             )?;
             Ok(grant)
         })
@@ -551,19 +513,16 @@ impl Store {
     /// For temporary credentials exchanged less than `retry_secs` ago: the nonce key of
     /// that exchange (a byte-for-byte retry of it carries the same one). `None` otherwise.
     pub fn exchange_retry(&self, token: &str, retry_secs: u64, now: u64) -> Result<Option<String>> {
-        let row: Option<(Option<i64>, Option<String>)> = self
-            .lock()
-            .query_row(
+        let row: Option<(Option<u64>, Option<String>)> = self.read(|tx| {
+            Ok(tx.query_opt(
                 "SELECT exchanged_at, exchange_nonce FROM temporary_tokens
                  WHERE token = ?1 AND state = 'used'",
-                [token],
+                args![token],
                 |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+            )?)
+        })?;
         Ok(match row {
-            Some((Some(at), Some(nonce))) if now <= to_u64(at).saturating_add(retry_secs) => {
-                Some(nonce)
-            }
+            Some((Some(at), Some(nonce))) if now <= at.saturating_add(retry_secs) => Some(nonce),
             _ => None,
         })
     }
@@ -584,19 +543,18 @@ impl Store {
         }
         self.write(|tx| {
             let owner_exists = tx
-                .query_row("SELECT 1 FROM owners WHERE name = ?1", [owner], |_| Ok(()))
-                .optional()?
+                .query_opt("SELECT 1 FROM owners WHERE name = ?1", args![owner], |_| {
+                    Ok(())
+                })?
                 .is_some();
             if !owner_exists {
                 return Err(StoreError::NotFound(format!("no owner named {owner}")));
             }
-            let revoked: Option<Option<i64>> = tx
-                .query_row(
-                    "SELECT revoked_at FROM consumers WHERE key = ?1",
-                    [consumer_key],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let revoked: Option<Option<i64>> = tx.query_opt(
+                "SELECT revoked_at FROM consumers WHERE key = ?1",
+                args![consumer_key],
+                |r| r.get(0),
+            )?;
             match revoked {
                 None => {
                     return Err(StoreError::NotFound(format!(
@@ -620,28 +578,31 @@ impl Store {
         owner: Option<&str>,
         consumer_key: Option<&str>,
     ) -> Result<Vec<AccessToken>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT t.id, t.token, t.consumer_key, c.name, t.owner, t.scope, t.created_at,
-                    t.expires_at, t.revoked_at
-             FROM access_tokens t JOIN consumers c ON c.key = t.consumer_key
-             WHERE (?1 IS NULL OR t.owner = ?1) AND (?2 IS NULL OR t.consumer_key = ?2)
-             ORDER BY t.id",
-        )?;
-        let rows = stmt.query_map(params![owner, consumer_key], |r| {
-            Ok(AccessToken {
-                id: r.get(0)?,
-                token: r.get(1)?,
-                consumer_key: r.get(2)?,
-                consumer_name: r.get(3)?,
-                owner: r.get(4)?,
-                scope: Scope::parse(&r.get::<_, String>(5)?),
-                created_at: to_u64(r.get(6)?),
-                expires_at: r.get::<_, Option<i64>>(7)?.map(to_u64),
-                revoked_at: r.get::<_, Option<i64>>(8)?.map(to_u64),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            // PostgreSQL cannot tell the type of a parameter that is only tested for NULL.
+            Ok(tx.query_map(
+                "SELECT t.id, t.token, t.consumer_key, c.name, t.owner, t.scope, t.created_at,
+                        t.expires_at, t.revoked_at
+                 FROM access_tokens t JOIN consumers c ON c.key = t.consumer_key
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR t.owner = ?1)
+                   AND (CAST(?2 AS TEXT) IS NULL OR t.consumer_key = ?2)
+                 ORDER BY t.id",
+                args![owner, consumer_key],
+                |r| {
+                    Ok(AccessToken {
+                        id: r.get(0)?,
+                        token: r.get(1)?,
+                        consumer_key: r.get(2)?,
+                        consumer_name: r.get(3)?,
+                        owner: r.get(4)?,
+                        scope: Scope::parse(&r.get::<String>(5)?),
+                        created_at: r.get(6)?,
+                        expires_at: r.get(7)?,
+                        revoked_at: r.get(8)?,
+                    })
+                },
+            )?)
+        })
     }
 
     /// Revokes live access tokens (logged, one change each). Returns how many.
@@ -657,7 +618,7 @@ impl Store {
                 tx,
                 "expires_at IS NOT NULL AND expires_at <= ?1 AND expiry_logged = 0 \
                  AND revoked_at IS NULL",
-                vec![to_i64(now).into()],
+                vec![Value::from(now)],
                 ("expiry_logged", 1),
                 ChangeKind::TokenExpired,
                 now,
@@ -669,32 +630,35 @@ impl Store {
 
     /// Changes after `seq`, oldest first, at most `limit`.
     pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT seq, at, kind, token_id, token, consumer_key, owner FROM changes
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![seq, to_i64(limit as u64)], |r| {
-            Ok(Change {
-                seq: r.get(0)?,
-                at: to_u64(r.get(1)?),
-                kind: ChangeKind::parse(&r.get::<_, String>(2)?),
-                token_id: r.get(3)?,
-                token: r.get(4)?,
-                consumer_key: r.get(5)?,
-                owner: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|tx| {
+            Ok(tx.query_map(
+                "SELECT seq, at, kind, token_id, token, consumer_key, owner FROM changes
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                args![seq, limit],
+                |r| {
+                    Ok(Change {
+                        seq: r.get(0)?,
+                        at: r.get(1)?,
+                        kind: ChangeKind::parse(&r.get::<String>(2)?),
+                        token_id: r.get(3)?,
+                        token: r.get(4)?,
+                        consumer_key: r.get(5)?,
+                        owner: r.get(6)?,
+                    })
+                },
+            )?)
+        })
     }
 
     /// The newest sequence number (0 when the log is empty).
     pub fn last_change(&self) -> Result<i64> {
-        Ok(self
-            .lock()
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM changes", [], |r| {
-                r.get(0)
-            })?)
+        self.read(|tx| {
+            Ok(
+                tx.query_one("SELECT COALESCE(MAX(seq), 0) FROM changes", &[], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
     }
 
     /// The spans of the change log in which `consumer_key` held an access token from
@@ -702,28 +666,29 @@ impl Store {
     /// that ended it (revoked or expired), if any. The guard replays a node's items to a
     /// consumer only from the spans whose scope permits the node.
     pub fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT t.scope, t.expires_at,
-                    (SELECT MIN(c.seq) FROM changes c
-                     WHERE c.token_id = t.id AND c.kind = 'granted'),
-                    (SELECT MIN(c.seq) FROM changes c
-                     WHERE c.token_id = t.id AND c.kind IN ('token-revoked', 'token-expired'))
-             FROM access_tokens t
-             WHERE t.consumer_key = ?1 AND t.owner = ?2
-             ORDER BY t.id",
-        )?;
-        let rows = stmt.query_map(params![consumer_key, owner], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
+        let rows = self.read(|tx| {
+            Ok(tx.query_map(
+                "SELECT t.scope, t.expires_at,
+                        (SELECT MIN(c.seq) FROM changes c
+                         WHERE c.token_id = t.id AND c.kind = 'granted'),
+                        (SELECT MIN(c.seq) FROM changes c
+                         WHERE c.token_id = t.id AND c.kind IN ('token-revoked', 'token-expired'))
+                 FROM access_tokens t
+                 WHERE t.consumer_key = ?1 AND t.owner = ?2
+                 ORDER BY t.id",
+                args![consumer_key, owner],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<Option<u64>>(1)?,
+                        r.get::<Option<i64>>(2)?,
+                        r.get::<Option<i64>>(3)?,
+                    ))
+                },
+            )?)
         })?;
         let mut spans = Vec::new();
-        for row in rows {
-            let (scope, expires_at, granted, ended) = row?;
+        for (scope, expires_at, granted, ended) in rows {
             // A token without its `granted` entry cannot be placed in the log: it opens no
             // span (nothing is replayed that cannot be shown to be covered).
             let Some(granted) = granted else { continue };
@@ -731,7 +696,7 @@ impl Store {
                 scope: Scope::parse(&scope),
                 granted_seq: granted,
                 ended_seq: ended,
-                expires_at: expires_at.map(to_u64),
+                expires_at,
             });
         }
         Ok(spans)
@@ -769,43 +734,47 @@ impl Store {
         let id = random::token(32)?;
         let csrf = random::token(16)?;
         self.write(|tx| {
-            tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [to_i64(now)])?;
+            tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", args![now])?;
             if let Some(address) = address {
+                // Not MAX(failures - 1, 0): PostgreSQL spells the two-argument MAX GREATEST.
                 tx.execute(
-                    "UPDATE sign_in_throttle SET failures = MAX(failures - 1, 0)
+                    "UPDATE sign_in_throttle
+                     SET failures = CASE WHEN failures > 0 THEN failures - 1 ELSE 0 END
                      WHERE subject = ?1",
-                    [address],
+                    args![address],
                 )?;
             }
             if let Some(subject) = signin::name_subject(owner) {
-                tx.execute("DELETE FROM sign_in_throttle WHERE subject = ?1", [subject])?;
+                tx.execute(
+                    "DELETE FROM sign_in_throttle WHERE subject = ?1",
+                    args![subject],
+                )?;
             }
             let failed_before = tx
-                .query_row(
+                .query_opt(
                     "SELECT failed_sign_ins, last_failed_sign_in, lockouts FROM owners
                      WHERE name = ?1",
-                    [owner],
+                    args![owner],
                     |r| failed_sign_ins(r, 0),
-                )
-                .optional()?
+                )?
                 .unwrap_or_default();
             tx.execute(
                 "UPDATE owners SET failed_sign_ins = 0, last_failed_sign_in = NULL, lockouts = 0
                  WHERE name = ?1",
-                [owner],
+                args![owner],
             )?;
             tx.execute(
                 "INSERT INTO sessions (id, owner, csrf, expires_at, failed_sign_ins,
                                        last_failed_sign_in, lockouts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    id,
+                args![
+                    &id,
                     owner,
-                    csrf,
-                    to_i64(now.saturating_add(lifetime)),
-                    to_i64(failed_before.count),
-                    failed_before.last_at.map(to_i64),
-                    to_i64(failed_before.lockouts)
+                    &csrf,
+                    now.saturating_add(lifetime),
+                    failed_before.count,
+                    failed_before.last_at,
+                    failed_before.lockouts
                 ],
             )?;
             Ok(Session {
@@ -819,12 +788,11 @@ impl Store {
 
     /// The live session with this id.
     pub fn session(&self, id: &str, now: u64) -> Result<Option<Session>> {
-        Ok(self
-            .lock()
-            .query_row(
+        self.read(|tx| {
+            Ok(tx.query_opt(
                 "SELECT id, owner, csrf, failed_sign_ins, last_failed_sign_in, lockouts
                  FROM sessions WHERE id = ?1 AND expires_at > ?2",
-                params![id, to_i64(now)],
+                args![id, now],
                 |r| {
                     Ok(Session {
                         id: r.get(0)?,
@@ -833,14 +801,14 @@ impl Store {
                         failed_before: failed_sign_ins(r, 3)?,
                     })
                 },
-            )
-            .optional()?)
+            )?)
+        })
     }
 
     /// Ends a session.
     pub fn delete_session(&self, id: &str) -> Result<()> {
         self.write(|tx| {
-            tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM sessions WHERE id = ?1", args![id])?;
             Ok(())
         })
     }
@@ -848,11 +816,11 @@ impl Store {
 
 /// The three failed-sign-in columns (count, last time, lockouts) from column `at` on, as the
 /// owners and sessions tables both hold them.
-fn failed_sign_ins(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<FailedSignIns> {
+fn failed_sign_ins(r: &Row, at: usize) -> Result<FailedSignIns, BackendError> {
     Ok(FailedSignIns {
-        count: to_u64(r.get(at)?),
-        last_at: r.get::<_, Option<i64>>(at + 1)?.map(to_u64),
-        lockouts: to_u64(r.get(at + 2)?),
+        count: r.get(at)?,
+        last_at: r.get(at + 1)?,
+        lockouts: r.get(at + 2)?,
     })
 }
 
@@ -863,63 +831,60 @@ struct TemporaryRow {
     scope: String,
     owner: Option<String>,
     verifier: Option<String>,
-    expires_at: i64,
+    expires_at: u64,
     exchanged_at: Option<u64>,
     access_token_id: Option<i64>,
 }
 
 /// The access token `id` as a grant, if it is neither revoked nor expired at `now`.
-fn live_grant_in(tx: &rusqlite::Transaction<'_>, id: i64, now: u64) -> Result<Option<Grant>> {
-    Ok(tx
-        .query_row(
-            "SELECT token, secret, consumer_key, owner, scope FROM access_tokens
-             WHERE id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
-            params![id, to_i64(now)],
-            |r| {
-                Ok(Grant {
-                    id,
-                    token: r.get(0)?,
-                    secret: Secret::new(r.get::<_, String>(1)?),
-                    consumer_key: r.get(2)?,
-                    owner: r.get(3)?,
-                    scope: Scope::parse(&r.get::<_, String>(4)?),
-                })
-            },
-        )
-        .optional()?)
+fn live_grant_in(tx: &Tx<'_>, id: i64, now: u64) -> Result<Option<Grant>> {
+    Ok(tx.query_opt(
+        "SELECT token, secret, consumer_key, owner, scope FROM access_tokens
+         WHERE id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+        args![id, now],
+        |r| {
+            Ok(Grant {
+                id,
+                token: r.get(0)?,
+                secret: Secret::new(r.get::<String>(1)?),
+                consumer_key: r.get(2)?,
+                owner: r.get(3)?,
+                scope: Scope::parse(&r.get::<String>(4)?),
+            })
+        },
+    )?)
 }
 
 const CONSUMER_SELECT: &str =
     "SELECT key, name, jid, callback, created_at, revoked_at FROM consumers";
 
-fn consumer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Consumer> {
+fn consumer_row(r: &Row) -> Result<Consumer, BackendError> {
     Ok(Consumer {
         key: r.get(0)?,
         name: r.get(1)?,
         jid: r.get(2)?,
         callback: r.get(3)?,
-        created_at: to_u64(r.get(4)?),
-        revoked_at: r.get::<_, Option<i64>>(5)?.map(to_u64),
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
     })
 }
 
-fn pending_in(tx: &rusqlite::Transaction<'_>, token: &str) -> Result<(String, String, i64)> {
-    tx.query_row(
+fn pending_in(tx: &Tx<'_>, token: &str) -> Result<(String, String, u64)> {
+    tx.query_opt(
         "SELECT state, scope, expires_at FROM temporary_tokens WHERE token = ?1",
-        [token],
+        args![token],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .optional()?
+    )?
     .ok_or_else(|| StoreError::NotFound("unknown temporary token".into()))
 }
 
-fn check_pending(state: &str, expires_at: i64, now: u64) -> Result<()> {
+fn check_pending(state: &str, expires_at: u64, now: u64) -> Result<()> {
     if TemporaryState::parse(state) != TemporaryState::Pending {
         return Err(StoreError::Refused(
             "this request was already answered".into(),
         ));
     }
-    if to_u64(expires_at) <= now {
+    if expires_at <= now {
         return Err(StoreError::Refused(
             "this request has expired: ask the application to start again".into(),
         ));
@@ -929,7 +894,7 @@ fn check_pending(state: &str, expires_at: i64, now: u64) -> Result<()> {
 
 /// Issues an access token (from the OS random generator) and logs the grant.
 fn insert_grant(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Tx<'_>,
     consumer_key: &str,
     owner: &str,
     scope: Scope,
@@ -938,20 +903,21 @@ fn insert_grant(
 ) -> Result<Grant> {
     let token = random::token(16)?;
     let secret = Secret::new(random::token(32)?);
-    tx.execute(
+    let id: i64 = tx.query_one(
         "INSERT INTO access_tokens (token, secret, consumer_key, owner, scope, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            token,
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         RETURNING id",
+        args![
+            &token,
             secret.expose(),
             consumer_key,
             owner,
             scope.to_string(),
-            to_i64(now),
-            expires_at.map(to_i64)
+            now,
+            expires_at
         ],
+        |r| r.get(0),
     )?;
-    let id = tx.last_insert_rowid();
     let row = TokenRow {
         id,
         token: &token,
@@ -968,17 +934,15 @@ fn insert_grant(
     })
 }
 
-fn revoke_in(tx: &rusqlite::Transaction<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
-    use rusqlite::types::Value;
+fn revoke_in(tx: &Tx<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
     let (clause, values): (&str, Vec<Value>) = match by {
         RevokeBy::Id(id) => ("id = ?1", vec![(*id).into()]),
-        RevokeBy::Token(token) => ("token = ?1", vec![token.clone().into()]),
-        RevokeBy::Owner(owner) => ("owner = ?1", vec![owner.clone().into()]),
-        RevokeBy::Consumer(key) => ("consumer_key = ?1", vec![key.clone().into()]),
-        RevokeBy::OwnerAndId(owner, id) => (
-            "owner = ?1 AND id = ?2",
-            vec![owner.clone().into(), (*id).into()],
-        ),
+        RevokeBy::Token(token) => ("token = ?1", vec![token.into()]),
+        RevokeBy::Owner(owner) => ("owner = ?1", vec![owner.into()]),
+        RevokeBy::Consumer(key) => ("consumer_key = ?1", vec![key.into()]),
+        RevokeBy::OwnerAndId(owner, id) => {
+            ("owner = ?1 AND id = ?2", vec![owner.into(), (*id).into()])
+        }
     };
     end_tokens(
         tx,
@@ -993,25 +957,21 @@ fn revoke_in(tx: &rusqlite::Transaction<'_>, by: &RevokeBy, now: u64) -> Result<
 /// For every access token matching `filter` (with `values`): sets `column` to its value
 /// and logs a `kind` change. Returns how many.
 fn end_tokens(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Tx<'_>,
     filter: &str,
-    values: Vec<rusqlite::types::Value>,
+    values: Vec<Value>,
     (column, value): (&str, i64),
     kind: ChangeKind,
     now: u64,
 ) -> Result<usize> {
-    let rows: Vec<(i64, String, String, String)> = {
-        let mut stmt = tx.prepare(&format!(
-            "SELECT id, token, consumer_key, owner FROM access_tokens WHERE {filter}"
-        ))?;
-        let mapped = stmt.query_map(rusqlite::params_from_iter(values), |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        mapped.collect::<Result<_, _>>()?
-    };
+    let rows: Vec<(i64, String, String, String)> = tx.query_map(
+        &format!("SELECT id, token, consumer_key, owner FROM access_tokens WHERE {filter}"),
+        &values,
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let update = format!("UPDATE access_tokens SET {column} = ?2 WHERE id = ?1");
     for (id, token, consumer_key, owner) in &rows {
-        tx.execute(&update, params![id, value])?;
+        tx.execute(&update, args![*id, value])?;
         let row = TokenRow {
             id: *id,
             token,
@@ -1029,9 +989,10 @@ struct TokenRow<'a> {
     owner: &'a str,
 }
 
-/// Appends one entry to the change log.
+/// Appends one entry to the change log (on PostgreSQL its trigger notifies
+/// [`Authorizations::watch_changes`] listeners when the transaction commits).
 fn log(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Tx<'_>,
     now: u64,
     kind: ChangeKind,
     token: Option<TokenRow<'_>>,
@@ -1040,8 +1001,8 @@ fn log(
     tx.execute(
         "INSERT INTO changes (at, kind, token_id, token, consumer_key, owner)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            to_i64(now),
+        args![
+            now,
             kind.as_str(),
             token.as_ref().map(|t| t.id),
             token.as_ref().map(|t| t.token),
@@ -1071,8 +1032,8 @@ fn validate_name(name: &str) -> Result<()> {
 
 /// The authorization server's side as the guard reads it: credentials and nonces (through
 /// `oauth-xmpp`'s traits), the change log it follows, the expiries it logs when it runs
-/// alone, and each token's span of the log (what it may replay). [`Store`] is the SQLite
-/// one; the guard's service holds any.
+/// alone, and each token's span of the log (what it may replay). [`Store`] is the one on
+/// SQLite or PostgreSQL; the guard's service holds any.
 pub trait Authorizations:
     oauth_xmpp::CredentialStore + oauth_xmpp::replay::NonceStore + Send + Sync
 {
@@ -1082,6 +1043,11 @@ pub trait Authorizations:
     fn log_expiries(&self, now: u64) -> Result<usize>;
     /// The spans of `consumer_key`'s tokens from `owner` ([`Store::grant_spans`]).
     fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>>;
+    /// Calls `wake` from another thread soon after a change is logged, so the caller can
+    /// read [`Authorizations::changes_since`] at once instead of at its next poll (and once
+    /// after a lost connection is back, for what it may have missed). Dropping the returned
+    /// [`Listener`] stops it. `None` when the store cannot tell (SQLite): keep polling.
+    fn watch_changes(&self, wake: Box<dyn Fn() + Send>) -> Result<Option<Listener>>;
 }
 
 impl Authorizations for Store {
@@ -1096,45 +1062,26 @@ impl Authorizations for Store {
     fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>> {
         Store::grant_spans(self, consumer_key, owner)
     }
+
+    /// On PostgreSQL, a listener on the channel `authz_changes`, which the change log's
+    /// trigger notifies once per statement that appends to it.
+    fn watch_changes(&self, wake: Box<dyn Fn() + Send>) -> Result<Option<Listener>> {
+        match self.location() {
+            Location::Sqlite(_) => Ok(None),
+            Location::Postgres(url) => Ok(Some(crate::db::pg::listen(
+                url,
+                schema::CHANGES_CHANNEL,
+                wake,
+            )?)),
+        }
+    }
 }
 
-/// A connection to the shared SQLite file as every program of the project opens it: the
-/// file created with mode 0600 if missing, WAL, `synchronous = NORMAL`, foreign keys on, and
-/// a busy timeout so two processes can write to it in turn. The pubsub guard opens its own
-/// tables with it.
-pub fn connect(path: &Path) -> Result<Connection> {
-    create_private(path)?;
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
-}
-
-/// Creates `path` with mode 0600 if it does not exist (SQLite gives its `-wal` and `-shm`
-/// files the same mode).
-///
-/// An existing file is never opened here: closing any descriptor of a file drops every POSIX
-/// lock the process holds on it, including the locks of SQLite connections this process
-/// already has on it. A process that holds no lock lets another process's `sqlite3` shell
-/// believe it is the last user and delete the `-wal` file under it.
-fn create_private(path: &Path) -> Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+/// A connection to the shared SQLite file, as [`crate::db::Database`] opens one (mode 0600,
+/// WAL, foreign keys, busy timeout).
+// removed once the guard's storage is on db::Database
+pub fn connect(path: &Path) -> Result<rusqlite::Connection> {
+    crate::db::sqlite::connect(path)
 }
 
 #[cfg(test)]

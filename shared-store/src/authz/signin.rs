@@ -1,9 +1,9 @@
 //! The sign-in counters of [`crate::throttle`], kept in the store so that they hold across
-//! restarts and across every replica on the file.
+//! restarts and across every replica on the database.
 
-use rusqlite::{OptionalExtension, params};
-
-use super::{Result, Store, to_i64, to_u64, validate_name};
+use super::{Result, Store, validate_name};
+use crate::args;
+use crate::db::Tx;
 use crate::throttle::{Counter, Rule, SignInPolicy, Wait};
 
 /// Which counter refused an attempt.
@@ -35,36 +35,30 @@ pub struct Attempt {
 /// At most once a minute, counters that are forgotten anyway are deleted.
 const PURGE_EVERY_SECS: u64 = 60;
 
-fn counter_in(tx: &rusqlite::Transaction<'_>, subject: &str) -> Result<Counter> {
+fn counter_in(tx: &Tx<'_>, subject: &str) -> Result<Counter> {
     Ok(tx
-        .query_row(
+        .query_opt(
             "SELECT failures, last_failure, locked_until FROM sign_in_throttle
              WHERE subject = ?1",
-            [subject],
+            args![subject],
             |r| {
                 Ok(Counter {
-                    failures: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
-                    last_failure: to_u64(r.get(1)?),
-                    locked_until: to_u64(r.get(2)?),
+                    failures: u32::try_from(r.get::<i64>(0)?).unwrap_or(u32::MAX),
+                    last_failure: r.get(1)?,
+                    locked_until: r.get(2)?,
                 })
             },
-        )
-        .optional()?
+        )?
         .unwrap_or_default())
 }
 
-fn save_in(tx: &rusqlite::Transaction<'_>, subject: &str, c: Counter) -> Result<()> {
+fn save_in(tx: &Tx<'_>, subject: &str, c: Counter) -> Result<()> {
     tx.execute(
         "INSERT INTO sign_in_throttle (subject, failures, last_failure, locked_until)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(subject) DO UPDATE SET failures = excluded.failures,
            last_failure = excluded.last_failure, locked_until = excluded.locked_until",
-        params![
-            subject,
-            i64::from(c.failures),
-            to_i64(c.last_failure),
-            to_i64(c.locked_until)
-        ],
+        args![subject, c.failures, c.last_failure, c.locked_until],
     )?;
     Ok(())
 }
@@ -123,29 +117,26 @@ impl Store {
     pub fn sign_in_failed(&self, name: &str, attempt: Attempt, now: u64) -> Result<()> {
         self.write(|tx| {
             if let Some(subject) = name_subject(name) {
+                // Not MAX(last_failure, ?2): PostgreSQL spells the two-argument MAX GREATEST.
                 tx.execute(
-                    "UPDATE sign_in_throttle SET last_failure = MAX(last_failure, ?2)
+                    "UPDATE sign_in_throttle
+                     SET last_failure = CASE WHEN last_failure > ?2 THEN last_failure ELSE ?2 END
                      WHERE subject = ?1",
-                    params![subject, to_i64(now)],
+                    args![subject, now],
                 )?;
             }
             tx.execute(
                 "UPDATE owners SET failed_sign_ins = failed_sign_ins + 1,
                         last_failed_sign_in = ?2, lockouts = lockouts + ?3
                  WHERE name = ?1",
-                params![name, to_i64(now), i64::from(attempt.locks_name)],
+                args![name, now, attempt.locks_name],
             )?;
             Ok(())
         })
     }
 
     /// Deletes counters that [`Rule::wait`] would forget anyway, at most once a minute.
-    fn purge_throttle(
-        &self,
-        tx: &rusqlite::Transaction<'_>,
-        policy: &SignInPolicy,
-        now: u64,
-    ) -> Result<()> {
+    fn purge_throttle(&self, tx: &Tx<'_>, policy: &SignInPolicy, now: u64) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         let last = self.throttle_purged_at.load(Relaxed);
         if last.saturating_add(PURGE_EVERY_SECS) > now
@@ -160,11 +151,7 @@ impl Store {
             tx.execute(
                 "DELETE FROM sign_in_throttle WHERE subject LIKE ?1
                    AND last_failure <= ?2 AND locked_until <= ?3",
-                params![
-                    prefix,
-                    to_i64(now.saturating_sub(rule.forget_after_secs)),
-                    to_i64(now)
-                ],
+                args![prefix, now.saturating_sub(rule.forget_after_secs), now],
             )?;
         }
         Ok(())

@@ -18,7 +18,7 @@
 
 mod location;
 pub(crate) mod pg;
-mod sqlite;
+pub(crate) mod sqlite;
 mod value;
 
 use std::sync::{Mutex, MutexGuard};
@@ -53,7 +53,8 @@ pub struct Database {
 
 enum Conn {
     Sqlite(Mutex<rusqlite::Connection>),
-    Postgres(Mutex<pg::Conn>),
+    // Boxed: a PostgreSQL connection is several times the size of a SQLite one.
+    Postgres(Mutex<Box<pg::Conn>>),
 }
 
 impl std::fmt::Debug for Database {
@@ -80,13 +81,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Database {
-    /// Opens the database at `location`: a SQLite file (created with mode 0600 if missing;
-    /// see [`crate::authz::connect`]) or a PostgreSQL server, connected at once so that a wrong
-    /// URL or a server that is down is reported now.
+    /// Opens the database at `location`: a SQLite file (created with mode 0600 if missing,
+    /// in WAL mode with a busy timeout) or a PostgreSQL server, connected at once so that a
+    /// wrong URL or a server that is down is reported now.
     pub fn open(location: &Location) -> Result<Self, crate::StoreError> {
         let conn = match location {
             Location::Sqlite(path) => Conn::Sqlite(Mutex::new(sqlite::connect(path)?)),
-            Location::Postgres(url) => Conn::Postgres(Mutex::new(pg::Conn::open(url)?)),
+            Location::Postgres(url) => Conn::Postgres(Mutex::new(Box::new(pg::Conn::open(url)?))),
         };
         Ok(Self {
             conn,

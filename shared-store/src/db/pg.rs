@@ -310,7 +310,7 @@ const LISTEN_TICK: Duration = Duration::from_millis(500);
 /// first connection is made before this returns (so a wrong URL is an error here); a lost
 /// connection is made again with a backoff of up to 5 s, and `wake` is called once it is
 /// back.
-pub fn listen(
+pub(crate) fn listen(
     url: &str,
     channel: &'static str,
     wake: Box<dyn Fn() + Send>,

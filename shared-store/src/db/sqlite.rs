@@ -48,7 +48,7 @@ fn value(v: ValueRef<'_>) -> Result<Value, BackendError> {
 /// A connection to the shared SQLite file as every program of the project opens it: the
 /// file created with mode 0600 if missing, WAL, `synchronous = NORMAL`, foreign keys on, and
 /// a busy timeout so two processes can write to it in turn.
-pub(super) fn connect(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn connect(path: &Path) -> Result<Connection, StoreError> {
     create_private(path)?;
     let conn = Connection::open(path).map_err(BackendError::from)?;
     let setup = || -> rusqlite::Result<()> {

@@ -1,7 +1,6 @@
 //! The connection layer on both engines.
 
 use super::*;
-use crate::args;
 
 /// A database of each engine (PostgreSQL when installed, see
 /// [`testkit_postgres::optional_shared`]); `name` must be unique among the crate's tests.
