@@ -100,11 +100,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let news = Arc::new(AtomicBool::new(true));
     let listener = {
         let (news, work) = (Arc::clone(&news), work_tx.clone());
-        store.watch_changes(Box::new(move || {
-            news.store(true, Ordering::Relaxed);
-            // A full queue means the worker is busy; it looks at the flag between stanzas.
-            let _ = work.try_send(Work::Tick);
-        }))?
+        shared_store::Authorizations::watch_changes(
+            &*store,
+            Box::new(move || {
+                news.store(true, Ordering::Relaxed);
+                // A full queue means the worker is busy; it looks at the flag between stanzas.
+                let _ = work.try_send(Work::Tick);
+            }),
+        )?
     };
     if listener.is_some() {
         info!("following the change log by the database's notices");

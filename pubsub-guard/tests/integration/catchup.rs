@@ -11,7 +11,7 @@ use oauth_xmpp::Scope;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::sign::{Credentials, Signer};
 use pubsub_guard::service::Service;
-use pubsub_guard::storage::{Access, Node, DbStorage, Storage};
+use pubsub_guard::storage::{Access, DbStorage, Node, Storage};
 use shared_store::authz::RevokeBy;
 
 use crate::service::{APP, EVE, LOC, RSM, World, error, expect, iq, pubsub, world};

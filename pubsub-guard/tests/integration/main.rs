@@ -32,7 +32,7 @@ fn config(server: &str, db: &Path) -> Config {
         component: "pubsub.localhost".into(),
         secret: Some(Secret::new(SECRET)),
         server: server.into(),
-        database: db.to_path_buf(),
+        database: db.into(),
         max_stanza_bytes: 2048,
         keepalive_secs: 1,
         reconnect_max_secs: 1,

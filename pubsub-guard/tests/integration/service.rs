@@ -12,10 +12,10 @@ use pubsub_guard::config::{Config, Template};
 use pubsub_guard::refusal::Refusal;
 use pubsub_guard::service::Service;
 use pubsub_guard::storage::{Access, DbStorage, Node, Storage};
-use shared_store::db::Location;
 use pubsub_guard::stream::StanzaHead;
 use shared_store::Store;
 use shared_store::authz::RevokeBy;
+use shared_store::db::Location;
 
 pub(crate) const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub(crate) const RSM: &str = "http://jabber.org/protocol/rsm";

@@ -13,7 +13,7 @@ mod oauth;
 mod schema;
 mod signin;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use oauth_xmpp::{Scope, Secret};
 
@@ -1075,13 +1075,6 @@ impl Authorizations for Store {
             )?)),
         }
     }
-}
-
-/// A connection to the shared SQLite file, as [`crate::db::Database`] opens one (mode 0600,
-/// WAL, foreign keys, busy timeout).
-// removed once the guard's storage is on db::Database
-pub fn connect(path: &Path) -> Result<rusqlite::Connection> {
-    crate::db::sqlite::connect(path)
 }
 
 #[cfg(test)]
