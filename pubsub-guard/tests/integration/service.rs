@@ -628,6 +628,101 @@ fn the_change_log_ends_subscriptions_once() {
     assert_eq!(w.handle(publish_to_alice()).len(), 1);
 }
 
+/// With the store's notices (PostgreSQL), the change log is read when a notice came, not on
+/// every call.
+#[test]
+fn with_change_notices_the_log_is_read_when_told() {
+    let mut w = world();
+    w.subscribe_app();
+    let news = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    w.service.use_change_notices(Arc::clone(&news));
+    // Read once right away.
+    assert!(w.service.follow_changes().is_empty());
+    assert!(!news.load(std::sync::atomic::Ordering::Relaxed));
+    w.store
+        .revoke_tokens(&RevokeBy::Id(w.token_id), shared_store::authz::now())
+        .unwrap();
+    // No notice yet: the log is not read.
+    assert!(w.service.follow_changes().is_empty());
+    assert_eq!(w.storage.subscriptions(None).unwrap().len(), 1);
+    news.store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = w.service.follow_changes();
+    assert_eq!(out.len(), 1);
+    assert!(is_none_event(&out[0]), "{}", String::from(&out[0]));
+    assert!(w.storage.subscriptions(None).unwrap().is_empty());
+}
+
+/// Two guards of a fleet on one database each follow the change log with their own cursor;
+/// the subscription of a revoked token ends once, in whichever reads the log first.
+#[test]
+fn two_guards_of_a_fleet_end_a_revoked_subscription_once() {
+    let mut w = world();
+    w.subscribe_app();
+    let guard = |instance: &str| {
+        Service::new(
+            &w.config,
+            Box::new(DbStorage::open(&w.db).unwrap().for_instance(instance)),
+            w.store.clone(),
+        )
+    };
+    let (mut a, mut b) = (guard("a"), guard("b"));
+    assert!(a.follow_changes().is_empty());
+    assert!(b.follow_changes().is_empty());
+    w.store
+        .revoke_tokens(&RevokeBy::Id(w.token_id), shared_store::authz::now())
+        .unwrap();
+    let from_b = b.follow_changes();
+    let from_a = a.follow_changes();
+    assert_eq!((from_a.len(), from_b.len()), (0, 1));
+    assert!(is_none_event(&from_b[0]));
+    assert!(w.storage.subscriptions(None).unwrap().is_empty());
+    let last = w.store.last_change().unwrap();
+    for instance in ["a", "b"] {
+        let s = DbStorage::open(&w.db).unwrap().for_instance(instance);
+        assert_eq!(s.change_cursor().unwrap(), last, "{instance}");
+    }
+}
+
+/// On PostgreSQL the store announces each change: a revocation sets the guard's flag
+/// within a second (the guard's worker then reads the log). SQLite has no notices (the guard
+/// polls).
+#[test]
+fn on_postgres_a_revocation_is_announced_within_a_second() {
+    let mut w = world();
+    if !crate::service::on_postgres() {
+        let none = shared_store::Authorizations::watch_changes(&*w.store, Box::new(|| {}));
+        assert!(none.unwrap().is_none());
+        return;
+    }
+    w.subscribe_app();
+    let news = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = {
+        let news = Arc::clone(&news);
+        shared_store::Authorizations::watch_changes(
+            &*w.store,
+            Box::new(move || {
+                news.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send(());
+            }),
+        )
+        .unwrap()
+    };
+    assert!(listener.is_some(), "PostgreSQL tells of changes");
+    w.service.use_change_notices(Arc::clone(&news));
+    assert!(w.service.follow_changes().is_empty());
+    while rx.try_recv().is_ok() {}
+    let revoked = std::time::Instant::now();
+    w.store
+        .revoke_tokens(&RevokeBy::Id(w.token_id), shared_store::authz::now())
+        .unwrap();
+    rx.recv_timeout(std::time::Duration::from_secs(1))
+        .expect("a notice within 1 s");
+    let out = w.service.follow_changes();
+    assert_eq!(out.len(), 1, "after {:?}", revoked.elapsed());
+    assert!(is_none_event(&out[0]));
+}
+
 #[test]
 fn delivery_checks_the_token_even_before_the_log_is_read() {
     let mut w = world();
