@@ -165,6 +165,12 @@ impl Store {
         self.db.read(f)
     }
 
+    /// Runs `f`, whose statements need no common snapshot, each on its own (no transaction to
+    /// begin and end: the lookups on every request's path).
+    fn read_each<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.db.atomic(f)
+    }
+
     /// The schema version of the database: SQLite's `PRAGMA user_version`, or on PostgreSQL
     /// the `authz` row of `schema_versions` (each engine has its own list of migrations).
     pub fn schema_version(&self) -> Result<i64> {
@@ -630,7 +636,7 @@ impl Store {
 
     /// Changes after `seq`, oldest first, at most `limit`.
     pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
-        self.read(|tx| {
+        self.read_each(|tx| {
             Ok(tx.query_map(
                 "SELECT seq, at, kind, token_id, token, consumer_key, owner FROM changes
                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -666,7 +672,7 @@ impl Store {
     /// that ended it (revoked or expired), if any. The guard replays a node's items to a
     /// consumer only from the spans whose scope permits the node.
     pub fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>> {
-        let rows = self.read(|tx| {
+        let rows = self.read_each(|tx| {
             Ok(tx.query_map(
                 "SELECT t.scope, t.expires_at,
                         (SELECT MIN(c.seq) FROM changes c

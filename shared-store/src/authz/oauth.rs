@@ -15,7 +15,7 @@ impl CredentialStore for Store {
         &self,
         consumer_key: &str,
     ) -> Result<Option<ConsumerRecord>, oauth_xmpp::StoreError> {
-        self.read(|tx| {
+        self.read_each(|tx| {
             Ok(tx.query_opt(
                 "SELECT secret, revoked_at IS NOT NULL FROM consumers WHERE key = ?1",
                 args![consumer_key],
@@ -32,7 +32,7 @@ impl CredentialStore for Store {
 
     /// An access token, else temporary credentials, read on one snapshot.
     fn token(&self, token: &str) -> Result<Option<TokenRecord>, oauth_xmpp::StoreError> {
-        self.read(|tx| {
+        self.read_each(|tx| {
             let access = tx.query_opt(
                 "SELECT secret, consumer_key, owner, scope, expires_at, revoked_at IS NOT NULL
                  FROM access_tokens WHERE token = ?1",

@@ -13,8 +13,9 @@
 //!   given, which is what a reader following them by position relies on.
 //! - [`Database::read`] sees one snapshot: a deferred SQLite transaction, a PostgreSQL
 //!   `REPEATABLE READ READ ONLY` one.
-//! - [`Database::atomic`] runs one statement that is atomic by itself (the nonce check's
-//!   insert-or-take-over) without waiting for the writers' lock.
+//! - [`Database::atomic`] runs statements that are each atomic by themselves (the nonce
+//!   check's insert-or-take-over, single lookups) outside any transaction: each commits, or
+//!   reads its own snapshot, alone, without waiting for the writers' lock.
 
 mod location;
 pub(crate) mod pg;
@@ -135,8 +136,8 @@ impl Database {
         }
     }
 
-    /// Runs `f`, whose statements are each atomic by themselves, without waiting for the
-    /// writers' lock (SQLite: each statement its own transaction).
+    /// Runs `f`, whose statements are each atomic by themselves, outside any transaction:
+    /// each statement is its own (on both engines), and none waits for the writers' lock.
     pub fn atomic<T, E: From<BackendError>>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,

@@ -196,24 +196,39 @@ impl Conn {
         f: impl FnOnce(&super::Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let (client, cache) = self.parts()?;
-        let builder = client.build_transaction();
-        let builder = match mode {
-            Mode::Write | Mode::Atomic => builder.isolation_level(IsolationLevel::ReadCommitted),
-            Mode::Read => builder
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true),
+        let session = match mode {
+            // Each statement commits by itself: no transaction to start and end.
+            Mode::Atomic => Session::Auto(client),
+            Mode::Write => Session::Tx(
+                client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::ReadCommitted)
+                    .start()
+                    .map_err(BackendError::from)?,
+            ),
+            Mode::Read => Session::Tx(
+                client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .map_err(BackendError::from)?,
+            ),
         };
-        let mut tx = builder.start().map_err(BackendError::from)?;
-        if mode == Mode::Write {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                .map_err(BackendError::from)?;
-        }
         let t = super::Tx {
-            inner: TxInner::Postgres(RefCell::new(Tx { tx, cache })),
+            inner: TxInner::Postgres(RefCell::new(Tx { session, cache })),
         };
+        if mode == Mode::Write {
+            t.execute(
+                "SELECT pg_advisory_xact_lock(?1)",
+                &[Value::Int(WRITE_LOCK)],
+            )?;
+        }
         let out = f(&t)?;
-        if let TxInner::Postgres(cell) = t.inner {
-            cell.into_inner().tx.commit().map_err(BackendError::from)?;
+        if let TxInner::Postgres(cell) = t.inner
+            && let Session::Tx(tx) = cell.into_inner().session
+        {
+            tx.commit().map_err(BackendError::from)?;
         }
         Ok(out)
     }
@@ -234,10 +249,26 @@ impl Conn {
     }
 }
 
-/// A PostgreSQL transaction with the connection's statements.
+/// A PostgreSQL transaction (or the connection itself, each statement committing alone) with
+/// the connection's statements.
 pub(super) struct Tx<'a> {
-    tx: postgres::Transaction<'a>,
+    session: Session<'a>,
     cache: &'a mut HashMap<String, Statement>,
+}
+
+enum Session<'a> {
+    Tx(postgres::Transaction<'a>),
+    Auto(&'a mut Client),
+}
+
+/// Runs `$e` with `$c` bound to the transaction or the client, whichever the session holds.
+macro_rules! on {
+    ($session:expr, $c:ident => $e:expr) => {
+        match $session {
+            Session::Tx($c) => $e,
+            Session::Auto($c) => $e,
+        }
+    };
 }
 
 impl Tx<'_> {
@@ -245,7 +276,7 @@ impl Tx<'_> {
         if let Some(s) = self.cache.get(sql) {
             return Ok(s.clone());
         }
-        let statement = self.tx.prepare(&translate(sql))?;
+        let statement = on!(&mut self.session, c => c.prepare(&translate(sql)))?;
         if self.cache.len() >= STATEMENT_CACHE {
             self.cache.clear();
         }
@@ -256,15 +287,14 @@ impl Tx<'_> {
     pub(super) fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, BackendError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        let n = self.tx.execute(&statement, &params)?;
+        let n = on!(&mut self.session, c => c.execute(&statement, &params))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     pub(super) fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, BackendError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        self.tx
-            .query(&statement, &params)?
+        on!(&mut self.session, c => c.query(&statement, &params))?
             .iter()
             .map(|row| {
                 (0..row.len())
@@ -276,7 +306,7 @@ impl Tx<'_> {
     }
 
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), BackendError> {
-        Ok(self.tx.batch_execute(sql)?)
+        Ok(on!(&mut self.session, c => c.batch_execute(sql))?)
     }
 }
 

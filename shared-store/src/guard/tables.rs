@@ -511,7 +511,7 @@ impl Storage for DbStorage {
     }
 
     fn subscriptions(&self, node: Option<&str>) -> Result<Vec<Subscription>> {
-        self.db.read(|tx| select_subscriptions(tx, node))
+        self.db.atomic(|tx| select_subscriptions(tx, node))
     }
 
     fn end_token(&self, token: &str) -> Result<Vec<Subscription>> {
@@ -703,7 +703,7 @@ impl Storage for DbStorage {
     }
 
     fn history(&self, node: &str) -> Result<Option<History>> {
-        self.db.read(|tx| load_history(tx, node))
+        self.db.atomic(|tx| load_history(tx, node))
     }
 
     /// In a fleet on PostgreSQL, one guard at a time sweeps: while another holds the
