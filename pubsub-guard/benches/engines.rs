@@ -14,6 +14,8 @@
 //! NORMAL`, the programs' settings: a commit does not wait for the disk either). Medians of R runs, each on a fresh
 //! database; the ratio is PostgreSQL's rate over SQLite's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
