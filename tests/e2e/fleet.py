@@ -591,7 +591,7 @@ SCENARIOS = {"exactly_once": exactly_once, "sigkill": sigkill, "revocation": rev
 
 
 def figures(bin_dir: Path, runs: int, database: str, instance_names: bool, nodes: int = 10,
-            subscribers: int = 100, items: int = 20) -> None:
+            subscribers: int = 100, items: int = 50) -> None:
     """Deliveries per second with 1, 2 and 3 guards (see the module docstring)."""
     names = [f"node{k:02d}" for k in range(1, nodes + 1)]
     results: dict[int, list[float]] = {}
