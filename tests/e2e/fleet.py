@@ -110,17 +110,19 @@ def password(name: str) -> str:
     return f"{name}-pass"
 
 
-_slots: dict[tuple[int, tuple[str, ...]], dict[str, int]] = {}
+_slots: dict[int, dict[str, int]] = {}  # n -> {name: slot}, filled by slots()
 
 
 def slots(names: list[str], n: int) -> dict[str, int]:
-    """The slot (1..n) ejabberd hashes each bare JID name@localhost onto."""
-    key = (n, tuple(names))
-    if key not in _slots:
-        found = phash2_slots(names, DOMAIN, n)
+    """The slot (1..n) ejabberd hashes each bare JID name@localhost onto (one erl run for
+    the names not asked about before)."""
+    known = _slots.setdefault(n, {})
+    new = [name for name in names if name not in known]
+    if new:
+        found = phash2_slots(new, DOMAIN, n)
         check(found is not None, "erl (Erlang, which ejabberd brings) is needed to compute the slots")
-        _slots[key] = found
-    return _slots[key]
+        known.update(found)
+    return {name: known[name] for name in names}
 
 
 def one_per_slot(names: list[str], n: int, count: int) -> list[str]:
