@@ -121,7 +121,8 @@ def _yaml(value: str) -> str:
 class Ejabberd(LoopbackServer):
     """One ejabberd node with the host "localhost" and one external component domain that
     `component_number` component connections share (see the module docstring: exactly that
-    many must be connected, or the senders hashed to an empty slot get no answer at all)."""
+    many must be connected, or the senders hashed to an empty slot get no answer at all).
+    With component_number=1 there is no domain_balancing: one plain component connection."""
 
     NAME = "ejabberd"
 
@@ -224,6 +225,20 @@ class Ejabberd(LoopbackServer):
         """ejabberd.yml: c2s and one component listener on loopback, nothing else."""
         c2s, comp = self._c2s_port, self._component_port
         component, secret = _yaml(self._component), _yaml(self._component_secret)
+        balancing = f"""
+# Several connections as {self._component} share its stanzas; each bare sender JID keeps
+# to one of {self._component_number} slots.  ejabberd 23.01 crashes every component
+# handshake when component_number is missing, and drops the stanzas of a slot that has no
+# connected component.
+domain_balancing:
+  {component}:
+    type: bare_source
+    component_number: {self._component_number}
+"""
+        if self._component_number == 1:
+            # ejabberd refuses component_number 1 ("Expected integer from 2 to 1000"); one
+            # connection is its plain, unbalanced component.
+            balancing = ""
         return f"""\
 # Written by tests/e2e/ejabberd.py for one test run; see that file.
 hosts:
@@ -256,16 +271,7 @@ listen:
     hosts:
       {component}:
         password: {secret}
-
-# Several connections as {self._component} share its stanzas; each bare sender JID keeps
-# to one of {self._component_number} slots.  ejabberd 23.01 crashes every component
-# handshake when component_number is missing, and drops the stanzas of a slot that has no
-# connected component.
-domain_balancing:
-  {component}:
-    type: bare_source
-    component_number: {self._component_number}
-
+{balancing}
 # No shaper rules: ejabberd's listeners then apply none (the stock config limits c2s to
 # 3000 B/s).
 modules:

@@ -241,7 +241,8 @@ class _IqIdPrefix(MatcherBase):
 
 
 class Stream(threading.Thread):
-    """One publisher (location@localhost/stream) sending `total` publishes to NODE, at most
+    """One publisher (`account`, by default location@localhost; resource stream) sending
+    `total` publishes to `node` (NODE by default), at most
     `window` unanswered at once, and recording what became of each (the IQ id is the item
     id, `<prefix><n>`; the prefix is not a hex digit, so xmpp.Client's own ids never match).
 
@@ -258,9 +259,11 @@ class Stream(threading.Thread):
 
     def __init__(self, rig: Rig, total: int, *, window: int = 20, deadline: float = 5.0,
                  error_pause: float = 0.02, reconnect: bool = False, prefix: str = "pub-",
-                 time_limit: float = 60.0) -> None:
+                 time_limit: float = 60.0, node: str = NODE,
+                 account: tuple[str, str] = ("location", USERS["location"])) -> None:
         super().__init__(name=f"stream-{prefix}", daemon=True)
         self.rig, self.total, self.window, self.deadline = rig, total, window, deadline
+        self.node, self.account = node, account
         self.error_pause, self.reconnect, self.prefix, self.time_limit = error_pause, reconnect, prefix, time_limit
         self.cond = threading.Condition()
         self.sent: list[str] = []
@@ -354,7 +357,7 @@ class Stream(threading.Thread):
                 self._connect()
                 continue
             item = f"{self.prefix}{n + 1:05d}"
-            xml = publish_iq(NODE, payload(n + 1), item).replace("<iq ", f"<iq id='{item}' ", 1)
+            xml = publish_iq(self.node, payload(n + 1), item).replace("<iq ", f"<iq id='{item}' ", 1)
             if self._send(item, xml):
                 n += 1
 
@@ -368,7 +371,7 @@ class Stream(threading.Thread):
         deadline = time.monotonic() + 20
         while True:
             try:
-                client = Client("location", USERS["location"], self.rig.prosody.c2s_port, resource="stream").connect(timeout=3)
+                client = Client(*self.account, self.rig.prosody.c2s_port, resource="stream").connect(timeout=3)
                 break
             except (ConnectionError, TimeoutError, OSError) as e:
                 if time.monotonic() > deadline:
