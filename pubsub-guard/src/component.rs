@@ -89,35 +89,29 @@ enum Work {
 /// Runs the guard until `shutdown` completes (or the server refuses the component).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let secret = config.secret.clone().ok_or(RunError::NoSecret)?;
-    let store = Arc::new(shared_store::Store::open(&config.database)?);
-    let storage = DbStorage::open(&config.database)?.for_instance(&config.instance);
-    let mut service = Service::new(&config, Box::new(storage), Arc::clone(&store) as _);
-
     let (work_tx, work_rx) = mpsc::channel::<Work>(INBOUND_CAPACITY);
-    // On PostgreSQL the store tells of each change (LISTEN/NOTIFY), and the worker reads the
-    // change log then; on SQLite it reads it every CHANGE_POLL. The listener lives as long as
-    // this function.
-    let news = Arc::new(AtomicBool::new(true));
-    let listener = {
-        let (news, work) = (Arc::clone(&news), work_tx.clone());
-        shared_store::Authorizations::watch_changes(
-            &*store,
-            Box::new(move || {
-                news.store(true, Ordering::Relaxed);
-                // A full queue means the worker is busy; it looks at the flag between stanzas.
-                let _ = work.try_send(Work::Tick);
-            }),
-        )?
-    };
-    if listener.is_some() {
-        info!("following the change log by the database's notices");
-        service.use_change_notices(news);
-    }
     let (out_tx, mut out_rx) = mpsc::channel::<Element>(OUTBOUND_CAPACITY);
+    // The store's connections block (PostgreSQL's client runs a runtime of its own), so they
+    // are opened, used and closed on the worker thread, never on this runtime.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), RunError>>();
     let worker = std::thread::Builder::new()
         .name("pubsub-guard-service".into())
-        .spawn(move || worker(service, work_rx, out_tx))
+        .spawn({
+            // A weak sender: the listener must not keep the worker's queue open (the worker
+            // stops when the queue closes).
+            let (config, wake) = (config.clone(), work_tx.downgrade());
+            move || match open_service(&config, wake) {
+                Ok((service, _listener)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    worker(service, work_rx, out_tx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
         .map_err(|_| RunError::Worker)?;
+    ready_rx.await.map_err(|_| RunError::Worker)??;
     let ticker = tokio::spawn({
         let work = work_tx.clone();
         async move {
@@ -240,6 +234,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     info!("stopped");
     result
+}
+
+/// Opens the store and the guard's tables and makes the service. On PostgreSQL the store
+/// tells of each change (LISTEN/NOTIFY) and the worker reads the change log then; on SQLite it
+/// reads it every [`CHANGE_POLL`]. The listener, if any, must live as long as the service.
+fn open_service(
+    config: &Config,
+    wake: mpsc::WeakSender<Work>,
+) -> Result<(Service, Option<shared_store::db::Listener>), RunError> {
+    let store = Arc::new(shared_store::Store::open(&config.database)?);
+    let storage = DbStorage::open(&config.database)?.for_instance(&config.instance);
+    let mut service = Service::new(config, Box::new(storage), Arc::clone(&store) as _);
+    let news = Arc::new(AtomicBool::new(true));
+    let listener = {
+        let news = Arc::clone(&news);
+        shared_store::Authorizations::watch_changes(
+            &*store,
+            Box::new(move || {
+                news.store(true, Ordering::Relaxed);
+                // A full queue means the worker is busy; it looks at the flag between stanzas.
+                if let Some(work) = wake.upgrade() {
+                    let _ = work.try_send(Work::Tick);
+                }
+            }),
+        )?
+    };
+    if listener.is_some() {
+        info!("following the change log by the database's notices");
+        service.use_change_notices(news);
+    }
+    Ok((service, listener))
 }
 
 /// Stanzas taken from the outbound queue, serialized, not yet written. They outlive a

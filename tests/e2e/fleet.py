@@ -2,7 +2,7 @@
 one component name (pubsub.localhost) and one database.
 
     .venv/bin/python tests/e2e/fleet.py --bin target/debug [--only NAME]
-        [--database sqlite|postgres] [--instance-names]
+        [--database postgres|sqlite] [--shared-cursor]
     .venv/bin/python tests/e2e/fleet.py --bin target/release --figures
 
 ejabberd (tests/e2e/ejabberd.py, Debian's, installed by scripts/setup-ejabberd) hashes each bare
@@ -36,21 +36,22 @@ built `pubsub-guard` CLI creates the nodes, and slixmpp clients sign their `<oau
                   with `authz-server token revoke`, each receives <subscription
                   subscription='none'/> within 1.0 s (the times are printed), exactly once,
                   whichever guard sent it; then the same with guard-3 killed, and no notice a
-                  second time when guard-3 starts again (it reads the change-log cursor the
-                  others share with it in SQLite)
+                  second time when guard-3 starts again (its own change-log cursor, or with
+                  --shared-cursor the one it shares with the others)
 
 Each scenario gets its own folder, ejabberd, database and guards; the three take about 5, 15
 and 6 s here (debug build, 2 cores).  Every wait has a deadline.
 On a failure the traceback is followed by the tail of every guard's log.  Exits 0 when every
 scenario passes.
 
-Database: `--database sqlite` (the default) has every guard and authz-server open one SQLite
-file (WAL, busy timeout).  `--database postgres` starts a throwaway PostgreSQL
-(tests/e2e/postgres.py) and gives its URL, postgres://guard@127.0.0.1:PORT/test, as
-`database` to the CLIs and the guards; the binaries need the PostgreSQL backend for that.
-`--instance-names` writes `instance = "guard-K"` into each guard's config (each guard of a
-fleet then keeps a change-log cursor of its own); without it the key is left out, as the
-guard's config refuses keys it does not know.
+Database: `--database postgres` (the default, a fleet's engine) starts a throwaway PostgreSQL
+(tests/e2e/postgres.py) and gives its URL, postgres://guard@127.0.0.1:PORT/test, as `database`
+to the CLIs and the guards.  `--database sqlite` has every guard and authz-server open one
+SQLite file instead (WAL, busy timeout): it works, but SQLite's busy timeout retries instead of
+queueing, so a guard can wait seconds for the lock while the others commit back to back (seen:
+a 5.0 s pause of one guard under the sigkill scenario's load).  Each guard gets `instance =
+"guard-K"` in its config (a change-log cursor of its own); `--shared-cursor` leaves the key
+out, so that all share the single guard's cursor.
 
 `--figures` (not part of the test command) measures deliveries per second with 1, 2 and 3
 guards behind one ejabberd (component_number = the number of guards), each time 10 nodes with
@@ -557,7 +558,7 @@ def revocation(f: Fleet) -> None:
     f.guards[down - 1].start()
     time.sleep(1.0 - QUIET)  # with second_notices()'s wait: five change-log polls of the restarted guard
     again = second_notices()
-    print(f"  guard-{down} started again (the shared change-log cursor was {cursor_before}, is {cursor(f)}): "
+    print(f"  guard-{down} started again (the change-log cursors were {cursor_before}, are {cursor(f)}): "
           f"notices sent a second time: {len(again)}")
     check(not again, f"after guard-{down} started again, {len(again)} subscribers got subscription='none' "
                      f"a second time: {again[:10]}")
@@ -578,13 +579,15 @@ def ended_lines(guard: Guard, node: str) -> int:
 
 
 def cursor(f: Fleet) -> str:
-    """The guards' change-log cursor rows (SQLite only; `-` otherwise)."""
+    """The guards' change-log cursor rows."""
+    sql = "SELECT key || '=' || value FROM guard_state WHERE key LIKE 'change_cursor%' ORDER BY key"
     if f.postgres is not None:
-        return "-"
-    try:
-        rows = f.sqlite("SELECT key || '=' || value FROM guard_state WHERE key LIKE 'change_cursor%'")
-    except (AssertionError, OSError):  # the sqlite3 shell is missing (scripts/setup-sqlite3)
-        return "?"
+        rows = f.postgres.psql("test", sql)
+    else:
+        try:
+            rows = f.sqlite(sql)
+        except (AssertionError, OSError):  # the sqlite3 shell is missing (scripts/setup-sqlite3)
+            return "?"
     return rows.replace("\n", ", ") or "none"
 
 
@@ -656,21 +659,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin", type=Path, default=Path("target/debug"), help="folder with the built binaries")
     parser.add_argument("--only", choices=sorted(SCENARIOS), help="run this scenario alone")
-    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
-                        help="one SQLite file for all (default), or a throwaway PostgreSQL")
-    parser.add_argument("--instance-names", action="store_true",
-                        help='give each guard `instance = "guard-K"` in its config')
+    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
+                        help="a throwaway PostgreSQL (default), or one SQLite file for all")
+    parser.add_argument("--shared-cursor", action="store_true",
+                        help='leave `instance` out of the guards\' configs (one change-log cursor for all)')
     parser.add_argument("--figures", action="store_true", help="measure deliveries/s with 1, 2 and 3 guards")
     parser.add_argument("--runs", type=int, default=3, help="runs per fleet size for --figures")
     args = parser.parse_args()
     bin_dir = args.bin.resolve()
     if args.figures:
-        figures(bin_dir, args.runs, args.database, args.instance_names)
+        figures(bin_dir, args.runs, args.database, not args.shared_cursor)
         return 0
     names = [args.only] if args.only else list(SCENARIOS)
-    print(f"database: {args.database}; instance names: {'yes' if args.instance_names else 'no'}")
+    print(f"database: {args.database}; instance names: {'yes' if not args.shared_cursor else 'no'}")
     return run_scenarios("fleet", SCENARIOS, names,
-                         lambda tmp: Fleet(bin_dir, tmp, database=args.database, instance_names=args.instance_names))
+                         lambda tmp: Fleet(bin_dir, tmp, database=args.database, instance_names=not args.shared_cursor))
 
 
 if __name__ == "__main__":
