@@ -465,3 +465,87 @@ async fn shutdown_answers_what_was_read_then_closes_the_stream() {
     assert!(answered <= 500);
     timeout(WAIT, task).await.unwrap().unwrap().unwrap();
 }
+
+/// The guard on PostgreSQL: it starts (its store's blocking client kept off the async
+/// runtime, where it would panic), serves, follows the change log (a revocation reaches the
+/// subscriber as `subscription='none'` within a second), and stops (the change listener does
+/// not keep the worker alive).
+#[tokio::test]
+async fn on_postgres_the_guard_serves_follows_notices_and_stops() {
+    use pubsub_guard::storage::{Access, DbStorage, Node, Storage, Subscription};
+    use shared_store::Store;
+    use shared_store::authz::RevokeBy;
+    use shared_store::db::Location;
+    let Some(cluster) = testkit_postgres::optional_shared() else {
+        return;
+    };
+    let location = Location::Postgres(cluster.new_database("component_notices").unwrap());
+    // The clients block: they are made, used and dropped off the runtime.
+    let token_id = tokio::task::spawn_blocking({
+        let location = location.clone();
+        move || {
+            let store = Store::open(&location).unwrap();
+            store.add_owner("alice", "$argon2id$test", 1).unwrap();
+            let (key, _) = store.add_consumer("App", None, None, 1).unwrap();
+            let grant = store
+                .grant("alice", &key, &oauth_xmpp::Scope::all(), None, 1)
+                .unwrap();
+            let storage = DbStorage::open(&location).unwrap();
+            storage
+                .create_node(&Node {
+                    name: "/location/alice".into(),
+                    owner: Some("alice".into()),
+                    access: Access::OAuth,
+                    publishers: vec!["loc@localhost".into()],
+                    max_items: 10,
+                    max_age_secs: 0,
+                    send_last_published_item: false,
+                    created_at: 1,
+                })
+                .unwrap();
+            storage
+                .subscribe(&Subscription {
+                    node: "/location/alice".into(),
+                    jid: "app@localhost".into(),
+                    subid: "s1".into(),
+                    token: Some(grant.token.clone()),
+                    consumer_key: Some(key),
+                    created_at: 1,
+                })
+                .unwrap();
+            grant.id
+        }
+    })
+    .await
+    .unwrap();
+    let running = start_with({
+        let location = location.clone();
+        move |c, _| {
+            c.database = location;
+            c.instance = "guard-a".into();
+        }
+    })
+    .await;
+    let mut peer = Peer::accept(&running.listener, true).await;
+    peer.send(&disco("d1")).await;
+    assert_eq!(peer.next_stanza().await.attr("type"), Some("result"));
+    let revoked = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&location).unwrap();
+        // The guard's first read of the log (at start) has passed once disco was answered.
+        store.revoke_tokens(&RevokeBy::Id(token_id), 2).unwrap();
+        std::time::Instant::now()
+    })
+    .await
+    .unwrap();
+    let notice = timeout(Duration::from_secs(1), peer.next_stanza())
+        .await
+        .expect("subscription='none' within 1 s");
+    let subscription = notice
+        .get_child("event", "http://jabber.org/protocol/pubsub#event")
+        .and_then(|e| e.get_child("subscription", "http://jabber.org/protocol/pubsub#event"))
+        .unwrap_or_else(|| panic!("{}", String::from(&notice)));
+    assert_eq!(notice.attr("to"), Some("app@localhost"));
+    assert_eq!(subscription.attr("subscription"), Some("none"));
+    assert!(revoked.elapsed() < Duration::from_secs(1));
+    running.stop().await.unwrap();
+}
