@@ -597,6 +597,47 @@ SCENARIOS = {"exactly_once": exactly_once, "sigkill": sigkill, "revocation": rev
 # --------------------------------------------------------------------------- figures
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user + system) the processes used so far; a gone process counts 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def postgres_pids(f: Fleet) -> list[int]:
+    """The PostgreSQL server of the fleet: the postmaster and every process it started."""
+    if f.postgres is None:
+        return []
+    try:
+        master = int((f.postgres.dir / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [master, *children]
+
+
+def cpu_by_part(f: Fleet) -> dict[str, float]:
+    """CPU seconds so far of the guards, ejabberd, PostgreSQL and this test process."""
+    return {
+        "guards": cpu_seconds([g.process.pid for g in f.guards if g.process is not None]),
+        "ejabberd": cpu_seconds([f.prosody.pid] if f.prosody.pid else []),
+        "postgres": cpu_seconds(postgres_pids(f)),
+        "clients": time.process_time(),
+    }
+
+
 def figures(bin_dir: Path, runs: int, database: str, instance_names: bool, nodes: int = 10,
             subscribers: int = 100, items: int = 50) -> None:
     """Deliveries per second with 1, 2 and 3 guards (see the module docstring)."""
@@ -628,6 +669,7 @@ def figures(bin_dir: Path, runs: int, database: str, instance_names: bool, nodes
                             check(published_id(c.send_iq_raw(publish_iq(node_names[k], payload(i), item), timeout=30)) == item,
                                   f"{item}: another id")
 
+                    cpu_before = cpu_by_part(f)
                     started = time.monotonic()
                     with concurrent.futures.ThreadPoolExecutor(max_workers=nodes) as pool:
                         for future in [pool.submit(publish, k) for k in range(nodes)]:
@@ -638,9 +680,11 @@ def figures(bin_dir: Path, runs: int, database: str, instance_names: bool, nodes
                               f"{sum(c.messages.qsize() for c in subs.values())} of {expected} deliveries after 120 s")
                         time.sleep(0.01)
                     took = time.monotonic() - started
+                    cpu = {k: (v - cpu_before[k]) / took for k, v in cpu_by_part(f).items()}
                     results[n].append(expected / took)
-                    print(f"  {n} guard(s), run {run}: {expected} deliveries in {took:.2f} s = {expected / took:.0f}/s",
-                          flush=True)
+                    shares = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+                    print(f"  {n} guard(s), run {run}: {expected} deliveries in {took:.2f} s = {expected / took:.0f}/s"
+                          f" (cores busy: {shares})", flush=True)
             finally:
                 f.close()
     base = statistics.median(results[1])
