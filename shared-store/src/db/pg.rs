@@ -249,6 +249,22 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    /// Closes the connection on a thread of its own: the client closes by blocking on a
+    /// runtime of its own, which panics on a thread that drives an async runtime (where the
+    /// last handle to a store may well be dropped).
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let closing = std::thread::Builder::new()
+                .name("postgres-close".into())
+                .spawn(move || drop(client));
+            if let Ok(thread) = closing {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
 /// A PostgreSQL transaction (or the connection itself, each statement committing alone) with
 /// the connection's statements.
 pub(super) struct Tx<'a> {

@@ -158,3 +158,18 @@ fn parameters_become_numbered_dollars_outside_quotes() {
     );
     assert_eq!(pg::translate("VALUES (?, ?)"), "VALUES ($1, $2)");
 }
+
+/// The last handle to a store is often dropped on an async runtime's thread (a server's state
+/// when it stops); closing the PostgreSQL client there must not panic.
+#[test]
+fn a_postgres_database_can_be_dropped_on_an_async_runtime() {
+    let Some(cluster) = testkit_postgres::optional_shared() else {
+        return;
+    };
+    let url = cluster.new_database("db_drop_async").unwrap();
+    let db = Database::open(&Location::Postgres(url)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async move { drop(db) });
+}
