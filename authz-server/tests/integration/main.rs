@@ -79,6 +79,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     pub(crate) addr: String,
+    /// Where its standard error goes.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Server {
@@ -88,6 +90,7 @@ impl Server {
 
     /// Like `start`, through `command` (e.g. a shell that lowers a limit, then runs `BIN`).
     pub(crate) fn start_with(mut command: Command, db: &Path, extra: &[&str]) -> Self {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = command
             .arg("--database")
             .arg(db)
@@ -95,7 +98,7 @@ impl Server {
             .args(extra)
             .env("AUTHZ_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -108,7 +111,33 @@ impl Server {
             .expect(&line)
             .to_owned();
         let addr = base.trim_start_matches("http://").to_owned();
-        Self { child, base, addr }
+        Self {
+            child,
+            base,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Stops it with SIGTERM (waiting at most 10 s); its exit status and standard error.
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 10 s after SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        (status, std::fs::read_to_string(self.stderr.path()).unwrap())
     }
 }
 
