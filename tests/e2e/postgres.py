@@ -55,34 +55,9 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
 STOP_WAIT = 20.0  # the watchdog's own bounds (10 s for the immediate stop) plus a margin
 PSQL_TIMEOUT = 30.0
 
-# The watchdog. Arguments: $1 the bin folder, $2 the cluster folder, $3 runuser and $4 the
-# user to run the server as (both empty when not root).  One command a line on stdin (init,
-# start PORT), answered with ok or fail; at the end of stdin, stop and remove the folder.
-WATCHDOG = r"""
-bin=$1 dir=$2 runuser=$3 owner=$4
-data=$dir/data
-trap '' HUP INT PIPE
-as_owner() { if [ -n "$owner" ]; then "$runuser" -u "$owner" -- "$@"; else "$@"; fi; }
-answer() { out=$1; shift; if as_owner "$@" >"$out" 2>&1; then echo ok; else echo fail; fi; }
-while read -r command port; do
-    case $command in
-        init) answer "$dir/initdb.out" "$bin/initdb" -D "$data" -A trust -U guard -E UTF8 \
-                  --locale=C --no-sync --no-instructions ;;
-        start) answer "$dir/pg_ctl.out" "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 30 \
-                  -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories='$dir'" \
-                  start ;;
-        *) echo fail ;;
-    esac
-done
-if [ -f "$data/postmaster.pid" ]; then
-    as_owner "$bin/pg_ctl" -D "$data" -m immediate -t 10 -w stop >/dev/null 2>&1 || {
-        pid=$(head -n 1 "$data/postmaster.pid")
-        echo "postgres.py: pg_ctl could not stop the server in $dir; sending SIGKILL to $pid" >&2
-        kill -KILL "$pid"
-    }
-fi
-rm -rf -- "$dir"
-"""
+# The watchdog script, the same as testkit-postgres's (see the file for its arguments and
+# commands).
+WATCHDOG = (Path(__file__).resolve().parents[2] / "testkit-postgres" / "src" / "watchdog.sh").read_text()
 
 
 class PostgresError(RuntimeError):
