@@ -52,6 +52,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faults import Rig, run_scenarios  # noqa: E402
+from prosody import stop_process  # noqa: E402
 from guard import USERS, Consumer, check, publish_iq, published_id  # noqa: E402
 from xmpp import Client  # noqa: E402
 
@@ -143,13 +144,7 @@ class ConsumerProcess:
         process, self.process = self.process, None
         if process is None:
             return 0
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, sig)
         if self._reader is not None:
             self._reader.join(5)
         return process.returncode

@@ -83,6 +83,7 @@ import guard as g  # noqa: E402
 from ejabberd import Ejabberd  # noqa: E402
 from ejabberd_smoke import disconnect_all, login_all, phash2_slots  # noqa: E402
 from faults import Rig, Stream, all_items, payload, run_scenarios  # noqa: E402
+from prosody import stop_process  # noqa: E402
 from guard import COMPONENT, PUBSUB, Consumer, check, items_iq, publish_iq, published_id, subscribe_iq, subscribed  # noqa: E402
 from xmpp import Client  # noqa: E402
 
@@ -185,14 +186,7 @@ class Guard:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, sig)
 
     @property
     def running(self) -> bool:

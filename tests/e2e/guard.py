@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prosody import Prosody  # noqa: E402
+from prosody import Prosody, stop_process  # noqa: E402
 import xmpp  # noqa: E402
 from xmpp import Client, error_info, new_nonce, now, oauth_element, sign_stanza  # noqa: E402
 
@@ -129,13 +129,7 @@ publishers = ["location@localhost"]
         log.close()
 
     def stop_guard(self, sig: int = signal.SIGTERM) -> None:
-        if self.guard is not None and self.guard.poll() is None:
-            self.guard.send_signal(sig)
-            try:
-                self.guard.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.guard.kill()
-                self.guard.wait()
+        stop_process(self.guard, sig)
         self.guard = None
 
     def wait_for_guard(self, client: Client, timeout: float = 15) -> None:

@@ -73,6 +73,21 @@ class ProsodyError(RuntimeError):
     """Prosody could not be configured, started or stopped; the message has the log tail."""
 
 
+def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: float = 10) -> int | None:
+    """Sends `sig` to `process` unless it has exited, waits up to `wait` s (then SIGKILL), and
+    returns its exit status (None for no process)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

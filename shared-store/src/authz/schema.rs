@@ -3,8 +3,7 @@
 //! where the `authz` row of `schema_versions` does. `Store::open` runs the rest in its one
 //! writer's transaction, so two processes starting at once take turns.
 
-use crate::args;
-use crate::db::{Engine, Tx};
+use crate::db::{Engine, Tx, migrations};
 
 use super::{Result, StoreError};
 
@@ -202,12 +201,6 @@ pub(crate) const POSTGRES: &[&str] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION authz_changes_notify();"#,
 ];
 
-/// Creates the table of the parts' versions on PostgreSQL, if no part has yet.
-const VERSIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_versions (
-    part    TEXT PRIMARY KEY,
-    version BIGINT NOT NULL
-)";
-
 /// The migrations of the engine `tx` runs on.
 fn migrations(tx: &Tx<'_>) -> &'static [&'static str] {
     match tx.engine() {
@@ -220,52 +213,22 @@ fn migrations(tx: &Tx<'_>) -> &'static [&'static str] {
 pub(crate) fn version(tx: &Tx<'_>) -> Result<i64> {
     Ok(match tx.engine() {
         Engine::Sqlite => tx.query_one("PRAGMA user_version", &[], |r| r.get(0))?,
-        Engine::Postgres => {
-            if !tx.table_exists("schema_versions")? {
-                return Ok(0);
-            }
-            tx.query_opt(
-                "SELECT version FROM schema_versions WHERE part = ?1",
-                args![PART],
-                |r| r.get(0),
-            )?
-            .unwrap_or(0)
-        }
+        Engine::Postgres => migrations::postgres_version(tx, PART)?,
     })
 }
 
 /// Runs the migrations the database lacks (`tx` is the only writer's transaction);
 /// [`StoreError::TooNew`] if it has more than this program knows.
 pub(crate) fn migrate(tx: &Tx<'_>) -> Result<()> {
-    let all = migrations(tx);
-    let known = all.len() as i64;
-    if tx.engine() == Engine::Postgres {
-        tx.batch(VERSIONS_TABLE)?;
-    }
-    let found = version(tx)?;
-    if found > known {
-        return Err(StoreError::TooNew { found, known });
-    }
-    for (i, sql) in all.iter().enumerate().skip(found as usize) {
-        tx.batch(sql)?;
-        set_version(tx, i as i64 + 1)?;
-    }
-    Ok(())
-}
-
-fn set_version(tx: &Tx<'_>, version: i64) -> Result<()> {
-    match tx.engine() {
-        // A pragma takes no parameter.
-        Engine::Sqlite => tx.batch(&format!("PRAGMA user_version = {version}"))?,
-        Engine::Postgres => {
-            tx.execute(
-                "INSERT INTO schema_versions (part, version) VALUES (?1, ?2)
-                 ON CONFLICT (part) DO UPDATE SET version = excluded.version",
-                args![PART, version],
-            )?;
+    let too_new = |found, known| StoreError::TooNew { found, known };
+    migrations::run(tx, migrations(tx), version(tx)?, too_new, |tx, reached| {
+        match tx.engine() {
+            // A pragma takes no parameter.
+            Engine::Sqlite => tx.batch(&format!("PRAGMA user_version = {reached}"))?,
+            Engine::Postgres => migrations::set_postgres_version(tx, PART, reached)?,
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]

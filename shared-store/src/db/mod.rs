@@ -18,6 +18,7 @@
 //!   reads its own snapshot, alone, without waiting for the writers' lock.
 
 mod location;
+pub(crate) mod migrations;
 pub(crate) mod pg;
 pub(crate) mod sqlite;
 mod value;

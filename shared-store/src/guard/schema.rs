@@ -68,7 +68,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // commit (which grants cover it, profile N11); nodes keep their retention by age, whether
     // a new subscriber gets the last item, how many items they hold, and the newest position
     // retention dropped (the gap signal, N12). Positions of older items follow their
-    // publish order; their change-log positions are filled in by `SqliteStorage::migrate`.
+    // publish order; their change-log positions are filled in by `DbStorage::migrate`.
     "ALTER TABLE guard_nodes ADD COLUMN max_age_secs INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE guard_nodes ADD COLUMN send_last INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE guard_nodes ADD COLUMN last_pos INTEGER NOT NULL DEFAULT 0;

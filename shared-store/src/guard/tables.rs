@@ -2,7 +2,7 @@
 //! on SQLite or PostgreSQL.
 
 use crate::args;
-use crate::db::{Database, Engine, Location, Row, Tx};
+use crate::db::{Database, Engine, Location, Row, Tx, migrations};
 
 use super::schema::{MIGRATIONS, POSTGRES};
 use super::{
@@ -39,6 +39,9 @@ fn to_i64(v: u64) -> i64 {
 /// The version after which items record their change-log position (SQLite migration 4).
 const CHANGE_POSITIONS: i64 = 4;
 
+/// The part of the database whose version PostgreSQL's `schema_versions` keeps for the guard.
+const PART: &str = "guard";
+
 /// The `guard_state` key of the change-log cursor of a guard that has no instance name.
 const CURSOR: &str = "change_cursor";
 
@@ -68,19 +71,19 @@ impl DbStorage {
         self
     }
 
-    /// The database it is on.
-    pub fn database(&self) -> &Database {
-        &self.db
-    }
-
     fn migrate(&self) -> Result<()> {
+        let too_new = |found, known| {
+            StorageError::Corrupt(format!(
+                "the guard's tables are at version {found}, newer than this program ({known})"
+            ))
+        };
         self.db.write(|tx| match tx.engine() {
             Engine::Sqlite => {
                 tx.batch(
                     "CREATE TABLE IF NOT EXISTS guard_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
                 )?;
-                let version = state(tx, "schema_version")?.unwrap_or(0);
-                run_migrations(tx, MIGRATIONS, version, |tx, reached| {
+                let found = state(tx, "schema_version")?.unwrap_or(0);
+                migrations::run(tx, MIGRATIONS, found, too_new, |tx, reached| {
                     if reached == CHANGE_POSITIONS && tx.table_exists("changes")? {
                         // Items stored before the change-log positions: the position of the
                         // last change logged by the second they were published.
@@ -95,49 +98,13 @@ impl DbStorage {
                 })
             }
             Engine::Postgres => {
-                tx.batch(
-                    "CREATE TABLE IF NOT EXISTS schema_versions
-                         (part TEXT PRIMARY KEY, version BIGINT NOT NULL)",
-                )?;
-                let version = tx
-                    .query_opt(
-                        "SELECT version FROM schema_versions WHERE part = 'guard'",
-                        &[],
-                        |r| r.get::<i64>(0),
-                    )?
-                    .unwrap_or(0);
-                run_migrations(tx, POSTGRES, version, |tx, reached| {
-                    tx.execute(
-                        "INSERT INTO schema_versions (part, version) VALUES ('guard', ?1)
-                         ON CONFLICT (part) DO UPDATE SET version = excluded.version",
-                        args![reached],
-                    )?;
-                    Ok(())
+                let found = migrations::postgres_version(tx, PART)?;
+                migrations::run(tx, POSTGRES, found, too_new, |tx, reached| {
+                    Ok(migrations::set_postgres_version(tx, PART, reached)?)
                 })
             }
         })
     }
-}
-
-/// Runs the migrations after `version`, calling `done` after each with the version reached.
-fn run_migrations(
-    tx: &Tx<'_>,
-    migrations: &[&str],
-    version: i64,
-    mut done: impl FnMut(&Tx<'_>, i64) -> Result<()>,
-) -> Result<()> {
-    let known = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
-    if version > known {
-        return Err(StorageError::Corrupt(format!(
-            "the guard's tables are at version {version}, newer than this program ({known})"
-        )));
-    }
-    let done_already = usize::try_from(version).unwrap_or(0);
-    for (i, sql) in migrations.iter().enumerate().skip(done_already) {
-        tx.batch(sql)?;
-        done(tx, i64::try_from(i).unwrap_or(i64::MAX) + 1)?;
-    }
-    Ok(())
 }
 
 fn state(tx: &Tx<'_>, key: &str) -> Result<Option<i64>> {
@@ -1313,5 +1280,30 @@ mod tests {
         assert_eq!(held, Some(()));
         assert_eq!(s.expire_items(100, 10).unwrap(), 1);
         assert_eq!(newest(&s, "/location/alice", 10), []);
+    }
+
+    #[test]
+    fn tables_of_a_newer_version_are_refused() {
+        for (_dir, location) in crate::db::tests::each_engine("guard_too_new") {
+            drop(DbStorage::open(&location).unwrap());
+            let db = Database::open(&location).unwrap();
+            let bump = match db.engine() {
+                Engine::Sqlite => "UPDATE guard_state SET value = 99 WHERE key = 'schema_version'",
+                Engine::Postgres => "UPDATE schema_versions SET version = 99 WHERE part = 'guard'",
+            };
+            assert_eq!(db.write(|tx| tx.execute(bump, &[])).unwrap(), 1);
+            let known = match db.engine() {
+                Engine::Sqlite => MIGRATIONS.len(),
+                Engine::Postgres => POSTGRES.len(),
+            };
+            let err = DbStorage::open(&location).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "storage: the guard's tables are at version 99, newer than this program ({known})"
+                ),
+                "{location}"
+            );
+        }
     }
 }
