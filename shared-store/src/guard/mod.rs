@@ -7,11 +7,18 @@
 //! lose what it wrote.
 
 mod schema;
-mod tables;
+pub(crate) mod tables;
 
 pub use tables::DbStorage;
 
 use serde::Deserialize;
+
+/// The `max_items` of a node when nothing says otherwise: more than a week of a busy owner's
+/// updates (one a minute for sixteen hours a day is 6,720 a week).
+pub const DEFAULT_MAX_ITEMS: u32 = 10_000;
+
+/// The `max_age` of a node when nothing says otherwise: 30 days, in seconds.
+pub const DEFAULT_MAX_AGE_SECS: u64 = 30 * 86_400;
 
 /// The longest node name, in bytes.
 pub const MAX_NODE_NAME_BYTES: usize = 1023;

@@ -171,7 +171,51 @@ fn item_row(r: &Row) -> Result<Item, crate::backend::BackendError> {
     })
 }
 
-fn load_node(tx: &Tx<'_>, name: &str) -> Result<Option<Node>> {
+/// Inserts `node` with its publishers; `false` when the name is taken (nothing written).
+pub(crate) fn insert_node(tx: &Tx<'_>, node: &Node) -> Result<bool> {
+    // The newest item number given so far (deleted items count: numbers are never
+    // given twice).
+    let last_number = match tx.engine() {
+        Engine::Sqlite => {
+            "(SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'guard_items')"
+        }
+        Engine::Postgres => {
+            "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM guard_item_numbers)"
+        }
+    };
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO guard_nodes
+                 (name, owner, access, max_items, created_at, max_age_secs, send_last,
+                  created_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {last_number})
+             ON CONFLICT (name) DO NOTHING"
+        ),
+        args![
+            &node.name,
+            node.owner.as_deref(),
+            node.access.as_str(),
+            node.max_items,
+            node.created_at,
+            node.max_age_secs,
+            node.send_last_published_item
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    for jid in &node.publishers {
+        tx.execute(
+            "INSERT INTO guard_publishers (node, jid) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+            args![&node.name, jid],
+        )?;
+    }
+    Ok(true)
+}
+
+/// The node `name` with its publishers.
+pub(crate) fn load_node(tx: &Tx<'_>, name: &str) -> Result<Option<Node>> {
     let row = tx.query_opt(
         "SELECT name, owner, access, max_items, created_at, max_age_secs, send_last
          FROM guard_nodes WHERE name = ?1",
@@ -371,45 +415,11 @@ impl Pager<'_, '_> {
 impl Storage for DbStorage {
     fn create_node(&self, node: &Node) -> Result<()> {
         self.db.write(|tx| {
-            // The newest item number given so far (deleted items count: numbers are never
-            // given twice).
-            let last_number = match tx.engine() {
-                Engine::Sqlite => {
-                    "(SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'guard_items')"
-                }
-                Engine::Postgres => {
-                    "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM guard_item_numbers)"
-                }
-            };
-            let inserted = tx.execute(
-                &format!(
-                    "INSERT INTO guard_nodes
-                         (name, owner, access, max_items, created_at, max_age_secs, send_last,
-                          created_seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {last_number})
-                     ON CONFLICT (name) DO NOTHING"
-                ),
-                args![
-                    &node.name,
-                    node.owner.as_deref(),
-                    node.access.as_str(),
-                    node.max_items,
-                    node.created_at,
-                    node.max_age_secs,
-                    node.send_last_published_item
-                ],
-            )?;
-            if inserted == 0 {
-                return Err(StorageError::NodeExists(node.name.clone()));
+            if insert_node(tx, node)? {
+                Ok(())
+            } else {
+                Err(StorageError::NodeExists(node.name.clone()))
             }
-            for jid in &node.publishers {
-                tx.execute(
-                    "INSERT INTO guard_publishers (node, jid) VALUES (?1, ?2)
-                     ON CONFLICT DO NOTHING",
-                    args![&node.name, jid],
-                )?;
-            }
-            Ok(())
         })
     }
 
