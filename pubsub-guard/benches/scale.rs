@@ -3,7 +3,8 @@
 //! shapes a deployment has.
 //!
 //! - **One node, N subscribers** (a popular node): N JIDs each subscribe to `/location/alice`
-//!   with the consumer's token; then one publish notifies all N.
+//!   with the consumer's token; then one publish notifies all N, and the token is revoked,
+//!   which ends all N.
 //! - **One consumer, N nodes** (the seed's aggregator): N owners, each with a node and a grant
 //!   of her own to one consumer, provisioned by the bulk import; then that consumer's one JID
 //!   subscribes to every node, each subscribe signed with that node's token.
@@ -298,7 +299,7 @@ fn main() {
     let provisioning = Provisioning::open(location.clone()).unwrap();
     provisioning.import(&records(1, 0), now).unwrap();
     drop(provisioning);
-    let (mut one_node, _store) = service(&location);
+    let (mut one_node, store) = service(&location);
     let signer_one = signer("t0", &format!("token-secret-{:012}", 0));
     println!("\none node, {n} subscribers:");
     let marks = subscribe_all(&mut one_node, n, &path, |i| {
@@ -322,6 +323,24 @@ fn main() {
     println!(
         "  one publish to {n} subscribers: {took:.2} s ({:.0} notifications/s), RSS {rss:.0} MiB (peak {peak:.0})",
         n as f64 / took
+    );
+    // The token behind every one of them is revoked: each is told, a page at a time.
+    let mut drained = 0usize;
+    one_node.follow_changes_into(&mut |_| drained += 1);
+    store
+        .revoke_tokens(
+            &shared_store::authz::RevokeBy::Token("t0".into()),
+            shared_store::authz::now(),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut told = 0usize;
+    one_node.follow_changes_into(&mut |_| told += 1);
+    let took = started.elapsed().as_secs_f64();
+    let (rss, peak) = memory();
+    assert_eq!(told, n, "a subscription='none' to each subscriber");
+    println!(
+        "  the token revoked: {n} subscriptions ended in {took:.2} s, RSS {rss:.0} MiB (peak {peak:.0})"
     );
     report(&format!("one node, up to {n} subscribers"), &marks);
     drop(one_node);

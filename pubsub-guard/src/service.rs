@@ -90,7 +90,8 @@ impl std::fmt::Debug for Service {
 
 type Outcome = Result<Option<Element>, Refusal>;
 
-/// How many subscribers of a node a notification reads from storage at a time.
+/// How many subscribers of a node a notification reads from storage at a time, and how many
+/// subscriptions of a revoked token are ended at a time.
 const SUBSCRIBERS_PAGE: usize = 1000;
 
 /// How a requester may know a node without a signed request.
@@ -1235,20 +1236,28 @@ impl Service {
     /// Ends every subscription backed by `token` and tells each subscriber
     /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4).
     fn end_token(&mut self, token: &str, out: Sink<'_>) {
-        match self.storage.end_token(token) {
-            Ok(ended) => {
-                for s in ended {
-                    info!(
-                        jid = s.jid,
-                        node = s.node,
-                        consumer = s.consumer_key.as_deref().unwrap_or("-"),
-                        "subscription ended: access revoked or expired"
-                    );
-                    let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
-                    out(self.event_message(&s.jid, none));
+        loop {
+            let ended = match self.storage.end_token(token, SUBSCRIBERS_PAGE) {
+                Ok(ended) => ended,
+                Err(e) => {
+                    warn!("cannot end the subscriptions of a revoked token: {e}");
+                    return;
                 }
+            };
+            let more = ended.len() == SUBSCRIBERS_PAGE;
+            for s in ended {
+                info!(
+                    jid = s.jid,
+                    node = s.node,
+                    consumer = s.consumer_key.as_deref().unwrap_or("-"),
+                    "subscription ended: access revoked or expired"
+                );
+                let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
+                out(self.event_message(&s.jid, none));
             }
-            Err(e) => warn!("cannot end the subscriptions of a revoked token: {e}"),
+            if !more {
+                return;
+            }
         }
     }
 

@@ -1258,4 +1258,29 @@ fn a_node_with_thousands_of_subscribers_notifies_each_once_and_finds_one_by_its_
         .unwrap();
     let jids: Vec<_> = list.children().map(|s| s.attr("jid").unwrap()).collect();
     assert_eq!(jids, ["app77@localhost"]);
+
+    // The token behind them all is revoked: each subscriber is told once, a page at a time.
+    w.service.follow_changes();
+    w.store
+        .revoke_tokens(&RevokeBy::Id(w.token_id), shared_store::authz::now())
+        .unwrap();
+    let out = w.service.follow_changes();
+    let ended = |m: &Element| {
+        m.get_child("event", "http://jabber.org/protocol/pubsub#event")
+            .and_then(|e| e.get_child("subscription", "http://jabber.org/protocol/pubsub#event"))
+            .is_some_and(|s| {
+                s.attr("subscription") == Some("none") && s.attr("jid") == m.attr("to")
+            })
+    };
+    if let Some(other) = out.iter().find(|m| !ended(m)) {
+        panic!(
+            "not a subscription='none' to its subscriber: {}",
+            String::from(other)
+        );
+    }
+    let mut told: Vec<&str> = out.iter().map(|m| m.attr("to").unwrap()).collect();
+    told.sort_unstable();
+    told.dedup();
+    assert_eq!((out.len(), told.len()), (subscribers, subscribers));
+    assert!(w.storage.subscriptions(None).unwrap().is_empty());
 }

@@ -355,8 +355,10 @@ pub trait Storage: Send {
     /// The names of the nodes the bare JID of `jid` may know of, by name: the open ones,
     /// those it publishes to and those it is subscribed to.
     fn nodes_known_to(&self, jid: &str) -> Result<Vec<String>>;
-    /// Removes every subscription backed by `token`, returning them.
-    fn end_token(&self, token: &str) -> Result<Vec<Subscription>>;
+    /// Removes at most `limit` of the subscriptions backed by `token`, returning them: call
+    /// it again until fewer than `limit` come back (a token an application uses for a
+    /// million JIDs ends a page at a time, in bounded memory).
+    fn end_token(&self, token: &str, limit: usize) -> Result<Vec<Subscription>>;
 
     /// Stores an item of an existing node (replacing one with the same id) at the node's
     /// next position, then applies the node's retention: drops the items older than its

@@ -550,13 +550,15 @@ impl Storage for DbStorage {
         })
     }
 
-    fn end_token(&self, token: &str) -> Result<Vec<Subscription>> {
+    fn end_token(&self, token: &str, limit: usize) -> Result<Vec<Subscription>> {
         self.db.write(|tx| {
             Ok(tx.query_map(
                 &format!(
-                    "DELETE FROM guard_subscriptions WHERE token = ?1 RETURNING {SUBSCRIPTION_COLUMNS}"
+                    "DELETE FROM guard_subscriptions WHERE (node, bare) IN
+                         (SELECT node, bare FROM guard_subscriptions WHERE token = ?1 LIMIT ?2)
+                     RETURNING {SUBSCRIPTION_COLUMNS}"
                 ),
-                args![token],
+                args![token, limit],
                 subscription_row,
             )?)
         })
@@ -1181,9 +1183,13 @@ mod tests {
             assert_eq!(again.token.as_deref(), Some("t2"));
             s.subscribe(&subscription("app2@localhost/r", "t2"))
                 .unwrap();
-            assert!(s.end_token("t1").unwrap().is_empty());
-            let ended = s.end_token("t2").unwrap();
-            assert_eq!(ended.len(), 2);
+            assert!(s.end_token("t1", 10).unwrap().is_empty());
+            s.subscribe(&subscription("app3@localhost/r", "t2"))
+                .unwrap();
+            // A page at a time.
+            assert_eq!(s.end_token("t2", 2).unwrap().len(), 2);
+            assert_eq!(s.end_token("t2", 2).unwrap().len(), 1);
+            assert!(s.end_token("t2", 2).unwrap().is_empty());
             assert!(s.subscriptions(None).unwrap().is_empty());
             s.subscribe(&subscription("app@localhost", "t3")).unwrap();
             assert_eq!(
