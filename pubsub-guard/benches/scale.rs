@@ -222,16 +222,17 @@ fn subscribe_all(
 fn report(title: &str, marks: &[Mark]) {
     println!("\n{title}");
     println!(
-        "| live subscriptions | subscribes/s | ratio | RSS (MiB) | peak RSS | database (MiB) |"
+        "| live subscriptions | subscribes/s | ratio | CPU µs each | RSS (MiB) | peak RSS | database (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let first = marks[0].rate;
     for m in marks {
         println!(
-            "| {} | {:.0} | {:.2}× | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.2}× | {:.0} | {:.0} | {:.0} | {:.0} |",
             m.subscriptions,
             m.rate,
             m.rate / first,
+            m.cpu_us,
             m.rss,
             m.peak,
             m.db
