@@ -279,9 +279,12 @@ fn records(n: usize, from: usize) -> Vec<(u64, Record)> {
     (1..).zip(out).collect()
 }
 
+/// The service as the guard builds it: the token store and the guard's tables on one
+/// connection.
 fn service(location: &Location) -> (Service, Arc<Store>) {
-    let store = Arc::new(Store::open(location).unwrap());
-    let storage = DbStorage::open(location).unwrap();
+    let db = Arc::new(shared_store::db::Database::open(location).unwrap());
+    let store = Arc::new(Store::on(Arc::clone(&db)).unwrap());
+    let storage = DbStorage::on(db).unwrap();
     (
         Service::new(&Config::default(), Box::new(storage), store.clone()),
         store,

@@ -110,7 +110,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// An open store. Cheap to share behind an `Arc`; calls are serialized on one connection.
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     /// The second in which expired nonces were last deleted (at most once a second).
     nonces_purged_at: std::sync::atomic::AtomicU64,
     /// When stale sign-in counters were last deleted.
@@ -139,7 +139,14 @@ impl Store {
     /// runs the pending migrations, as the only writer (two processes starting at once take
     /// turns).
     pub fn open(location: impl Into<Location>) -> Result<Self> {
-        let db = Database::open(&location.into())?;
+        Self::on(std::sync::Arc::new(Database::open(&location.into())?))
+    }
+
+    /// The store on the connection `db`, which the caller may share with the guard's
+    /// [`crate::guard::DbStorage::on`]: one connection for both keeps SQLite's page cache
+    /// warm (two connections of one process to one file, each writing, empty each other's
+    /// caches at every transaction). Runs the pending migrations.
+    pub fn on(db: std::sync::Arc<Database>) -> Result<Self> {
         let store = Self {
             db,
             nonces_purged_at: std::sync::atomic::AtomicU64::new(0),

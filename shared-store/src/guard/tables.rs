@@ -15,7 +15,7 @@ use super::{
 /// Several guards may share one database (a fleet): each keeps its own change-log cursor
 /// (see [`DbStorage::for_instance`]); everything else is shared.
 pub struct DbStorage {
-    db: Database,
+    db: std::sync::Arc<Database>,
     /// The `guard_state` key of this guard's change-log cursor.
     cursor_key: String,
     /// Whether the authorization server's change log was seen in the database (it never goes
@@ -49,8 +49,14 @@ impl DbStorage {
     /// Opens the guard's tables in the database at `location` (a SQLite file, created
     /// private if missing, or a PostgreSQL URL), migrating them.
     pub fn open(location: impl Into<Location>) -> Result<Self> {
+        Self::on(std::sync::Arc::new(Database::open(&location.into())?))
+    }
+
+    /// The guard's tables on the connection `db`, which may be the authorization store's
+    /// ([`crate::Store::on`]), migrating them.
+    pub fn on(db: std::sync::Arc<Database>) -> Result<Self> {
         let storage = Self {
-            db: Database::open(&location.into())?,
+            db,
             cursor_key: CURSOR.to_owned(),
             change_log: std::sync::atomic::AtomicBool::new(false),
         };
