@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod password;
+pub mod provision;
 pub mod web;
 
 pub use shared_store::authz as store;

@@ -36,6 +36,31 @@ pub fn add_owner(store: &Store, name: &str, password: &Secret, now: u64) -> Resu
     store.add_owner(name, &hash(password)?, now)
 }
 
+/// The hash to import for the owner `name` whose password is `password`: the stored one when
+/// she exists with this password (so importing the same file again changes nothing), else a
+/// new one (which the import refuses as a conflict if she exists).
+pub fn import_hash(store: &Store, name: &str, password: &Secret) -> Result<String> {
+    if let Some(stored) = store.password_hash(name)?
+        && verify(Some(&stored), password)
+    {
+        return Ok(stored);
+    }
+    hash(password)
+}
+
+/// Checks that `hash` is a PHC string of an Argon2 hash, which [`check`] can verify.
+pub fn check_hash(hash: &str) -> std::result::Result<(), String> {
+    let parsed = argon2::password_hash::PasswordHash::new(hash)
+        .map_err(|e| format!("the password_hash is not a PHC string ({e})"))?;
+    let algorithm = parsed.algorithm.as_str();
+    if !matches!(algorithm, "argon2id" | "argon2i" | "argon2d") || parsed.hash.is_none() {
+        return Err(format!(
+            "the password_hash must be an Argon2 hash ($argon2id$…), not {algorithm}"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `password` is the owner's. Unknown owners take as long as known ones.
 pub fn check(store: &Store, name: &str, password: &Secret) -> Result<bool> {
     Ok(verify(store.password_hash(name)?.as_deref(), password))
@@ -63,6 +88,31 @@ mod tests {
         // Otherwise an unknown name would answer at once and tell itself apart by timing.
         use argon2::password_hash::PasswordHash;
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn imported_hashes_are_checked_and_reused_for_the_same_password() {
+        assert_eq!(check_hash(DUMMY_HASH), Ok(()));
+        assert_eq!(
+            check_hash("$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA"),
+            Err("the password_hash must be an Argon2 hash ($argon2id$…), not pbkdf2-sha256".into())
+        );
+        assert!(
+            check_hash("secret")
+                .unwrap_err()
+                .starts_with("the password_hash is not a PHC string")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("authz.sqlite")).unwrap();
+        add_owner(&store, "alice", &Secret::new("correct horse"), 100).unwrap();
+        let stored = store.password_hash("alice").unwrap().unwrap();
+        let same = Secret::new("correct horse");
+        assert_eq!(import_hash(&store, "alice", &same).unwrap(), stored);
+        let other = import_hash(&store, "alice", &Secret::new("other horse")).unwrap();
+        assert_ne!(other, stored);
+        assert!(verify(Some(&other), &Secret::new("other horse")));
+        let new = import_hash(&store, "bob", &same).unwrap();
+        assert!(verify(Some(&new), &same));
     }
 
     #[test]

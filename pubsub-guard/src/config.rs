@@ -107,12 +107,7 @@ pub enum SendLast {
     Never,
 }
 
-/// The `max_items` of a node when nothing says otherwise: more than a week of a busy owner's
-/// updates (one a minute for sixteen hours a day is 6,720 a week).
-pub const DEFAULT_MAX_ITEMS: u32 = 10_000;
-
-/// The `max_age` of a node when nothing says otherwise: 30 days, in seconds.
-pub const DEFAULT_MAX_AGE_SECS: u64 = 30 * 86_400;
+pub use shared_store::guard::{DEFAULT_MAX_AGE_SECS, DEFAULT_MAX_ITEMS};
 
 fn default_max_items() -> u32 {
     DEFAULT_MAX_ITEMS

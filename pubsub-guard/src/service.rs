@@ -90,6 +90,9 @@ impl std::fmt::Debug for Service {
 
 type Outcome = Result<Option<Element>, Refusal>;
 
+/// How many subscribers of a node a notification reads from storage at a time.
+const SUBSCRIBERS_PAGE: usize = 1000;
+
 /// How a requester may know a node without a signed request.
 enum Known {
     /// Anyone may (an open node), or it publishes there: every item.
@@ -393,20 +396,11 @@ impl Service {
         let mut query = Element::builder("query", ns::DISCO_ITEMS).build();
         match node {
             None => {
-                let subscriptions = self.storage.subscriptions(None).map_err(storage_failed)?;
-                let visible = |n: &Node| {
-                    n.access == Access::Open
-                        || n.is_publisher(from)
-                        || subscriptions
-                            .iter()
-                            .any(|s| s.node == n.name && jid::same_bare(&s.jid, from))
-                };
-                let nodes = self.storage.nodes().map_err(storage_failed)?;
-                for n in nodes.iter().filter(|n| visible(n)) {
+                for n in self.storage.nodes_known_to(from).map_err(storage_failed)? {
                     query.append_child(
                         Element::builder("item", ns::DISCO_ITEMS)
                             .attr(name("jid"), self.domain.as_str())
-                            .attr(name("node"), n.name.as_str())
+                            .attr(name("node"), n)
                             .build(),
                     );
                 }
@@ -744,10 +738,12 @@ impl Service {
         if let Some(node) = node {
             list.set_attr(minidom::rxml::Namespace::NONE, name("node"), node);
         }
-        for s in self.storage.subscriptions(node).map_err(storage_failed)? {
-            if jid::same_bare(&s.jid, from) {
-                list.append_child(subscription_element(ns::PUBSUB, &s, "subscribed"));
-            }
+        for s in self
+            .storage
+            .subscriptions_of(from, node)
+            .map_err(storage_failed)?
+        {
+            list.append_child(subscription_element(ns::PUBSUB, &s, "subscribed"));
         }
         let mut pubsub = Element::builder("pubsub", ns::PUBSUB).build();
         pubsub.append_child(list);
@@ -1146,14 +1142,11 @@ impl Service {
         node: &Node,
         from: &str,
     ) -> Result<Option<Subscription>, Refusal> {
-        let subscriptions = self
+        let subscription = self
             .storage
-            .subscriptions(Some(&node.name))
+            .subscription(&node.name, from)
             .map_err(storage_failed)?;
-        Ok(subscriptions
-            .into_iter()
-            .filter(|s| jid::same_bare(&s.jid, from))
-            .find(|s| self.token_is_live(s)))
+        Ok(subscription.filter(|s| self.token_is_live(s)))
     }
 
     /// Whether the token behind a subscription still grants access (profile N3, N4): known,
@@ -1177,41 +1170,54 @@ impl Service {
     /// subscriber of `node` whose access still holds; ends the subscriptions whose token died.
     /// A published `item` gives the notification its archive id (XEP-0359).
     fn notify(&mut self, node: &Node, content: Element, item: Option<&Item>, out: Sink<'_>) {
-        let subscriptions = match self.storage.subscriptions(Some(&node.name)) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(node = node.name, "cannot read the subscribers: {e}");
-                return;
-            }
-        };
         let items = archive::event_items(&node.name, content);
         let stanza_id = item.map(|item| archive::stanza_id(&self.domain, item));
-        // Subscriptions often share a token (one application, several JIDs): check each
-        // token once per notification.
-        let mut checked: std::collections::HashMap<String, bool> = Default::default();
-        for s in subscriptions {
-            let live = match &s.token {
-                Some(token) => match checked.get(token) {
-                    Some(live) => *live,
-                    None => {
-                        let live = self.token_is_live(&s);
-                        checked.insert(token.clone(), live);
-                        if !live {
-                            // The change log will say so too; ending it now means nothing
-                            // slips through.
-                            self.end_token(token, out);
-                        }
-                        live
+        // A page of subscribers at a time: memory does not grow with a node's subscribers.
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                match self
+                    .storage
+                    .subscribers_page(&node.name, after.as_deref(), SUBSCRIBERS_PAGE)
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        warn!(node = node.name, "cannot read the subscribers: {e}");
+                        return;
                     }
-                },
-                None => true,
-            };
-            if live {
-                let mut message = self.event_message(&s.jid, items.clone());
-                if let Some(stanza_id) = &stanza_id {
-                    message.append_child(stanza_id.clone());
+                };
+            let full = page.len() == SUBSCRIBERS_PAGE;
+            after = page.last().map(|s| jid::bare(&s.jid).to_owned());
+            // Subscriptions often share a token (one application, several JIDs): check each
+            // token once per page.
+            let mut checked: std::collections::HashMap<String, bool> = Default::default();
+            for s in page {
+                let live = match &s.token {
+                    Some(token) => match checked.get(token) {
+                        Some(live) => *live,
+                        None => {
+                            let live = self.token_is_live(&s);
+                            checked.insert(token.clone(), live);
+                            if !live {
+                                // The change log will say so too; ending it now means
+                                // nothing slips through.
+                                self.end_token(token, out);
+                            }
+                            live
+                        }
+                    },
+                    None => true,
+                };
+                if live {
+                    let mut message = self.event_message(&s.jid, items.clone());
+                    if let Some(stanza_id) = &stanza_id {
+                        message.append_child(stanza_id.clone());
+                    }
+                    out(message);
                 }
-                out(message);
+            }
+            if !full {
+                return;
             }
         }
     }

@@ -8,6 +8,7 @@
 //!   store.
 //! - [`guard`]: the guard's nodes, subscriptions and items behind the [`guard::Storage`]
 //!   trait, in the same file.
+//! - [`provision`]: bulk import and export of consumers, owners, nodes and grants.
 //! - [`throttle`]: the sign-in throttling rules the counters apply.
 //! - [`config`], [`logging`], [`random`], [`datetime`]: settings files, log setup, random
 //!   tokens, dates.
@@ -21,6 +22,7 @@ pub mod datetime;
 pub mod db;
 pub mod guard;
 pub mod logging;
+pub mod provision;
 pub mod random;
 pub mod throttle;
 

@@ -6,6 +6,7 @@ mod connections;
 mod flow;
 mod hostile;
 mod interop;
+mod provision;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

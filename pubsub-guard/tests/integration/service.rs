@@ -1220,3 +1220,42 @@ fn options_are_not_implemented_and_rsm_beside_other_actions_is_ignored() {
         );
     }
 }
+
+#[test]
+fn a_node_with_thousands_of_subscribers_notifies_each_once_and_finds_one_by_its_jid() {
+    // More subscribers than one page of the fan-out (1,000), and more than one page of
+    // each sender's subscription lookups would read if they read the whole node.
+    let mut w = world();
+    let subscribers = 1_234;
+    for i in 0..subscribers {
+        let jid = format!("app{i}@localhost");
+        let subscribe = w.signed_subscribe_as(&format!("{jid}/r"), "/location/alice", &jid);
+        assert_eq!(w.reply(subscribe).attr("type"), Some("result"), "{jid}");
+    }
+    let out = w.handle(pubsub(
+        LOC,
+        "set",
+        "<publish node='/location/alice'><item id='one'><p xmlns='urn:test'/></item></publish>",
+    ));
+    assert_eq!(out.last().and_then(|r| r.attr("type")), Some("result"));
+    let mut to: Vec<&str> = out[..out.len() - 1]
+        .iter()
+        .map(|m| {
+            assert_eq!(m.name(), "message");
+            m.attr("to").unwrap()
+        })
+        .collect();
+    assert_eq!(to.len(), subscribers);
+    to.sort_unstable();
+    to.dedup();
+    assert_eq!(to.len(), subscribers, "each subscriber once");
+
+    // One subscriber asks for its subscriptions: its own, found by its JID.
+    let reply = w.reply(pubsub("app77@localhost/r", "get", "<subscriptions/>"));
+    let list = reply
+        .get_child("pubsub", PUBSUB)
+        .and_then(|p| p.get_child("subscriptions", PUBSUB))
+        .unwrap();
+    let jids: Vec<_> = list.children().map(|s| s.attr("jid").unwrap()).collect();
+    assert_eq!(jids, ["app77@localhost"]);
+}

@@ -154,6 +154,11 @@ impl Store {
         self.db.location()
     }
 
+    /// The database it is in.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Runs `f` as the only writer of the database, in one transaction (committed when `f`
     /// succeeds).
     fn write<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
@@ -182,7 +187,7 @@ impl Store {
     /// Adds an owner whose password hashes to `password_hash` (a PHC string; the
     /// authorization server makes it with Argon2id).
     pub fn add_owner(&self, name: &str, password_hash: &str, now: u64) -> Result<()> {
-        validate_name(name)?;
+        check_owner_name(name)?;
         if password_hash.is_empty() {
             return Err(StoreError::Password("the password hash is empty".into()));
         }
@@ -909,12 +914,45 @@ fn insert_grant(
 ) -> Result<Grant> {
     let token = random::token(16)?;
     let secret = Secret::new(random::token(32)?);
+    let id = insert_token(
+        tx,
+        &token,
+        &secret,
+        consumer_key,
+        owner,
+        &scope,
+        expires_at,
+        now,
+    )?;
+    Ok(Grant {
+        id,
+        token,
+        secret,
+        consumer_key: consumer_key.to_owned(),
+        owner: owner.to_owned(),
+        scope,
+    })
+}
+
+/// Writes the access token `token` and logs it as granted; returns its id. The caller has
+/// checked the owner and the consumer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn insert_token(
+    tx: &Tx<'_>,
+    token: &str,
+    secret: &Secret,
+    consumer_key: &str,
+    owner: &str,
+    scope: &Scope,
+    expires_at: Option<u64>,
+    now: u64,
+) -> Result<i64> {
     let id: i64 = tx.query_one(
         "INSERT INTO access_tokens (token, secret, consumer_key, owner, scope, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          RETURNING id",
         args![
-            &token,
+            token,
             secret.expose(),
             consumer_key,
             owner,
@@ -924,20 +962,9 @@ fn insert_grant(
         ],
         |r| r.get(0),
     )?;
-    let row = TokenRow {
-        id,
-        token: &token,
-        owner,
-    };
+    let row = TokenRow { id, token, owner };
     log(tx, now, ChangeKind::Granted, Some(row), consumer_key)?;
-    Ok(Grant {
-        id,
-        token,
-        secret,
-        consumer_key: consumer_key.to_owned(),
-        owner: owner.to_owned(),
-        scope,
-    })
+    Ok(id)
 }
 
 fn revoke_in(tx: &Tx<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
@@ -1021,7 +1048,7 @@ fn log(
 
 /// Owner names: what an account name of the service may be (they appear in node names
 /// such as `/location/alice`).
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn check_owner_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

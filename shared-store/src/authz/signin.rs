@@ -1,7 +1,7 @@
 //! The sign-in counters of [`crate::throttle`], kept in the store so that they hold across
 //! restarts and across every replica on the database.
 
-use super::{Result, Store, validate_name};
+use super::{Result, Store, check_owner_name};
 use crate::args;
 use crate::db::Tx;
 use crate::throttle::{Counter, Rule, SignInPolicy, Wait};
@@ -66,7 +66,7 @@ fn save_in(tx: &Tx<'_>, subject: &str, c: Counter) -> Result<()> {
 /// The counter subject of a name typed on the form; `None` for what cannot be an owner's
 /// name (those are throttled by address only).
 pub(crate) fn name_subject(name: &str) -> Option<String> {
-    validate_name(name).ok().map(|()| format!("name:{name}"))
+    check_owner_name(name).ok().map(|()| format!("name:{name}"))
 }
 
 impl Store {

@@ -7,11 +7,18 @@
 //! lose what it wrote.
 
 mod schema;
-mod tables;
+pub(crate) mod tables;
 
 pub use tables::DbStorage;
 
 use serde::Deserialize;
+
+/// The `max_items` of a node when nothing says otherwise: more than a week of a busy owner's
+/// updates (one a minute for sixteen hours a day is 6,720 a week).
+pub const DEFAULT_MAX_ITEMS: u32 = 10_000;
+
+/// The `max_age` of a node when nothing says otherwise: 30 days, in seconds.
+pub const DEFAULT_MAX_AGE_SECS: u64 = 30 * 86_400;
 
 /// The longest node name, in bytes.
 pub const MAX_NODE_NAME_BYTES: usize = 1023;
@@ -331,6 +338,23 @@ pub trait Storage: Send {
     fn unsubscribe(&self, node: &str, jid: &str) -> Result<Option<Subscription>>;
     /// Subscriptions, optionally only one node's; oldest first.
     fn subscriptions(&self, node: Option<&str>) -> Result<Vec<Subscription>>;
+    /// The subscription of (`node`, the bare JID of `jid`), if there is one.
+    fn subscription(&self, node: &str, jid: &str) -> Result<Option<Subscription>>;
+    /// The subscriptions of the bare JID of `jid`, optionally only to one node; oldest
+    /// first. Found by the JID, whatever the number of subscriptions.
+    fn subscriptions_of(&self, jid: &str, node: Option<&str>) -> Result<Vec<Subscription>>;
+    /// At most `limit` subscriptions of `node`, in the order of their bare JIDs, from the
+    /// first bare JID after `after` (from the first of all with `None`): a node's
+    /// subscribers a page at a time, in memory bounded by `limit`.
+    fn subscribers_page(
+        &self,
+        node: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>>;
+    /// The names of the nodes the bare JID of `jid` may know of, by name: the open ones,
+    /// those it publishes to and those it is subscribed to.
+    fn nodes_known_to(&self, jid: &str) -> Result<Vec<String>>;
     /// Removes every subscription backed by `token`, returning them.
     fn end_token(&self, token: &str) -> Result<Vec<Subscription>>;
 

@@ -89,13 +89,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
     -- payloads.
     CREATE INDEX guard_items_history ON guard_items(node, pos, change_seq, published_at);
     CREATE INDEX guard_items_node_time ON guard_items(node, published_at);",
+    // At scale (issue 15): a sender's own subscriptions and the nodes it publishes to are
+    // found by its bare JID, without reading every row.
+    BY_BARE_JID,
 ];
+
+/// The indexes that find a sender's subscriptions and publishing rights by its bare JID (the
+/// last migration on both engines).
+const BY_BARE_JID: &str = "CREATE INDEX guard_subscriptions_bare ON guard_subscriptions(bare);
+    CREATE INDEX guard_publishers_jid ON guard_publishers(jid);";
 
 /// Each PostgreSQL migration, in order (versioned in `schema_versions`, part `guard`). The
 /// first is the whole schema SQLite reached in its four: every integer a `BIGINT`, text that
 /// is ordered or compared in byte order (`COLLATE "C"`, as SQLite compares), item numbers
 /// from a sequence that never gives a number twice.
-pub(super) const POSTGRES: &[&str] = &["CREATE TABLE IF NOT EXISTS guard_state (
+pub(super) const POSTGRES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS guard_state (
         key TEXT COLLATE \"C\" PRIMARY KEY,
         value BIGINT NOT NULL
     );
@@ -143,4 +152,6 @@ pub(super) const POSTGRES: &[&str] = &["CREATE TABLE IF NOT EXISTS guard_state (
     );
     ALTER SEQUENCE guard_item_numbers OWNED BY guard_items.seq;
     CREATE INDEX guard_items_history ON guard_items(node, pos, change_seq, published_at);
-    CREATE INDEX guard_items_node_time ON guard_items(node, published_at);"];
+    CREATE INDEX guard_items_node_time ON guard_items(node, published_at);",
+    BY_BARE_JID,
+];

@@ -171,7 +171,51 @@ fn item_row(r: &Row) -> Result<Item, crate::backend::BackendError> {
     })
 }
 
-fn load_node(tx: &Tx<'_>, name: &str) -> Result<Option<Node>> {
+/// Inserts `node` with its publishers; `false` when the name is taken (nothing written).
+pub(crate) fn insert_node(tx: &Tx<'_>, node: &Node) -> Result<bool> {
+    // The newest item number given so far (deleted items count: numbers are never
+    // given twice).
+    let last_number = match tx.engine() {
+        Engine::Sqlite => {
+            "(SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'guard_items')"
+        }
+        Engine::Postgres => {
+            "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM guard_item_numbers)"
+        }
+    };
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO guard_nodes
+                 (name, owner, access, max_items, created_at, max_age_secs, send_last,
+                  created_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {last_number})
+             ON CONFLICT (name) DO NOTHING"
+        ),
+        args![
+            &node.name,
+            node.owner.as_deref(),
+            node.access.as_str(),
+            node.max_items,
+            node.created_at,
+            node.max_age_secs,
+            node.send_last_published_item
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    for jid in &node.publishers {
+        tx.execute(
+            "INSERT INTO guard_publishers (node, jid) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+            args![&node.name, jid],
+        )?;
+    }
+    Ok(true)
+}
+
+/// The node `name` with its publishers.
+pub(crate) fn load_node(tx: &Tx<'_>, name: &str) -> Result<Option<Node>> {
     let row = tx.query_opt(
         "SELECT name, owner, access, max_items, created_at, max_age_secs, send_last
          FROM guard_nodes WHERE name = ?1",
@@ -371,45 +415,11 @@ impl Pager<'_, '_> {
 impl Storage for DbStorage {
     fn create_node(&self, node: &Node) -> Result<()> {
         self.db.write(|tx| {
-            // The newest item number given so far (deleted items count: numbers are never
-            // given twice).
-            let last_number = match tx.engine() {
-                Engine::Sqlite => {
-                    "(SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'guard_items')"
-                }
-                Engine::Postgres => {
-                    "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM guard_item_numbers)"
-                }
-            };
-            let inserted = tx.execute(
-                &format!(
-                    "INSERT INTO guard_nodes
-                         (name, owner, access, max_items, created_at, max_age_secs, send_last,
-                          created_seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {last_number})
-                     ON CONFLICT (name) DO NOTHING"
-                ),
-                args![
-                    &node.name,
-                    node.owner.as_deref(),
-                    node.access.as_str(),
-                    node.max_items,
-                    node.created_at,
-                    node.max_age_secs,
-                    node.send_last_published_item
-                ],
-            )?;
-            if inserted == 0 {
-                return Err(StorageError::NodeExists(node.name.clone()));
+            if insert_node(tx, node)? {
+                Ok(())
+            } else {
+                Err(StorageError::NodeExists(node.name.clone()))
             }
-            for jid in &node.publishers {
-                tx.execute(
-                    "INSERT INTO guard_publishers (node, jid) VALUES (?1, ?2)
-                     ON CONFLICT DO NOTHING",
-                    args![&node.name, jid],
-                )?;
-            }
-            Ok(())
         })
     }
 
@@ -479,6 +489,65 @@ impl Storage for DbStorage {
 
     fn subscriptions(&self, node: Option<&str>) -> Result<Vec<Subscription>> {
         self.db.atomic(|tx| select_subscriptions(tx, node))
+    }
+
+    fn subscription(&self, node: &str, jid: &str) -> Result<Option<Subscription>> {
+        self.db.atomic(|tx| {
+            Ok(tx.query_opt(
+                &format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM guard_subscriptions
+                     WHERE node = ?1 AND bare = ?2"
+                ),
+                args![node, xmpp_component::jid::bare(jid)],
+                subscription_row,
+            )?)
+        })
+    }
+
+    fn subscriptions_of(&self, jid: &str, node: Option<&str>) -> Result<Vec<Subscription>> {
+        self.db.atomic(|tx| {
+            // PostgreSQL cannot tell the type of a parameter that is only tested for NULL.
+            Ok(tx.query_map(
+                &format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM guard_subscriptions
+                     WHERE bare = ?1 AND (CAST(?2 AS TEXT) IS NULL OR node = ?2)
+                     ORDER BY created_at, node"
+                ),
+                args![xmpp_component::jid::bare(jid), node],
+                subscription_row,
+            )?)
+        })
+    }
+
+    fn subscribers_page(
+        &self,
+        node: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>> {
+        self.db.atomic(|tx| {
+            Ok(tx.query_map(
+                &format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM guard_subscriptions
+                     WHERE node = ?1 AND bare > ?2 ORDER BY bare LIMIT ?3"
+                ),
+                args![node, after.unwrap_or(""), limit],
+                subscription_row,
+            )?)
+        })
+    }
+
+    fn nodes_known_to(&self, jid: &str) -> Result<Vec<String>> {
+        self.db.atomic(|tx| {
+            Ok(tx.query_map(
+                "SELECT name FROM guard_nodes WHERE access = 'open'
+                 UNION SELECT node FROM guard_publishers WHERE jid = ?1
+                 UNION SELECT node FROM guard_subscriptions WHERE bare = ?1
+                 ORDER BY 1",
+                args![xmpp_component::jid::bare(jid)],
+                |r| r.get(0),
+            )?)
+        })
     }
 
     fn end_token(&self, token: &str) -> Result<Vec<Subscription>> {
@@ -1024,6 +1093,79 @@ mod tests {
             assert_eq!(ids(&page.items), ["during"]);
             assert_eq!(page.count, 1);
         }
+    }
+
+    #[test]
+    fn a_senders_subscriptions_and_a_nodes_subscribers_are_found_by_bare_jid() {
+        on_each_engine("guard_found_by_bare_jid", |s| {
+            s.create_node(&node("/location/alice")).unwrap();
+            s.create_node(&node("/location/bob")).unwrap();
+            let mut open = node("/news");
+            open.owner = None;
+            open.access = Access::Open;
+            s.create_node(&open).unwrap();
+            // 2,500 subscribers of alice's node, in an order that is not their JIDs'.
+            for i in (0..2500).rev() {
+                s.subscribe(&subscription(&format!("app{i:04}@localhost/r"), "t1"))
+                    .unwrap();
+            }
+            let mut bob = subscription("app0007@localhost", "t2");
+            bob.node = "/location/bob".into();
+            s.subscribe(&bob).unwrap();
+
+            let one = s
+                .subscription("/location/alice", "app0042@localhost/other")
+                .unwrap()
+                .unwrap();
+            assert_eq!(one.jid, "app0042@localhost/r");
+            assert_eq!(
+                s.subscription("/location/alice", "nobody@localhost")
+                    .unwrap(),
+                None
+            );
+
+            let of: Vec<String> = s
+                .subscriptions_of("app0007@localhost/x", None)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.node)
+                .collect();
+            assert_eq!(of, ["/location/alice", "/location/bob"]);
+            assert_eq!(
+                s.subscriptions_of("app0007@localhost", Some("/location/bob"))
+                    .unwrap()
+                    .len(),
+                1
+            );
+
+            // Pages of 1,000 by bare JID: every subscriber once, in order.
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = s
+                    .subscribers_page("/location/alice", after.as_deref(), 1000)
+                    .unwrap();
+                assert!(page.len() <= 1000);
+                let Some(last) = page.last() else { break };
+                after = Some(xmpp_component::jid::bare(&last.jid).to_owned());
+                seen.extend(page.into_iter().map(|s| s.jid));
+            }
+            let expected: Vec<String> = (0..2500)
+                .map(|i| format!("app{i:04}@localhost/r"))
+                .collect();
+            assert_eq!(seen, expected);
+
+            // The nodes a JID may know of: open ones, subscribed ones, published ones.
+            assert_eq!(
+                s.nodes_known_to("app0007@localhost/x").unwrap(),
+                ["/location/alice", "/location/bob", "/news"]
+            );
+            assert_eq!(
+                s.nodes_known_to("loc@localhost").unwrap(),
+                ["/location/alice", "/location/bob", "/news"]
+            );
+            assert_eq!(s.nodes_known_to("stranger@localhost").unwrap(), ["/news"]);
+        });
     }
 
     #[test]
