@@ -203,15 +203,21 @@ def run_load(bin_dir: Path, server: Prosody, day: Day, plan: Path, args, pids: d
     load = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     assert load.stdout is not None
     watched = {**pids, "day-bench": load.pid}
-    for line in load.stdout:
-        if line.startswith("phase: "):
-            cpu = {name: cpu_secs(pid) for name, pid in watched.items()}
-            cpu["machine"] = machine_busy()
-            marks[line.split()[1]] = (time.monotonic(), cpu)
-            continue
-        print(line, end="", flush=True)
-        if line.startswith("summary: "):
-            summary = dict(pair.split("=", 1) for pair in line.split()[1:])
+    try:
+        for line in load.stdout:
+            if line.startswith("phase: "):
+                cpu = {name: cpu_secs(pid) for name, pid in watched.items()}
+                cpu["machine"] = machine_busy()
+                marks[line.split()[1]] = (time.monotonic(), cpu)
+                continue
+            print(line, end="", flush=True)
+            if line.startswith("summary: "):
+                summary = dict(pair.split("=", 1) for pair in line.split()[1:])
+    except BaseException:
+        # Interrupted (Ctrl-C): day-bench goes with us.
+        load.kill()
+        load.wait()
+        raise
     # day-bench ends itself at its deadline; this is a margin above it.
     deadline = time.monotonic() + 60
     while True:
@@ -372,12 +378,19 @@ def play(args, bin_dir: Path, work: Path, started: float) -> int:
                             "cpu_secs": {p: round(v, 2) for p, v in cpu.items() if v is not None},
                             "cores": {p: round(v / wall, 2) for p, v in cpu.items()
                                       if v is not None and wall > 0}}
-    for phase in phases.values():
+    operations = {"subscribe": count("subscribes"), "publish": count("publishes")}
+    for name, phase in phases.items():
         # What the machine ran besides the processes of the day (other users' builds…).
-        ours = sum(v for p, v in phase["cpu_secs"].items() if p != "machine")
-        phase["cpu_secs"]["others"] = round(max(phase["cpu_secs"].pop("machine", 0) - ours, 0), 2)
+        cpu = phase["cpu_secs"]
+        ours = sum(v for p, v in cpu.items() if p != "machine")
+        cpu["others"] = round(max(cpu.pop("machine", 0) - ours, 0), 2)
         phase["cores"].pop("machine", None)
-        phase["cores"]["others"] = round(phase["cpu_secs"]["others"] / phase["wall_secs"], 2)
+        phase["cores"]["others"] = round(cpu["others"] / phase["wall_secs"], 2)
+        # CPU per request, and the shortest this phase could be on this machine with its cores
+        # to ourselves: Prosody runs on one thread, and all of ours share the cores.
+        phase["cpu_us_per_request"] = {p: round(v * 1e6 / max(operations[name], 1))
+                                       for p, v in cpu.items() if p != "others"}
+        phase["floor_secs"] = round(max(cpu.get("prosody", 0), ours / (os.cpu_count() or 1)), 2)
     sent, received = count("sent"), count("received_stanzas")
     # The seed's polls, for this many owners (65 a day each).
     polls = round(POLLS * args.owners / FULL["owners"])
@@ -483,6 +496,9 @@ def report(f: dict, alive: dict[str, bool], guard_status: int | None) -> None:
         if busiest:
             rows.append(("", f"busiest {busiest[0]} at {busiest[1]:.2f} cores; the machine "
                              f"{sum(phase['cores'].values()):.2f} of {os.cpu_count()} cores busy"))
+        per = ", ".join(f"{proc} {us:,}" for proc, us in phase["cpu_us_per_request"].items())
+        rows.append(("", f"CPU µs per {name}: {per}; at least {phase['floor_secs']:.1f} s with "
+                         f"the cores to ourselves"))
     db = f["database_bytes"]
     rows.append(("database (file + -wal)", f"{db['after_the_day']['total'] / 1e6:.1f} MB after the "
                                            f"day ({db['after_the_day']['wal'] / 1e6:.1f} MB WAL); "
