@@ -233,6 +233,10 @@ def run_load(bin_dir: Path, server: Prosody, day: Day, plan: Path, args, pids: d
     return load.returncode, summary, marks, usage
 
 
+def connections(n: int) -> str:
+    return f"{n} connection{'' if n == 1 else 's'}"
+
+
 def mb(kb: int | None) -> str:
     return "?" if kb is None else f"{kb / 1024:.0f} MB"
 
@@ -466,13 +470,13 @@ def report(f: dict, alive: dict[str, bool], guard_status: int | None) -> None:
                                   f"({p['records_per_sec']:,}/s, {p['cpu_secs']:.1f} CPU s, "
                                   f"batch {p['batch']})"),
         ("signed subscribes", f"{sub['iqs']:,} in {sub['secs']:.2f} s: {sub['iqs_per_sec']:,} IQs/s "
-                              f"(window {s['subscribe_window']}, {s['consumer_connections']} "
-                              f"connections); {sub['subscribed']:,} subscribed, {sub['errors']} "
+                              f"(window {s['subscribe_window']}, "
+                              f"{connections(s['consumer_connections'])}); {sub['subscribed']:,} subscribed, {sub['errors']} "
                               f"errors, {sub['unanswered']} unanswered"),
         ("publish → last delivery", f"{pub['to_last_delivery_secs']:.2f} s for {pub['publishes']:,} "
                                     f"publishes ({pub['deliveries_per_sec']:,} deliveries/s; "
-                                    f"window {s['publish_window']}, {s['site_connections']} "
-                                    f"connections); {pub['results']:,} results, {pub['errors']} "
+                                    f"window {s['publish_window']}, "
+                                    f"{connections(s['site_connections'])}); {pub['results']:,} results, {pub['errors']} "
                                     f"errors, {pub['unanswered']} unanswered"),
         ("deliveries", f"expected {d['expected']:,}, received {d['received']:,}, lost {d['lost']}, "
                        f"duplicates {d['duplicates']}, strays {d['strays']}, altered {d['altered']}"),
