@@ -17,9 +17,11 @@
 //! Binaries: `consumer` (subscribe with a token and print events; with `--state`, first
 //! what was published while it was away, and again after each reconnection), `publisher` (publish one
 //! item), `quickstart-story` (the four steps `./quickstart` plays), `pubsub-bench` (the
-//! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`), and
+//! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`),
 //! `pubsub-burst` (a fan-out burst and an IQ burst that count every delivery and reply,
-//! driven by `scripts/burst_guard.py` and `scripts/bench-burst`).
+//! driven by `scripts/burst_guard.py` and `scripts/bench-burst`), and `day-bench` (the seed's
+//! day: a signed subscribe per owner's node, then the active owners' items, every delivery
+//! checked, driven by `scripts/bench_day.py` and `scripts/bench-day`).
 
 pub mod flow;
 pub mod http;

@@ -83,9 +83,35 @@ pub fn xml(element: &Element) -> String {
 /// stream error if there was one.
 type EndOfStream = Arc<Mutex<Option<(String, Option<String>)>>>;
 
+/// How many stanzas a [`Client`] has sent and received: every top-level element after the
+/// stream headers (the SASL and binding exchanges included, the stream headers and the
+/// closing tag not), for load tests that report the traffic they caused.
+#[derive(Debug, Default)]
+pub struct StanzaCounts {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl StanzaCounts {
+    /// Stanzas written so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stanzas read so far (whether or not anyone took them from the client).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn wrote(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A logged-in XMPP client.
 pub struct Client {
     jid: String,
+    counts: Arc<StanzaCounts>,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>>,
     messages: mpsc::UnboundedReceiver<Element>,
@@ -102,17 +128,22 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Reads the stream's stanzas (the guard's reader, with a client's view of failures).
-struct Events(StreamReader);
+/// Reads the stream's stanzas (the guard's reader, with a client's view of failures), and
+/// counts them.
+struct Events(StreamReader, Arc<StanzaCounts>);
 
 impl Events {
-    fn new(half: OwnedReadHalf) -> Self {
-        Self(StreamReader::new(half, MAX_STANZA))
+    fn new(half: OwnedReadHalf, counts: Arc<StanzaCounts>) -> Self {
+        Self(StreamReader::new(half, MAX_STANZA), counts)
     }
 
     async fn stanza(&mut self) -> Result<Element, ClientError> {
         loop {
-            match self.0.next().await {
+            let event = self.0.next().await;
+            if matches!(event, Ok(StreamEvent::Stanza(_))) {
+                self.1.received.fetch_add(1, Ordering::Relaxed);
+            }
+            match event {
                 Err(StreamError::Closed) | Ok(StreamEvent::Closed) => {
                     return Err(ClientError::Closed);
                 }
@@ -168,7 +199,8 @@ impl Client {
         let socket = TcpStream::connect(server).await?;
         socket.set_nodelay(true)?;
         let (read, mut write) = socket.into_split();
-        let mut events = Events::new(read);
+        let counts = Arc::new(StanzaCounts::default());
+        let mut events = Events::new(read, Arc::clone(&counts));
 
         write.write_all(header(domain).as_bytes()).await?;
         let features = events.stanza().await?;
@@ -187,6 +219,7 @@ impl Client {
             base64::engine::general_purpose::STANDARD.encode(credentials)
         );
         write.write_all(auth.as_bytes()).await?;
+        counts.wrote();
         let answer = events.stanza().await?;
         if !answer.is("success", SASL) {
             let condition = answer
@@ -207,6 +240,7 @@ impl Client {
              <resource>{resource}</resource></bind></iq>"
         );
         write.write_all(bind.as_bytes()).await?;
+        counts.wrote();
         let bound = events.stanza().await?;
         let full_jid = bound
             .get_child("bind", BIND)
@@ -214,6 +248,7 @@ impl Client {
             .map(Element::text)
             .ok_or_else(|| ClientError::Protocol(format!("binding failed: {}", xml(&bound))))?;
         write.write_all(b"<presence/>").await?;
+        counts.wrote();
 
         let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>> = Arc::default();
         let (messages_tx, messages) = mpsc::unbounded_channel();
@@ -221,6 +256,7 @@ impl Client {
         let ended = Arc::default();
         let reader = tokio::spawn(read_loop(
             events,
+            Arc::clone(&counts),
             Arc::clone(&writer),
             Arc::clone(&pending),
             messages_tx,
@@ -228,6 +264,7 @@ impl Client {
         ));
         Ok(Self {
             jid: full_jid,
+            counts,
             writer,
             pending,
             messages,
@@ -252,7 +289,14 @@ impl Client {
     pub async fn send(&self, stanza: &Element) -> Result<(), ClientError> {
         let bytes = xml(stanza);
         self.writer.lock().await.write_all(bytes.as_bytes()).await?;
+        self.counts.wrote();
         Ok(())
+    }
+
+    /// How many stanzas this client has sent and received; the handle keeps counting after
+    /// the client is moved into a task.
+    pub fn counts(&self) -> Arc<StanzaCounts> {
+        Arc::clone(&self.counts)
     }
 
     /// Sends an IQ (giving it an id if it has none) and waits for its result or error.
@@ -324,9 +368,13 @@ impl Client {
     /// Closes the stream.
     pub async fn close(self) {
         let mut writer = self.writer.lock().await;
-        let _ = writer
+        if writer
             .write_all(b"<presence type='unavailable'/></stream:stream>")
-            .await;
+            .await
+            .is_ok()
+        {
+            self.counts.wrote();
+        }
         let _ = writer.shutdown().await;
         drop(writer);
         self.reader.abort();
@@ -337,6 +385,7 @@ impl Client {
 /// the server's own IQs (ping with a result, anything else with `service-unavailable`).
 async fn read_loop(
     mut events: Events,
+    counts: Arc<StanzaCounts>,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>>,
     messages: mpsc::UnboundedSender<Element>,
@@ -370,7 +419,15 @@ async fn read_loop(
             ("iq", Some(kind @ ("get" | "set"))) => {
                 let is_ping = kind == "get" && stanza.has_child("ping", "urn:xmpp:ping");
                 let answer = iq_answer(&stanza, is_ping);
-                let _ = writer.lock().await.write_all(answer.as_bytes()).await;
+                if writer
+                    .lock()
+                    .await
+                    .write_all(answer.as_bytes())
+                    .await
+                    .is_ok()
+                {
+                    counts.wrote();
+                }
             }
             _ => {}
         }
