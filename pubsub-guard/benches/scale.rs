@@ -10,11 +10,12 @@
 //!   subscribes to every node, each subscribe signed with that node's token.
 //!
 //! ```sh
-//! cargo bench -p pubsub-guard --bench scale -- [--subscriptions N] [--quick]
+//! cargo bench -p pubsub-guard --bench scale -- [--subscriptions N] [--quick] [--one-by-one]
 //! ```
 //!
-//! The stanzas go straight to `Service::handle_into` (no XMPP server), on SQLite with the
-//! programs' settings, so the figures are the guard's and its store's alone. They are signed
+//! The stanzas go straight to `Service::handle_group` (no XMPP server), 64 under one commit
+//! as a busy guard takes them from its queue (`--one-by-one`: a commit each), on SQLite with
+//! the programs' settings, so the figures are the guard's and its store's alone. They are signed
 //! a thousand at a time ahead of the clock. A rate is over the last 5,000 subscribes before
 //! each mark, in wall time and in CPU time per subscribe (steadier on a busy machine); "flat" is the rate at the last mark over the rate at the first. Memory
 //! is this process's resident set (`VmRSS`) and its peak (`VmHWM`) from `/proc/self/status`:
@@ -47,6 +48,10 @@ const WINDOW: usize = 5;
 const CONSUMER: &str = "bench-consumer";
 const CONSUMER_SECRET: &str = "bench-consumer-secret-0123456789";
 
+/// Stanzas handled under one commit, as a guard whose queue is full groups them; 1 with
+/// `--one-by-one`.
+static GROUP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
+
 fn args() -> usize {
     let mut n = 1_000_000;
     let mut it = std::env::args().skip(1);
@@ -59,6 +64,7 @@ fn args() -> usize {
                     .expect("--subscriptions takes a number");
             }
             "--quick" => n = 10_000,
+            "--one-by-one" => GROUP.store(1, std::sync::atomic::Ordering::Relaxed),
             // What `cargo bench` passes to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -286,7 +292,7 @@ fn service(location: &Location) -> (Service, Arc<Store>) {
     let store = Arc::new(Store::on(Arc::clone(&db)).unwrap());
     let storage = DbStorage::on(db).unwrap();
     (
-        Service::new(&Config::default(), Box::new(storage), store.clone()),
+        Service::new(&Config::default(), Box::new(storage), store.clone()).with_group_commits(),
         store,
     )
 }

@@ -78,6 +78,8 @@ pub struct Service {
     /// Set by the store's change notices (PostgreSQL's LISTEN/NOTIFY) when the change log has
     /// news; `None` while the guard polls it instead.
     change_notices: Option<Arc<AtomicBool>>,
+    /// Whether [`Service::handle_group`] may commit several requests at once.
+    group_commits: bool,
 }
 
 impl std::fmt::Debug for Service {
@@ -145,7 +147,17 @@ impl Service {
             ids: Box::new(|| shared_store::random::token(16).map_err(|e| e.to_string())),
             after_reply: Vec::new(),
             change_notices: None,
+            group_commits: false,
         }
+    }
+
+    /// The same service committing the requests [`Service::handle_group`] is given together
+    /// (on SQLite): only when the token store and the storage share one connection
+    /// ([`shared_store::Store::on`], [`DbStorage`](crate::storage::DbStorage)`::on`), or the
+    /// store's writes would wait for the group.
+    pub fn with_group_commits(mut self) -> Self {
+        self.group_commits = true;
+        self
     }
 
     /// The same service reading `clock` instead of the system clock (tests move time).
@@ -178,6 +190,45 @@ impl Service {
         let mut out = Vec::new();
         self.handle_into(stanza, &mut |e| out.push(e));
         out
+    }
+
+    /// Handles `stanzas` (requests that arrived together) as [`Service::handle_into`] would one
+    /// by one, with the same replies in the same order, but with one commit for all of them
+    /// when group commits are on: what they send is held until that commit, so nothing is
+    /// acknowledged or delivered that is not stored. If the commit fails, none of their writes
+    /// happened, and they are handled again one by one (each with its own outcome).
+    pub fn handle_group<S: std::borrow::Borrow<Element>>(&mut self, stanzas: &[S], out: Sink<'_>) {
+        let grouped = stanzas.len() > 1
+            && self.group_commits
+            && match self.storage.begin_group() {
+                Ok(begun) => begun,
+                Err(e) => {
+                    warn!("cannot begin a group commit ({e}); one by one");
+                    false
+                }
+            };
+        if !grouped {
+            for stanza in stanzas {
+                self.handle_into(stanza.borrow(), out);
+            }
+            return;
+        }
+        let mut held = Vec::new();
+        for stanza in stanzas {
+            self.handle_into(stanza.borrow(), &mut |e| held.push(e));
+        }
+        match self.storage.end_group() {
+            Ok(()) => held.into_iter().for_each(out),
+            Err(e) => {
+                warn!(
+                    "a group commit of {} requests failed ({e}); handling them one by one",
+                    stanzas.len()
+                );
+                for stanza in stanzas {
+                    self.handle_into(stanza.borrow(), out);
+                }
+            }
+        }
     }
 
     /// Handles one stanza from the server, giving each stanza to send to `out` as soon as it

@@ -1284,3 +1284,64 @@ fn a_node_with_thousands_of_subscribers_notifies_each_once_and_finds_one_by_its_
     assert_eq!((out.len(), told.len()), (subscribers, subscribers));
     assert!(w.storage.subscriptions(None).unwrap().is_empty());
 }
+
+#[test]
+fn requests_committed_together_answer_as_one_by_one() {
+    let mut w = world();
+    // As the guard runs it: the token store and the storage on one connection.
+    let db = Arc::new(shared_store::db::Database::open(&w.db).unwrap());
+    let store = Arc::new(Store::on(Arc::clone(&db)).unwrap());
+    w.service =
+        Service::new(&w.config, Box::new(DbStorage::on(db).unwrap()), store).with_group_commits();
+    let subscribe = w.signed_subscribe("/location/alice");
+    let publish = |from: &str| {
+        pubsub(
+            from,
+            "set",
+            "<publish node='/location/alice'><item id='one'><p xmlns='urn:test'/></item></publish>",
+        )
+    };
+    // A subscribe, its replay, a publish, and a publish from someone who may not.
+    let group = [subscribe.clone(), subscribe, publish(LOC), publish(EVE)];
+    let mut out = Vec::new();
+    w.service.handle_group(&group, &mut |e| out.push(e));
+    let shown: Vec<String> = out.iter().map(String::from).collect();
+    assert_eq!(out.len(), 5, "{shown:?}");
+    assert_eq!(out[0].attr("type"), Some("result"), "{}", shown[0]);
+    let (kind, condition, _, _) = error(&out[1]);
+    assert_eq!(
+        (kind.as_str(), condition.as_str()),
+        ("auth", "not-authorized"),
+        "{}",
+        shown[1]
+    );
+    assert_eq!(out[2].name(), "message");
+    assert_eq!(out[2].attr("to"), Some("app@localhost"));
+    assert_eq!(out[3].attr("to"), Some(LOC));
+    assert_eq!(out[3].attr("type"), Some("result"));
+    let (kind, condition, _, _) = error(&out[4]);
+    assert_eq!(
+        (kind.as_str(), condition.as_str()),
+        ("auth", "forbidden"),
+        "{}",
+        shown[4]
+    );
+    // Committed: another connection sees the subscription and the item.
+    assert_eq!(
+        w.storage
+            .subscriptions(Some("/location/alice"))
+            .unwrap()
+            .len(),
+        1
+    );
+    let items = w
+        .storage
+        .items_by_id(
+            "/location/alice",
+            &["one"],
+            &pubsub_guard::storage::Visibility::All,
+        )
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].publisher, "loc@localhost");
+}

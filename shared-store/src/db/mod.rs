@@ -51,6 +51,8 @@ pub enum Engine {
 pub struct Database {
     conn: Conn,
     location: Location,
+    /// Whether a group commit is open ([`Database::begin_group`]).
+    grouped: std::sync::atomic::AtomicBool,
 }
 
 enum Conn {
@@ -94,6 +96,7 @@ impl Database {
         Ok(Self {
             conn,
             location: location.clone(),
+            grouped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -117,10 +120,52 @@ impl Database {
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         match &self.conn {
+            Conn::Sqlite(c) if self.in_group() => sqlite::savepoint(&mut lock(c), f),
             Conn::Sqlite(c) => {
                 sqlite::transaction(&mut lock(c), rusqlite::TransactionBehavior::Immediate, f)
             }
             Conn::Postgres(c) => lock(c).transaction(pg::Mode::Write, f),
+        }
+    }
+
+    fn in_group(&self) -> bool {
+        self.grouped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Begins a group commit on SQLite: until [`Database::end_group`], every
+    /// [`Database::write`] on this connection is a savepoint of one transaction (a failed one
+    /// rolls back alone), reads run in that transaction, and nothing is committed, so that
+    /// many requests pay for one commit. `false` (nothing begun) on PostgreSQL. Only for a
+    /// connection that every store of the process shares: another connection's write would
+    /// wait for this transaction.
+    pub fn begin_group(&self) -> Result<bool, BackendError> {
+        match &self.conn {
+            Conn::Sqlite(c) => {
+                let c = lock(c);
+                c.execute_batch("BEGIN IMMEDIATE")?;
+                self.grouped
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(true)
+            }
+            Conn::Postgres(_) => Ok(false),
+        }
+    }
+
+    /// Commits the group begun by [`Database::begin_group`]. When that fails, the whole
+    /// group is rolled back: none of its writes happened.
+    pub fn end_group(&self) -> Result<(), BackendError> {
+        match &self.conn {
+            Conn::Sqlite(c) => {
+                let c = lock(c);
+                self.grouped
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                c.execute_batch("COMMIT").map_err(|e| {
+                    // A failed COMMIT may leave the transaction open: end it.
+                    let _ = c.execute_batch("ROLLBACK");
+                    e.into()
+                })
+            }
+            Conn::Postgres(_) => Ok(()),
         }
     }
 
@@ -130,6 +175,8 @@ impl Database {
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         match &self.conn {
+            // In a group, reads see the group's transaction.
+            Conn::Sqlite(c) if self.in_group() => f(&Tx::sqlite(&lock(c))),
             Conn::Sqlite(c) => {
                 sqlite::transaction(&mut lock(c), rusqlite::TransactionBehavior::Deferred, f)
             }

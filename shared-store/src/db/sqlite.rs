@@ -101,6 +101,18 @@ pub(super) fn transaction<T, E: From<BackendError>>(
     Ok(out)
 }
 
+/// Runs `f` in a savepoint of the open transaction: released when `f` succeeds, rolled back
+/// to when it fails.
+pub(super) fn savepoint<T, E: From<BackendError>>(
+    conn: &mut Connection,
+    f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let sp = conn.savepoint().map_err(BackendError::from)?;
+    let out = f(&Tx::sqlite(&sp))?;
+    sp.commit().map_err(BackendError::from)?;
+    Ok(out)
+}
+
 pub(super) fn execute(conn: &Connection, sql: &str, args: &[Value]) -> Result<usize, BackendError> {
     let mut stmt = conn.prepare_cached(sql)?;
     Ok(stmt.execute(rusqlite::params_from_iter(args))?)

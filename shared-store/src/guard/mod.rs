@@ -323,6 +323,12 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub trait Storage: Send {
     /// Creates a node; [`StorageError::NodeExists`] when the name is taken.
     fn create_node(&self, node: &Node) -> Result<()>;
+    /// Begins a group commit ([`crate::db::Database::begin_group`]): the calls until
+    /// [`Storage::end_group`] commit together, or not at all. `false` when the engine has
+    /// none (nothing begun).
+    fn begin_group(&self) -> Result<bool>;
+    /// Commits the group; on an error, none of its writes happened.
+    fn end_group(&self) -> Result<()>;
     /// One node.
     fn node(&self, name: &str) -> Result<Option<Node>>;
     /// Every node, by name.

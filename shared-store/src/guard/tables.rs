@@ -419,6 +419,14 @@ impl Pager<'_, '_> {
 }
 
 impl Storage for DbStorage {
+    fn begin_group(&self) -> Result<bool> {
+        Ok(self.db.begin_group()?)
+    }
+
+    fn end_group(&self) -> Result<()> {
+        Ok(self.db.end_group()?)
+    }
+
     fn create_node(&self, node: &Node) -> Result<()> {
         self.db.write(|tx| {
             if insert_node(tx, node)? {
