@@ -122,7 +122,9 @@ class Ejabberd(LoopbackServer):
     """One ejabberd node with the host "localhost" and one external component domain that
     `component_number` component connections share (see the module docstring: exactly that
     many must be connected, or the senders hashed to an empty slot get no answer at all).
-    With component_number=1 there is no domain_balancing: one plain component connection."""
+    With component_number=1 there is no domain_balancing: one plain component connection.
+    `extra_components` are more component domains with the same secret, one plain
+    connection each (scripts/bench_guard.py's null-pubsub next to the guard)."""
 
     NAME = "ejabberd"
 
@@ -134,6 +136,7 @@ class Ejabberd(LoopbackServer):
         users: dict[str, str] | None = None,
         *,
         component_number: int = 3,
+        extra_components: tuple[str, ...] = (),
         c2s_port: int | None = None,
         component_port: int | None = None,
         dist_port: int | None = None,
@@ -145,6 +148,8 @@ class Ejabberd(LoopbackServer):
         self._component = component
         self._component_secret = component_secret
         self._component_number = component_number
+        # More component domains with the same secret, one plain connection each.
+        self._extra_components = tuple(extra_components)
         given = [p for p in (c2s_port, component_port, dist_port) if p is not None]
         if len(set(given)) != len(given):
             raise ValueError(f"c2s, component and dist ports must differ (got {given})")
@@ -235,6 +240,8 @@ domain_balancing:
     type: bare_source
     component_number: {self._component_number}
 """
+        extra = "".join(f"      {_yaml(name)}:\n        password: {secret}\n"
+                        for name in self._extra_components)
         if self._component_number == 1:
             # ejabberd refuses component_number 1 ("Expected integer from 2 to 1000"); one
             # connection is its plain, unbalanced component.
@@ -271,7 +278,7 @@ listen:
     hosts:
       {component}:
         password: {secret}
-{balancing}
+{extra}{balancing}
 # No shaper rules: ejabberd's listeners then apply none (the stock config limits c2s to
 # 3000 B/s).
 modules:

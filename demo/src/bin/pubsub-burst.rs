@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use demo::bench::login;
 use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name, xml};
@@ -136,8 +137,6 @@ enum IqKind {
 const SETUP_WAIT: Duration = Duration::from_secs(30);
 /// How often the watchdog looks at the progress.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
-/// Login attempts per account (a login can time out while 50 others hash their passwords).
-const LOGIN_ATTEMPTS: usize = 3;
 /// The prefix of the published item ids; the item's number follows.
 const ITEM_PREFIX: &str = "burst-";
 /// The baseline's node.
@@ -346,24 +345,6 @@ async fn pipeline(
         replies.add(done.unwrap_or(Outcome::Unanswered));
     }
     replies
-}
-
-/// Logs in, retrying a failed login a few times.
-async fn login(
-    server: &str,
-    jid: &str,
-    password: &Secret,
-    resource: &str,
-) -> Result<Client, String> {
-    let mut last = String::new();
-    for _ in 0..LOGIN_ATTEMPTS {
-        match Client::connect(server, jid, password, resource).await {
-            Ok(client) => return Ok(client),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("{jid}: cannot log in: {last}"))
 }
 
 /// The item published as number `i`: an Atom entry with a GeoRSS point, padded with a
