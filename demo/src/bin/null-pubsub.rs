@@ -7,7 +7,9 @@
 //! check, no access model: any `<oauth/>` in it is ignored); a publish gets its result, then
 //! one notification per subscriber of the node, built by string concatenation from a
 //! template serialized once per publish (no XML tree per notification). Nothing is stored:
-//! no items, no archive, no last item on subscribe.
+//! no items, no archive, no last item on subscribe. With `--envelope guard` each notification
+//! also carries what the guard's do (a message id, an XEP-0359 `<stanza-id/>`), so that the
+//! server's cost of those bytes can be told from the cost of the guard's own work.
 //!
 //! It answers `subscribe`, `unsubscribe`, `create` and `publish` in `<pubsub/>`, disco#info
 //! and ping; any other IQ get or set gets `service-unavailable`. Messages, presences and IQ
@@ -42,6 +44,19 @@ struct Args {
     /// The component secret.
     #[arg(long, env = "NULL_SECRET", hide_env_values = true)]
     secret: String,
+    /// What each notification carries besides the event.
+    #[arg(long, value_enum, default_value_t = Envelope::Plain)]
+    envelope: Envelope,
+}
+
+/// The envelope of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Envelope {
+    /// `from`, `to` and `type` only: the least a notification needs.
+    Plain,
+    /// As the guard's: a 32-character message `id` and an XEP-0359 `<stanza-id by id/>`
+    /// after the event (to tell the cost of the envelope from the cost of the guard's work).
+    Guard,
 }
 
 /// The largest stanza read (a publish carries its payload).
@@ -73,7 +88,7 @@ async fn main() -> ExitCode {
     );
     let (batches, queue) = mpsc::channel(WRITE_QUEUE);
     let writing = tokio::spawn(write_batches(writer, queue));
-    let mut service = Null::new(&args.component);
+    let mut service = Null::new(&args.component, args.envelope);
     let mut out = Vec::with_capacity(BATCH_BYTES);
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -167,6 +182,7 @@ struct Null {
     notifications: u64,
     /// Item ids handed out to publishes without one.
     next_item: u64,
+    envelope: Envelope,
 }
 
 /// One node's subscribers.
@@ -177,13 +193,14 @@ struct Node {
 }
 
 impl Null {
-    fn new(domain: &str) -> Self {
+    fn new(domain: &str, envelope: Envelope) -> Self {
         Self {
             domain: escape_attr(domain),
             nodes: HashMap::new(),
             publishes: 0,
             notifications: 0,
             next_item: 0,
+            envelope,
         }
     }
 
@@ -287,20 +304,41 @@ impl Null {
         let Some(subscribers) = self.nodes.get(node) else {
             return;
         };
-        // The template: everything but the recipient, serialized once.
-        let head = format!("<message from='{}' type='headline' to='", self.domain);
+        // The template: everything but the recipient (and the message id), serialized once.
+        let guard = self.envelope == Envelope::Guard;
+        let head = format!(
+            "<message from='{}' type='headline'{}",
+            self.domain,
+            if guard { " id='" } else { " to='" }
+        );
+        let stanza_id = if guard {
+            format!(
+                "<stanza-id xmlns='{}' by='{}' id='1-{}'/>",
+                ns::SID,
+                self.domain,
+                self.publishes
+            )
+        } else {
+            String::new()
+        };
         let tail = format!(
             "'><event xmlns='{}'><items node='{node_attr}'><item id='{id}'>{payload}</item>\
-             </items></event></message>",
+             </items></event>{stanza_id}</message>",
             ns::PUBSUB_EVENT
         );
-        out.reserve(subscribers.jids.len() * (head.len() + tail.len() + 48));
+        out.reserve(subscribers.jids.len() * (head.len() + tail.len() + 96));
         for jid in &subscribers.jids {
             out.extend_from_slice(head.as_bytes());
+            if guard {
+                self.notifications += 1;
+                out.extend_from_slice(format!("{:032x}' to='", self.notifications).as_bytes());
+            }
             out.extend_from_slice(jid.as_bytes());
             out.extend_from_slice(tail.as_bytes());
         }
-        self.notifications += subscribers.jids.len() as u64;
+        if !guard {
+            self.notifications += subscribers.jids.len() as u64;
+        }
     }
 
     /// An IQ result to `request` with `body` as its payload.

@@ -23,11 +23,14 @@
 //! whole machine) is read from `/proc` at the start and end of every measured run: the
 //! summary gives the cores each kept busy during a target's runs.
 //!
-//! A run ends when everything is in, or after `--idle-secs` without a delivery or a reply, or
-//! at `--run-secs`; a target whose run was cut short is skipped in the later rounds. Output:
-//! one `run:` line per run, then one `summary:` line per target, `key=value` pairs for
-//! scripts. The exit status is 0 when nothing was lost (every delivery, every publish and
-//! subscribe answered with a result), 2 when something was, 1 when the setup failed.
+//! A run ends when everything is in, or after `--idle-secs` without a delivery or a reply
+//! (what is missing then is lost), or at `--run-secs` (`limited`: a subscribes run then
+//! stops sending, its rate counts the replies until then, and what it sent still gets its
+//! reply before the next run starts; a deliveries run counts what is missing as lost). A
+//! target whose run ended early is skipped in the later rounds. Output: one `run:` line per
+//! run, then one `summary:` line per target, `key=value` pairs for scripts. The exit status
+//! is 0 when nothing was lost (every delivery, every publish and every subscribe sent
+//! answered with a result), 2 when something was, 1 when the setup failed.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -222,8 +225,12 @@ struct Summary {
     results: usize,
     errors: BTreeMap<String, usize>,
     unanswered: usize,
-    /// A run was cut short by `--run-secs` or `--idle-secs`.
-    cut_short: bool,
+    /// A run ended with nothing coming for `--idle-secs`: what was missing is lost.
+    stalled: bool,
+    /// A run reached `--run-secs` first (the service is slower than the limit); the
+    /// subscribes not yet sent then were not sent.
+    limited: bool,
+    unsent: usize,
     /// Per process: CPU ticks over the measured runs, as core-seconds, and the wall time.
     cpu: BTreeMap<String, f64>,
     wall: f64,
@@ -235,7 +242,7 @@ impl Summary {
             && self.duplicates == 0
             && self.errors.is_empty()
             && self.unanswered == 0
-            && !self.cut_short
+            && !self.stalled
     }
 
     fn count(&mut self, reply: Reply) {
@@ -295,7 +302,9 @@ impl Summary {
                 }
             ),
             format!("unanswered={}", self.unanswered),
-            format!("cut_short={}", self.cut_short),
+            format!("unsent={}", self.unsent),
+            format!("stalled={}", self.stalled),
+            format!("limited={}", self.limited),
         ]);
         for (process, seconds) in &self.cpu {
             pairs.push(format!(
@@ -368,8 +377,28 @@ async fn create_node(publisher: &Client, target: &Target, node: &str) -> Result<
     }
 }
 
-/// Whether a run should go on: not everything is in yet, something came lately, and the
-/// run has time left.
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Everything came in.
+    Done,
+    /// Nothing came for `--idle-secs`.
+    Stalled,
+    /// `--run-secs` passed first.
+    Limit,
+}
+
+impl Ending {
+    fn note(self) -> &'static str {
+        match self {
+            Self::Done => "",
+            Self::Stalled => " STALLED",
+            Self::Limit => " TIME-LIMIT",
+        }
+    }
+}
+
+/// When a run started and when it last made progress (a delivery, a reply).
 struct RunClock {
     started: Instant,
     /// Nanoseconds from `started` to the last progress (a delivery, a reply).
@@ -395,19 +424,33 @@ impl RunClock {
         Duration::from_nanos(self.last.load(Ordering::Relaxed))
     }
 
-    /// Waits until `done()`; `false` when the run was given up first (idle or too long).
-    async fn wait(&self, args: &Args, mut done: impl FnMut() -> bool) -> bool {
-        let (idle, limit) = (
+    /// Waits until `done()`, or until nothing came for `--idle-secs`, or `--run-secs`.
+    async fn wait(&self, args: &Args, done: impl FnMut() -> bool) -> Ending {
+        self.wait_within(
             Duration::from_secs(args.idle_secs),
             Duration::from_secs(args.run_secs),
-        );
+            done,
+        )
+        .await
+    }
+
+    /// Waits until `done()`, or until nothing came for `idle`, or `limit` after the start.
+    async fn wait_within(
+        &self,
+        idle: Duration,
+        limit: Duration,
+        mut done: impl FnMut() -> bool,
+    ) -> Ending {
         loop {
             if done() {
-                return true;
+                return Ending::Done;
             }
             let now = self.started.elapsed();
-            if now >= limit || now.saturating_sub(self.until_last()) >= idle {
-                return false;
+            if now.saturating_sub(self.until_last()) >= idle {
+                return Ending::Stalled;
+            }
+            if now >= limit {
+                return Ending::Limit;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -587,7 +630,7 @@ async fn deliveries(args: &Args, subscribers: usize, items: usize) -> Result<Vec
         .collect();
     for round in 0..=args.runs {
         for (t, target) in args.targets.iter().enumerate() {
-            if summaries[t].cut_short {
+            if summaries[t].stalled || summaries[t].limited {
                 continue;
             }
             clients = delivery_run(
@@ -667,7 +710,7 @@ async fn delivery_run(
         });
     }
     let mut answered = 0;
-    let complete = clock
+    let ending = clock
         .wait(args, || {
             while let Some(done) = publishes.try_join_next() {
                 answered += 1;
@@ -696,9 +739,8 @@ async fn delivery_run(
     summary.received += received;
     summary.duplicates += tally.duplicates.load(Ordering::Relaxed);
     summary.strays += tally.strays.load(Ordering::Relaxed);
-    if !complete {
-        summary.cut_short = true;
-    }
+    summary.stalled |= ending == Ending::Stalled;
+    summary.limited |= ending == Ending::Limit;
     if round > 0 {
         summary.runs.push((rate, seconds));
         summary.add_cpu(&busy, wall);
@@ -711,7 +753,7 @@ async fn delivery_run(
         round,
         if round == 0 { "(warm-up)" } else { "" },
         describe_cpu(&busy),
-        if complete { "" } else { " GIVEN-UP" }
+        ending.note()
     );
     clients
 }
@@ -758,7 +800,7 @@ async fn subscribes(args: &Args, size: &Subscribes) -> Result<Vec<Summary>, Stri
         .collect();
     for round in 0..=args.runs {
         for (t, target) in args.targets.iter().enumerate() {
-            if summaries[t].cut_short {
+            if summaries[t].stalled || summaries[t].limited {
                 continue;
             }
             let node = if round == 0 {
@@ -825,12 +867,13 @@ async fn subscribe_run(
     let clock = RunClock::start();
     let mut tasks = JoinSet::new();
     let mut sent = 0;
+    let mut ending = Ending::Done;
     for (sender, request) in requests {
-        // Waits for a free slot, but gives up with the run.
+        // Waits for a free slot, but not past the end of the run.
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
             given_up = clock.wait(args, || false) => {
-                let _ = given_up;
+                ending = given_up;
                 break;
             }
         };
@@ -846,24 +889,34 @@ async fn subscribe_run(
         });
         sent += 1;
     }
-    let complete = sent == count
-        && clock
+    if ending == Ending::Done {
+        ending = clock
             .wait(args, || replies.load(Ordering::Relaxed) >= count)
             .await;
+    }
     let (busy, wall) = cpu.finish();
+    // The rate counts what came back within the run.
+    let answered = replies.load(Ordering::Relaxed);
+    let seconds = clock.until_last().as_secs_f64();
+    let rate = answered as f64 / seconds.max(1e-9);
+    if ending == Ending::Limit {
+        // What was sent still gets its reply (or counts as lost), and the service is done
+        // with it before the next run starts.
+        let _ = clock
+            .wait_within(Duration::from_secs(args.idle_secs), Duration::MAX, || {
+                replies.load(Ordering::Relaxed) >= sent
+            })
+            .await;
+    }
     tasks.abort_all();
     while let Some(done) = tasks.join_next().await {
         summary.count(done.unwrap_or(Reply::Unanswered));
     }
-    summary.unanswered += count - sent;
-    let answered = replies.load(Ordering::Relaxed);
-    let seconds = clock.until_last().as_secs_f64();
-    let rate = answered as f64 / seconds.max(1e-9);
-    summary.expected += count;
-    summary.received += answered;
-    if !complete {
-        summary.cut_short = true;
-    }
+    summary.unsent += count - sent;
+    summary.expected += sent;
+    summary.received += replies.load(Ordering::Relaxed);
+    summary.stalled |= ending == Ending::Stalled;
+    summary.limited |= ending == Ending::Limit;
     if round > 0 {
         summary.runs.push((rate, seconds));
         summary.add_cpu(&busy, wall);
@@ -874,6 +927,6 @@ async fn subscribe_run(
         target.label,
         if round == 0 { "(warm-up)" } else { "" },
         describe_cpu(&busy),
-        if complete { "" } else { " GIVEN-UP" }
+        ending.note()
     );
 }
