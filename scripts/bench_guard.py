@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from prosody import Prosody, stop_process  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from guard_setup import provision, raise_file_limit, start_component  # noqa: E402
+from guard_setup import provision, raise_file_limit, run_streaming, start_component  # noqa: E402
 
 WHO = "bench-fanout"
 PASSWORD = "bench-password"
@@ -107,19 +107,7 @@ def run_bench(bin_dir: Path, server, env: dict[str, str], processes: dict[str, i
         command += ["--target", target]
     for name, pid in processes.items():
         command += ["--cpu", f"{name}={pid}"]
-    summaries = []
-    with subprocess.Popen(command + mode, env=env, stdout=subprocess.PIPE, text=True) as bench:
-        assert bench.stdout is not None
-        for line in bench.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("summary: "):
-                summaries.append(dict(pair.split("=", 1) for pair in line.split()[1:]))
-        try:
-            status = bench.wait(timeout=BENCH_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            bench.kill()
-            status = bench.wait()
-    return status, summaries
+    return run_streaming(command + mode, env, BENCH_TIMEOUT)
 
 
 def prosody_targets(mode: str, size: int) -> list[str]:
@@ -273,14 +261,14 @@ def goals(cases: list[dict]) -> list[str]:
         for c in guard:
             if c["mode"] == "deliveries" and c["x_null"] is not None:
                 whole = int(c["received"]) == int(c["expected"])
-                lines.append(f"{server}, {c['subscribers']} subs/node: deliveries {c['x_null']:.2f}x null "
+                lines.append(f"{server}, {c['subscribers']} per node: deliveries {c['x_null']:.2f}x null "
                              f"(goal >= 0.90x, {'100 % delivered' if whole else 'LOSS'}): "
                              f"{'met' if c['x_null'] >= 0.9 and whole else 'not met'}")
             if c["mode"] == "deliveries" and c["subscribers"] == "1" and c["x_prosody-file"] is not None:
-                lines.append(f"{server}, 1 sub/node: deliveries {c['x_prosody-file']:.2f}x prosody-file "
+                lines.append(f"{server}, 1 per node: deliveries {c['x_prosody-file']:.2f}x prosody-file "
                              f"(goal >= 3x): {'met' if c['x_prosody-file'] >= 3 else 'not met'}")
             if c["mode"] == "subscribes" and c["x_null"] is not None:
-                lines.append(f"{server}, {c['subscribers']} subscribers: subscribes {c['x_null']:.2f}x null "
+                lines.append(f"{server}, {c['subscribers']} on a node: subscribes {c['x_null']:.2f}x null "
                              f"(goal >= 0.90x): {'met' if c['x_null'] >= 0.9 else 'not met'}")
     return lines
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from prosody import Prosody  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from guard_setup import provision, raise_file_limit, start_component  # noqa: E402
+from guard_setup import provision, raise_file_limit, run_streaming, start_component  # noqa: E402
 
 PASSWORD = "burst-password"
 NODE = "/location/burst"
@@ -116,19 +116,7 @@ def run_burst(bin_dir: Path, server: Prosody, env: dict[str, str], mode: list[st
     command = [str(bin_dir / "pubsub-burst"), "--xmpp", f"127.0.0.1:{server.c2s_port}",
                "--guard", server.component, *mode, "--assert",
                "--idle-secs", str(IDLE_SECS), "--deadline-secs", str(DEADLINE_SECS)]
-    summaries = []
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as burst:
-        assert burst.stdout is not None
-        for line in burst.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("summary: "):
-                summaries.append(dict(pair.split("=", 1) for pair in line.split()[1:]))
-        try:
-            status = burst.wait(timeout=DEADLINE_SECS + 60)
-        except subprocess.TimeoutExpired:
-            burst.kill()
-            status = burst.wait()
-    return status, summaries
+    return run_streaming(command, env, DEADLINE_SECS + 60)
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
 """What the guard's benchmark drivers share (scripts/bench_guard.py, scripts/burst_guard.py):
 the admin CLIs, one owner with protected nodes, a consumer application holding a grant
 that covers them, the guard's config file for a running XMPP server, starting a component
-and waiting until it is connected, and the open-files limit many connections need.
+and waiting until it is connected, the open-files limit many connections need, and running
+a load client while reading its summary lines.
 """
 
 from __future__ import annotations
@@ -80,3 +81,22 @@ def raise_file_limit(needed: int, who: str) -> None:
         sys.exit(f"{who}: the hard limit on open files is {hard}; {needed} are needed (raise it with ulimit -Hn)")
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def run_streaming(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, list[dict[str, str]]]:
+    """Runs a load client (pubsub-bench, pubsub-burst) with its output passing through;
+    returns its exit status and its `summary: key=value …` lines, read. Killed after
+    `timeout` s."""
+    summaries = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as client:
+        assert client.stdout is not None
+        for line in client.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("summary: "):
+                summaries.append(dict(pair.split("=", 1) for pair in line.split()[1:]))
+        try:
+            status = client.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            status = client.wait()
+    return status, summaries

@@ -1,9 +1,11 @@
 //! What the load clients share (`pubsub-bench`, `pubsub-burst`): logging many accounts in at
-//! once, with retries, and the CPU time processes used, read from Linux's `/proc`.
+//! once, with retries, subscribing, closing them all, and the CPU time processes used, read from Linux's
+//! `/proc`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use minidom::Element;
 use oauth_xmpp::Secret;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -63,6 +65,40 @@ pub async fn login_all(
         clients[i] = Some(client);
     }
     Ok(clients.into_iter().flatten().collect())
+}
+
+/// Sends each `(label, subscribe)` of `requests` through `client`, one after the other;
+/// the first that fails or is refused ends it with a line that names the label.
+pub async fn subscribe_each<L: std::fmt::Display>(
+    client: &Client,
+    requests: impl IntoIterator<Item = (L, Element)>,
+    wait: Duration,
+) -> Result<(), String> {
+    for (label, request) in requests {
+        let reply = client
+            .iq(request, wait)
+            .await
+            .map_err(|e| format!("{}: subscribe to {label}: {e}", client.jid()))?;
+        if let Some(e) = crate::pubsub::error_of(&reply) {
+            return Err(format!(
+                "{}: {label} refused the subscribe: {} {}",
+                client.jid(),
+                e.condition,
+                e.text
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Closes every client's stream, all at once, waiting at most `wait` in all.
+pub async fn close_all(clients: impl IntoIterator<Item = Client>, wait: Duration) {
+    let mut closing = JoinSet::new();
+    for client in clients {
+        closing.spawn(client.close());
+    }
+    let _ =
+        tokio::time::timeout(wait, async { while closing.join_next().await.is_some() {} }).await;
 }
 
 /// CPU time read from `/proc`, in clock ticks (`USER_HZ`): of named processes (user +

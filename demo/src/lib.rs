@@ -4,7 +4,8 @@
 //! the story the quick start plays. They speak plain XMPP on loopback (no TLS: the quick
 //! start's Prosody allows unencrypted logins on 127.0.0.1 only) and sign with `oauth-xmpp`.
 //!
-//! - [`bench`]: what the load clients share: many logins at once, CPU time from `/proc`.
+//! - [`bench`](mod@bench): what the load clients share: many logins at once, CPU time from
+//!   `/proc`.
 //! - [`xmpp`]: a small XMPP client (RFC 6120 login with SASL PLAIN, resource binding,
 //!   IQs with replies, incoming messages) on the guard's own stream reader.
 //! - [`http`]: a small HTTP/1.1 client for the authorization server's endpoints.

@@ -124,9 +124,9 @@ class Ejabberd(LoopbackServer):
     many must be connected, or the senders hashed to an empty slot get no answer at all).
     With component_number=1 there is no domain_balancing: one plain component connection.
     `extra_components` are more component domains with the same secret, one plain
-    connection each, on a listener of their own (`extra_component_port`): ejabberd 23.01
-    registers every domain of a listener's `hosts` for each connection that authenticates
-    there, so domains on one listener would share each other's stanzas
+    connection each, on a listener of their own (`extra_component_port`): with 23.01, two
+    components on one listener's `hosts` each got about half of the other's stanzas (a
+    connection serves every domain of its listener), so the extras get a listener apart
     (scripts/bench_guard.py's null-pubsub next to the guard)."""
 
     NAME = "ejabberd"

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use demo::bench::{CpuTicks, login, login_all};
+use demo::bench::{CpuTicks, close_all, login, login_all, subscribe_each};
 use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name};
@@ -237,6 +237,20 @@ struct Summary {
 }
 
 impl Summary {
+    /// An empty summary per target, for the case `mode` with these sizes.
+    fn per_target(args: &Args, mode: &str, sizes: &[(&'static str, String)]) -> Vec<Self> {
+        args.targets
+            .iter()
+            .map(|t| Self {
+                case: [("mode", mode.to_owned()), ("target", t.label.clone())]
+                    .into_iter()
+                    .chain(sizes.iter().cloned())
+                    .collect(),
+                ..Self::default()
+            })
+            .collect()
+    }
+
     fn whole(&self) -> bool {
         self.received == self.expected
             && self.duplicates == 0
@@ -253,7 +267,22 @@ impl Summary {
         }
     }
 
-    fn add_cpu(&mut self, busy: &[(String, f64)], wall: Duration) {
+    /// Records how a run ended; a measured run (not the warm-up, round 0) also gives its
+    /// rate and seconds, and the cores each process kept busy over its `wall` time.
+    fn end_run(
+        &mut self,
+        round: usize,
+        ending: Ending,
+        rate_and_seconds: (f64, f64),
+        busy: &[(String, f64)],
+        wall: Duration,
+    ) {
+        self.stalled |= ending == Ending::Stalled;
+        self.limited |= ending == Ending::Limit;
+        if round == 0 {
+            return;
+        }
+        self.runs.push(rate_and_seconds);
         for (process, share) in busy {
             *self.cpu.entry(process.clone()).or_default() += share * wall.as_secs_f64();
         }
@@ -583,20 +612,7 @@ async fn deliveries(args: &Args, subscribers: usize, items: usize) -> Result<Vec
         let permits = Arc::clone(&permits);
         subscribing.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
-            for (label, request) in requests {
-                let reply = client
-                    .iq(request, SETUP_WAIT)
-                    .await
-                    .map_err(|e| format!("{}: subscribe to {label}: {e}", client.jid()))?;
-                if let Some(e) = pubsub::error_of(&reply) {
-                    return Err(format!(
-                        "{}: {label} refused the subscribe: {} {}",
-                        client.jid(),
-                        e.condition,
-                        e.text
-                    ));
-                }
-            }
+            subscribe_each(&client, requests, SETUP_WAIT).await?;
             Ok::<_, String>((i, client))
         });
     }
@@ -615,19 +631,14 @@ async fn deliveries(args: &Args, subscribers: usize, items: usize) -> Result<Vec
         args.runs
     );
 
-    let mut summaries: Vec<Summary> = args
-        .targets
-        .iter()
-        .map(|t| Summary {
-            case: vec![
-                ("mode", "deliveries".into()),
-                ("target", t.label.clone()),
-                ("subscribers", subscribers.to_string()),
-                ("items", items.to_string()),
-            ],
-            ..Summary::default()
-        })
-        .collect();
+    let mut summaries = Summary::per_target(
+        args,
+        "deliveries",
+        &[
+            ("subscribers", subscribers.to_string()),
+            ("items", items.to_string()),
+        ],
+    );
     for round in 0..=args.runs {
         for (t, target) in args.targets.iter().enumerate() {
             if summaries[t].stalled || summaries[t].limited {
@@ -646,17 +657,8 @@ async fn deliveries(args: &Args, subscribers: usize, items: usize) -> Result<Vec
             .await;
         }
     }
-    let mut closing = JoinSet::new();
-    for client in clients {
-        closing.spawn(client.close());
-    }
-    let _ = tokio::time::timeout(SETUP_WAIT, async {
-        while closing.join_next().await.is_some() {}
-    })
-    .await;
-    if let Ok(publisher) = Arc::try_unwrap(publisher) {
-        publisher.close().await;
-    }
+    let publisher = Arc::try_unwrap(publisher).ok();
+    close_all(clients.into_iter().chain(publisher), SETUP_WAIT).await;
     Ok(summaries)
 }
 
@@ -739,12 +741,7 @@ async fn delivery_run(
     summary.received += received;
     summary.duplicates += tally.duplicates.load(Ordering::Relaxed);
     summary.strays += tally.strays.load(Ordering::Relaxed);
-    summary.stalled |= ending == Ending::Stalled;
-    summary.limited |= ending == Ending::Limit;
-    if round > 0 {
-        summary.runs.push((rate, seconds));
-        summary.add_cpu(&busy, wall);
-    }
+    summary.end_run(round, ending, (rate, seconds), &busy, wall);
     println!(
         "run: mode=deliveries target={} subscribers={} round={}{} deliveries={received}/{expected} \
          seconds={seconds:.3} rate={rate:.0} cpu={}{}",
@@ -784,20 +781,15 @@ async fn subscribes(args: &Args, size: &Subscribes) -> Result<Vec<Summary>, Stri
          a warm-up of {} then {} rounds",
         size.subscribers, size.senders, size.window, size.warmup, args.runs
     );
-    let mut summaries: Vec<Summary> = args
-        .targets
-        .iter()
-        .map(|t| Summary {
-            case: vec![
-                ("mode", "subscribes".into()),
-                ("target", t.label.clone()),
-                ("subscribers", size.subscribers.to_string()),
-                ("senders", size.senders.to_string()),
-                ("window", size.window.to_string()),
-            ],
-            ..Summary::default()
-        })
-        .collect();
+    let mut summaries = Summary::per_target(
+        args,
+        "subscribes",
+        &[
+            ("subscribers", size.subscribers.to_string()),
+            ("senders", size.senders.to_string()),
+            ("window", size.window.to_string()),
+        ],
+    );
     for round in 0..=args.runs {
         for (t, target) in args.targets.iter().enumerate() {
             if summaries[t].stalled || summaries[t].limited {
@@ -915,12 +907,7 @@ async fn subscribe_run(
     summary.unsent += count - sent;
     summary.expected += sent;
     summary.received += replies.load(Ordering::Relaxed);
-    summary.stalled |= ending == Ending::Stalled;
-    summary.limited |= ending == Ending::Limit;
-    if round > 0 {
-        summary.runs.push((rate, seconds));
-        summary.add_cpu(&busy, wall);
-    }
+    summary.end_run(round, ending, (rate, seconds), &busy, wall);
     println!(
         "run: mode=subscribes target={} node={node} round={round}{} replies={answered}/{count} \
          seconds={seconds:.3} rate={rate:.0} cpu={}{}",

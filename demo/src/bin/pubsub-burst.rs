@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use demo::bench::login;
+use demo::bench::{close_all, login, subscribe_each};
 use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name, xml};
@@ -497,20 +497,7 @@ async fn run_fanout(
                 let unsigned = pubsub::subscribe(baseline, BASELINE_NODE, client.jid());
                 requests.push(("the baseline", unsigned));
             }
-            for (label, request) in requests {
-                let reply = client
-                    .iq(request, SETUP_WAIT)
-                    .await
-                    .map_err(|e| format!("{}: subscribe to {label}: {e}", client.jid()))?;
-                if let Some(e) = pubsub::error_of(&reply) {
-                    return Err(format!(
-                        "{}: {label} refused the subscribe: {} {}",
-                        client.jid(),
-                        e.condition,
-                        e.text
-                    ));
-                }
-            }
+            subscribe_each(&client, requests, SETUP_WAIT).await?;
             progress.tick();
             Ok::<_, String>(client)
         });
@@ -647,17 +634,8 @@ async fn run_fanout(
         println!("{summary}");
     }
 
-    let mut closing = JoinSet::new();
-    for client in clients {
-        closing.spawn(client.close());
-    }
-    let _ = tokio::time::timeout(SETUP_WAIT, async {
-        while closing.join_next().await.is_some() {}
-    })
-    .await;
-    if let Ok(publisher) = Arc::try_unwrap(publisher) {
-        publisher.close().await;
-    }
+    let publisher = Arc::try_unwrap(publisher).ok();
+    close_all(clients.into_iter().chain(publisher), SETUP_WAIT).await;
     Ok(guard_ok)
 }
 
