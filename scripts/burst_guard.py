@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from prosody import Prosody  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from guard_setup import provision  # noqa: E402
+from guard_setup import provision, raise_file_limit, run_streaming, start_component  # noqa: E402
 
 PASSWORD = "burst-password"
 NODE = "/location/burst"
@@ -54,16 +53,6 @@ SPARE_FILES = 256
 def fail(message: str) -> None:
     print(f"burst-guard: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def raise_file_limit(needed: int) -> None:
-    """Soft RLIMIT_NOFILE up to the hard limit (Prosody, the guard and pubsub-burst inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    if target < needed:
-        fail(f"the hard limit on open files is {hard}; {needed} are needed (raise it with ulimit -Hn)")
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def status_kb(pid: int, field: str) -> int | None:
@@ -127,19 +116,7 @@ def run_burst(bin_dir: Path, server: Prosody, env: dict[str, str], mode: list[st
     command = [str(bin_dir / "pubsub-burst"), "--xmpp", f"127.0.0.1:{server.c2s_port}",
                "--guard", server.component, *mode, "--assert",
                "--idle-secs", str(IDLE_SECS), "--deadline-secs", str(DEADLINE_SECS)]
-    summaries = []
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as burst:
-        assert burst.stdout is not None
-        for line in burst.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("summary: "):
-                summaries.append(dict(pair.split("=", 1) for pair in line.split()[1:]))
-        try:
-            status = burst.wait(timeout=DEADLINE_SECS + 60)
-        except subprocess.TimeoutExpired:
-            burst.kill()
-            status = burst.wait()
-    return status, summaries
+    return run_streaming(command, env, DEADLINE_SECS + 60)
 
 
 def main() -> int:
@@ -168,7 +145,7 @@ def main() -> int:
         if not (bin_dir / program).is_file():
             fail(f"{bin_dir / program} is missing (cargo build --release --locked -p authz-server "
                  "-p pubsub-guard -p demo --bins)")
-    raise_file_limit(args.subscribers + SPARE_FILES)
+    raise_file_limit(args.subscribers + SPARE_FILES, "burst-guard")
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="burst-guard-") as tmp:
@@ -187,17 +164,11 @@ def main() -> int:
         failures: list[str] = []
         try:
             server.start()
-            log = open(guard_log, "w")
-            guard = subprocess.Popen(
+            guard = start_component(
                 [str(bin_dir / "pubsub-guard"), "--config", str(config), "run"],
-                stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "GUARD_SECRET": server.component_secret, "GUARD_LOG": "info"},
+                {**os.environ, "GUARD_SECRET": server.component_secret, "GUARD_LOG": "info"},
+                guard_log, "burst-guard",
             )
-            deadline = time.monotonic() + 15
-            while "connected" not in guard_log.read_text():
-                if time.monotonic() > deadline or guard.poll() is not None:
-                    fail("the guard did not connect:\n" + guard_log.read_text())
-                time.sleep(0.05)
             sampler = RssSampler(guard.pid)
             print(f"burst-guard: Prosody and the guard up in {time.monotonic() - started:.1f} s "
                   f"({len(users)} accounts); guard RSS {mb(status_kb(guard.pid, 'VmRSS'))}", flush=True)

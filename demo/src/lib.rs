@@ -4,6 +4,8 @@
 //! the story the quick start plays. They speak plain XMPP on loopback (no TLS: the quick
 //! start's Prosody allows unencrypted logins on 127.0.0.1 only) and sign with `oauth-xmpp`.
 //!
+//! - [`bench`](mod@bench): what the load clients share: many logins at once, CPU time from
+//!   `/proc`.
 //! - [`xmpp`]: a small XMPP client (RFC 6120 login with SASL PLAIN, resource binding,
 //!   IQs with replies, incoming messages) on the guard's own stream reader.
 //! - [`http`]: a small HTTP/1.1 client for the authorization server's endpoints.
@@ -16,13 +18,16 @@
 //!
 //! Binaries: `consumer` (subscribe with a token and print events; with `--state`, first
 //! what was published while it was away, and again after each reconnection), `publisher` (publish one
-//! item), `quickstart-story` (the four steps `./quickstart` plays), `pubsub-bench` (the
-//! guard's throughput against Prosody's own pubsub, driven by `scripts/bench-guard`),
+//! item), `quickstart-story` (the four steps `./quickstart` plays), `pubsub-bench` (deliveries/s
+//! and subscribes/s of the guard, Prosody's own pubsub and `null-pubsub`, driven by
+//! `scripts/bench-fanout`), `null-pubsub` (a component that answers at once and fans out
+//! from a template: the XMPP server's routing limit),
 //! `pubsub-burst` (a fan-out burst and an IQ burst that count every delivery and reply,
 //! driven by `scripts/burst_guard.py` and `scripts/bench-burst`), and `day-bench` (the seed's
 //! day: a signed subscribe per owner's node, then the active owners' items, every delivery
 //! checked, driven by `scripts/bench_day.py` and `scripts/bench-day`).
 
+pub mod bench;
 pub mod flow;
 pub mod http;
 pub mod pubsub;

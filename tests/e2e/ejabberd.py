@@ -122,7 +122,12 @@ class Ejabberd(LoopbackServer):
     """One ejabberd node with the host "localhost" and one external component domain that
     `component_number` component connections share (see the module docstring: exactly that
     many must be connected, or the senders hashed to an empty slot get no answer at all).
-    With component_number=1 there is no domain_balancing: one plain component connection."""
+    With component_number=1 there is no domain_balancing: one plain component connection.
+    `extra_components` are more component domains with the same secret, one plain
+    connection each, on a listener of their own (`extra_component_port`): with 23.01, two
+    components on one listener's `hosts` each got about half of the other's stanzas (a
+    connection serves every domain of its listener), so the extras get a listener apart
+    (scripts/bench_guard.py's null-pubsub next to the guard)."""
 
     NAME = "ejabberd"
 
@@ -134,6 +139,7 @@ class Ejabberd(LoopbackServer):
         users: dict[str, str] | None = None,
         *,
         component_number: int = 3,
+        extra_components: tuple[str, ...] = (),
         c2s_port: int | None = None,
         component_port: int | None = None,
         dist_port: int | None = None,
@@ -145,13 +151,17 @@ class Ejabberd(LoopbackServer):
         self._component = component
         self._component_secret = component_secret
         self._component_number = component_number
+        # More component domains with the same secret, on a listener of their own.
+        self._extra_components = tuple(extra_components)
         given = [p for p in (c2s_port, component_port, dist_port) if p is not None]
         if len(set(given)) != len(given):
             raise ValueError(f"c2s, component and dist ports must differ (got {given})")
-        picked = iter(_free_ports(3 - len(given), set(given)))
+        extra = 1 if self._extra_components else 0
+        picked = iter(_free_ports(3 + extra - len(given), set(given)))
         self._c2s_port = c2s_port if c2s_port is not None else next(picked)
         self._component_port = component_port if component_port is not None else next(picked)
         self._dist_port = dist_port if dist_port is not None else next(picked)
+        self._extra_component_port = next(picked) if extra else None
         self._log_level = log_level
 
         # Who runs ejabberdctl: as root, user ejabberd; as user ejabberd, ourselves.
@@ -208,6 +218,11 @@ class Ejabberd(LoopbackServer):
         return self._dist_port
 
     @property
+    def extra_component_port(self) -> int | None:
+        """Where the `extra_components` connect (None without any)."""
+        return self._extra_component_port
+
+    @property
     def component_number(self) -> int:
         """How many component connections must be connected as `component`."""
         return self._component_number
@@ -235,6 +250,17 @@ domain_balancing:
     type: bare_source
     component_number: {self._component_number}
 """
+        extra = ""
+        if self._extra_components:
+            hosts = "".join(f"      {_yaml(name)}:\n        password: {secret}\n"
+                            for name in self._extra_components)
+            extra = f"""  -
+    port: {self._extra_component_port}
+    ip: "{LOOPBACK}"
+    module: ejabberd_service
+    backlog: 1024
+    hosts:
+{hosts}"""
         if self._component_number == 1:
             # ejabberd refuses component_number 1 ("Expected integer from 2 to 1000"); one
             # connection is its plain, unbalanced component.
@@ -271,7 +297,7 @@ listen:
     hosts:
       {component}:
         password: {secret}
-{balancing}
+{extra}{balancing}
 # No shaper rules: ejabberd's listeners then apply none (the stock config limits c2s to
 # 3000 B/s).
 modules:
@@ -424,6 +450,7 @@ EJABBERD_BYPASS_WARNINGS=true
             ("c2s", self._c2s_port),
             ("component", self._component_port),
             ("Erlang distribution", self._dist_port),
+            *([("extra component", self._extra_component_port)] if self._extra_components else []),
         ):
             if not port_is_free(port):
                 raise EjabberdError(f"{what} port {port} on {LOOPBACK} is already in use")
@@ -455,6 +482,7 @@ EJABBERD_BYPASS_WARNINGS=true
             for module, port in (
                 ("ejabberd_c2s", self._c2s_port),
                 ("ejabberd_service", self._component_port),
+                *([("ejabberd_service", self._extra_component_port)] if self._extra_components else []),
             )
         ]
         deadline = time.monotonic() + START_TIMEOUT

@@ -475,7 +475,8 @@ pub fn handshake_digest(stream_id: &str, secret: &Secret) -> String {
     sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn escape_attr(value: &str) -> String {
+/// Escapes `value` for an attribute value in single or double quotes (`&`, `<`, `'`, `"`).
+pub fn escape_attr(value: &str) -> String {
     value
         .replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -536,6 +537,12 @@ impl StreamReader {
             self.parser.feed(&self.buf[..n], &mut out)?;
             self.pending.extend(out);
         }
+    }
+
+    /// Whether events already read from the socket wait to be taken: the next
+    /// [`StreamReader::next`] then returns without reading (a writer can hold its batch).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Reads and drops what the server still sends, until it closes its side (or the read

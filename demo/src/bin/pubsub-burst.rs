@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use demo::bench::{close_all, login, subscribe_each};
 use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name, xml};
@@ -136,8 +137,6 @@ enum IqKind {
 const SETUP_WAIT: Duration = Duration::from_secs(30);
 /// How often the watchdog looks at the progress.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
-/// Login attempts per account (a login can time out while 50 others hash their passwords).
-const LOGIN_ATTEMPTS: usize = 3;
 /// The prefix of the published item ids; the item's number follows.
 const ITEM_PREFIX: &str = "burst-";
 /// The baseline's node.
@@ -348,24 +347,6 @@ async fn pipeline(
     replies
 }
 
-/// Logs in, retrying a failed login a few times.
-async fn login(
-    server: &str,
-    jid: &str,
-    password: &Secret,
-    resource: &str,
-) -> Result<Client, String> {
-    let mut last = String::new();
-    for _ in 0..LOGIN_ATTEMPTS {
-        match Client::connect(server, jid, password, resource).await {
-            Ok(client) => return Ok(client),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("{jid}: cannot log in: {last}"))
-}
-
 /// The item published as number `i`: an Atom entry with a GeoRSS point, padded with a
 /// summary to about `bytes` bytes of XML.
 fn entry(i: usize, bytes: usize) -> Element {
@@ -516,20 +497,7 @@ async fn run_fanout(
                 let unsigned = pubsub::subscribe(baseline, BASELINE_NODE, client.jid());
                 requests.push(("the baseline", unsigned));
             }
-            for (label, request) in requests {
-                let reply = client
-                    .iq(request, SETUP_WAIT)
-                    .await
-                    .map_err(|e| format!("{}: subscribe to {label}: {e}", client.jid()))?;
-                if let Some(e) = pubsub::error_of(&reply) {
-                    return Err(format!(
-                        "{}: {label} refused the subscribe: {} {}",
-                        client.jid(),
-                        e.condition,
-                        e.text
-                    ));
-                }
-            }
+            subscribe_each(&client, requests, SETUP_WAIT).await?;
             progress.tick();
             Ok::<_, String>(client)
         });
@@ -666,17 +634,8 @@ async fn run_fanout(
         println!("{summary}");
     }
 
-    let mut closing = JoinSet::new();
-    for client in clients {
-        closing.spawn(client.close());
-    }
-    let _ = tokio::time::timeout(SETUP_WAIT, async {
-        while closing.join_next().await.is_some() {}
-    })
-    .await;
-    if let Ok(publisher) = Arc::try_unwrap(publisher) {
-        publisher.close().await;
-    }
+    let publisher = Arc::try_unwrap(publisher).ok();
+    close_all(clients.into_iter().chain(publisher), SETUP_WAIT).await;
     Ok(guard_ok)
 }
 
