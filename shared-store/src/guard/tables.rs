@@ -2,7 +2,7 @@
 //! on SQLite or PostgreSQL.
 
 use crate::args;
-use crate::db::{Database, Engine, Location, Row, Tx, migrations};
+use crate::db::{Database, Engine, Location, Row, Tx, Value, migrations};
 
 use super::schema::{MIGRATIONS, POSTGRES};
 use super::{
@@ -321,49 +321,99 @@ fn save_history(tx: &Tx<'_>, node: &str, h: &History) -> Result<()> {
     Ok(())
 }
 
-/// The SQL condition on `guard_items` that `visible` allows. Only numbers are written into
-/// it.
-fn visibility_sql(visible: &Visibility) -> String {
-    match visible {
-        Visibility::All => "1 = 1".into(),
-        Visibility::Spans(spans) if spans.is_empty() => "1 = 0".into(),
-        Visibility::Spans(spans) => {
-            let spans: Vec<String> = spans
-                .iter()
-                .map(|s| {
-                    let mut c = format!("(change_seq >= {}", s.from_seq);
+/// An SQL condition on `guard_items` with its parameters, written with bare `?` and
+/// numbered where a statement places it ([`Cond::at`]): the statement's text is the same
+/// whatever the numbers, so it is prepared once (numbers written into the text made each
+/// grant's span a statement of its own, parsed again at every request).
+#[derive(Clone)]
+struct Cond {
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Cond {
+    /// What `visible` allows.
+    fn of(visible: &Visibility) -> Self {
+        let mut cond = Self {
+            sql: String::new(),
+            values: Vec::new(),
+        };
+        match visible {
+            Visibility::All => cond.sql.push_str("1 = 1"),
+            Visibility::Spans(spans) if spans.is_empty() => cond.sql.push_str("1 = 0"),
+            Visibility::Spans(spans) => {
+                cond.sql.push('(');
+                for (i, s) in spans.iter().enumerate() {
+                    if i > 0 {
+                        cond.sql.push_str(" OR ");
+                    }
+                    cond.sql.push_str("(change_seq >= ?");
+                    cond.values.push(s.from_seq.into());
                     if let Some(until) = s.until_seq {
-                        c.push_str(&format!(" AND change_seq < {until}"));
+                        cond.sql.push_str(" AND change_seq < ?");
+                        cond.values.push(until.into());
                     }
                     if let Some(until) = s.until_time {
-                        c.push_str(&format!(" AND published_at < {}", to_i64(until)));
+                        cond.sql.push_str(" AND published_at < ?");
+                        cond.values.push(to_i64(until).into());
                     }
-                    c.push(')');
-                    c
-                })
-                .collect();
-            format!("({})", spans.join(" OR "))
+                    cond.sql.push(')');
+                }
+                cond.sql.push(')');
+            }
         }
+        cond
+    }
+
+    /// The same, and `fragment` (one `?`) with `value`.
+    fn and(mut self, fragment: &str, value: impl Into<Value>) -> Self {
+        self.sql.push_str(fragment);
+        self.values.push(value.into());
+        self
+    }
+
+    /// Its text with the parameters numbered from `first`.
+    fn at(&self, first: usize) -> String {
+        let mut out = String::with_capacity(self.sql.len() + 4 * self.values.len());
+        let mut n = first;
+        for c in self.sql.chars() {
+            if c == '?' {
+                out.push_str(&format!("?{n}"));
+                n += 1;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// `leading` (the statement's own parameters, `?1`…), then the condition's.
+    fn args(&self, leading: Vec<Value>) -> Vec<Value> {
+        let mut all = leading;
+        all.extend(self.values.iter().cloned());
+        all
     }
 }
 
-/// Reads pages of one node's items that match an SQL condition, in one transaction.
+/// Reads pages of one node's items that match a condition, in one transaction.
 struct Pager<'a, 't> {
     tx: &'a Tx<'t>,
     node: &'a str,
-    /// An SQL condition on `guard_items` (only numbers in it).
-    cond: String,
+    cond: Cond,
 }
 
 impl Pager<'_, '_> {
     fn count(&self, below: Option<u64>) -> Result<u32> {
-        let below = below.map_or(String::new(), |p| format!(" AND pos < {}", to_i64(p)));
+        let cond = match below {
+            Some(p) => self.cond.clone().and(" AND pos < ?", to_i64(p)),
+            None => self.cond.clone(),
+        };
         let n: u64 = self.tx.query_one(
             &format!(
-                "SELECT COUNT(*) FROM guard_items WHERE node = ?1 AND {}{below}",
-                self.cond
+                "SELECT COUNT(*) FROM guard_items WHERE node = ?1 AND {}",
+                cond.at(2)
             ),
-            args![self.node],
+            &cond.args(vec![self.node.into()]),
             |r| r.get(0),
         )?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
@@ -372,14 +422,21 @@ impl Pager<'_, '_> {
     /// At most `max` items after `after` (skipping `offset` of them), oldest first, and
     /// whether more follow.
     fn forward(&self, after: Option<u64>, offset: u32, max: u32) -> Result<(Vec<Item>, bool)> {
-        let after = after.map_or(String::new(), |p| format!(" AND pos > {}", to_i64(p)));
+        let cond = match after {
+            Some(p) => self.cond.clone().and(" AND pos > ?", to_i64(p)),
+            None => self.cond.clone(),
+        };
         let mut rows = self.tx.query_map(
             &format!(
-                "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND {}{after}
+                "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND {}
                  ORDER BY pos LIMIT ?2 OFFSET ?3",
-                self.cond
+                cond.at(4)
             ),
-            args![self.node, i64::from(max) + 1, offset],
+            &cond.args(vec![
+                self.node.into(),
+                (i64::from(max) + 1).into(),
+                offset.into(),
+            ]),
             item_row,
         )?;
         let more = rows.len() > max as usize;
@@ -389,14 +446,17 @@ impl Pager<'_, '_> {
 
     /// At most `max` items before `before`, oldest first, and whether older ones exist.
     fn backward(&self, before: Option<u64>, max: u32) -> Result<(Vec<Item>, bool)> {
-        let before = before.map_or(String::new(), |p| format!(" AND pos < {}", to_i64(p)));
+        let cond = match before {
+            Some(p) => self.cond.clone().and(" AND pos < ?", to_i64(p)),
+            None => self.cond.clone(),
+        };
         let mut rows = self.tx.query_map(
             &format!(
-                "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND {}{before}
+                "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND {}
                  ORDER BY pos DESC LIMIT ?2",
-                self.cond
+                cond.at(3)
             ),
-            args![self.node, i64::from(max) + 1],
+            &cond.args(vec![self.node.into(), (i64::from(max) + 1).into()]),
             item_row,
         )?;
         let more = rows.len() > max as usize;
@@ -410,9 +470,9 @@ impl Pager<'_, '_> {
         Ok(self.tx.query_opt(
             &format!(
                 "SELECT pos FROM guard_items WHERE node = ?1 AND id = ?2 AND {}",
-                self.cond
+                self.cond.at(3)
             ),
-            args![self.node, id],
+            &self.cond.args(vec![self.node.into(), id.into()]),
             |r| r.get(0),
         )?)
     }
@@ -644,14 +704,16 @@ impl Storage for DbStorage {
     }
 
     fn items_by_id(&self, node: &str, ids: &[&str], visible: &Visibility) -> Result<Vec<Item>> {
+        let cond = Cond::of(visible);
         let sql = format!(
             "SELECT {ITEM_COLUMNS} FROM guard_items WHERE node = ?1 AND id = ?2 AND {}",
-            visibility_sql(visible)
+            cond.at(3)
         );
         self.db.read(|tx| {
             let mut items = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(item) = tx.query_opt(&sql, args![node, *id], item_row)? {
+                let values = cond.args(vec![node.into(), (*id).into()]);
+                if let Some(item) = tx.query_opt(&sql, &values, item_row)? {
                     items.push(item);
                 }
             }
@@ -672,7 +734,7 @@ impl Storage for DbStorage {
             let pager = Pager {
                 tx,
                 node,
-                cond: visibility_sql(visible),
+                cond: Cond::of(visible),
             };
             let count = match visible {
                 Visibility::All => {
@@ -720,18 +782,18 @@ impl Storage for DbStorage {
         max: u32,
         visible: &Visibility,
     ) -> Result<ArchivePage> {
-        let mut cond = visibility_sql(visible);
+        let mut cond = Cond::of(visible);
         if let Some(p) = query.after_pos {
-            cond.push_str(&format!(" AND pos > {}", to_i64(p)));
+            cond = cond.and(" AND pos > ?", to_i64(p));
         }
         if let Some(p) = query.before_pos {
-            cond.push_str(&format!(" AND pos < {}", to_i64(p)));
+            cond = cond.and(" AND pos < ?", to_i64(p));
         }
         if let Some(t) = query.start {
-            cond.push_str(&format!(" AND published_at >= {}", to_i64(t)));
+            cond = cond.and(" AND published_at >= ?", to_i64(t));
         }
         if let Some(t) = query.end {
-            cond.push_str(&format!(" AND published_at <= {}", to_i64(t)));
+            cond = cond.and(" AND published_at <= ?", to_i64(t));
         }
         self.db.read(|tx| {
             let pager = Pager { tx, node, cond };
