@@ -220,21 +220,22 @@ impl Service {
             _ => false,
         };
         answerable.then(|| {
-            let mut reply = self.reply(head, from, to, "error");
+            let mut reply = self.reply(&head.name, head.id.as_deref(), from, to, "error");
             reply.append_child(refusal.to_element(ns::COMPONENT));
             reply
         })
     }
 
-    /// An empty reply of type `kind` to the stanza `head` (sent by `from` to `to`).
-    fn reply(&self, head: &StanzaHead, from: &str, to: &str, kind: &str) -> Element {
-        let mut reply = Element::builder(head.name.as_str(), ns::COMPONENT)
+    /// An empty reply of type `kind` to the stanza `element` with `id` (sent by `from` to
+    /// `to`).
+    fn reply(&self, element: &str, id: Option<&str>, from: &str, to: &str, kind: &str) -> Element {
+        let mut reply = Element::builder(element, ns::COMPONENT)
             .attr(name("type"), kind)
             .attr(name("from"), self.reply_from(to))
             .attr(name("to"), from)
             .build();
-        if let Some(id) = &head.id {
-            reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
+        if let Some(id) = id {
+            reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id);
         }
         reply
     }
@@ -261,14 +262,8 @@ impl Service {
             }
             return;
         }
-        let head = StanzaHead {
-            name: "iq".into(),
-            id: iq.attr("id").map(str::to_owned),
-            from: iq.attr("from").map(str::to_owned),
-            to: iq.attr("to").map(str::to_owned),
-            kind: Some(kind.into()),
-        };
-        let (Some(from), Some(to)) = (head.from.as_deref(), head.to.as_deref()) else {
+        let id = iq.attr("id");
+        let (Some(from), Some(to)) = (iq.attr("from"), iq.attr("to")) else {
             warn!("an IQ without from or to; nothing to answer");
             return;
         };
@@ -296,13 +291,22 @@ impl Service {
         };
         let reply = match outcome {
             Ok(payload) => {
-                let mut reply = self.reply(&head, from, to, "result");
+                let mut reply = self.reply("iq", id, from, to, "result");
                 if let Some(payload) = payload {
                     reply.append_child(payload);
                 }
                 Some(reply)
             }
-            Err(refusal) => self.refuse_head(&head, &refusal),
+            Err(refusal) => {
+                let head = StanzaHead {
+                    name: "iq".into(),
+                    id: id.map(str::to_owned),
+                    from: Some(from.to_owned()),
+                    to: Some(to.to_owned()),
+                    kind: Some(kind.into()),
+                };
+                self.refuse_head(&head, &refusal)
+            }
         };
         // The reply goes after the notifications the request caused, and before what
         // follows it.

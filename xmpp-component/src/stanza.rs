@@ -36,19 +36,23 @@ impl Span {
 /// One node of the tree, in document order.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Node {
-    /// An element; its subtree is the nodes up to `end`.
-    Element {
-        /// Its local name.
-        name: Span,
-        /// Its namespace.
-        ns: Span,
-        /// Its attributes and declarations: `Stanza::attrs[attrs.0..attrs.1]`.
-        attrs: (usize, usize),
-        /// The index of the first node after its subtree.
-        end: usize,
-    },
+    /// An element.
+    Element(ElementNode),
     /// A text node, references resolved.
     Text(Span),
+}
+
+/// An element node; its subtree is the nodes that follow it, up to `end`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ElementNode {
+    /// Its local name.
+    pub(crate) name: Span,
+    /// Its namespace.
+    pub(crate) ns: Span,
+    /// Its attributes and declarations: `Stanza::attrs[attrs.0..attrs.1]`.
+    pub(crate) attrs: (usize, usize),
+    /// The index of the first node after its subtree.
+    pub(crate) end: usize,
 }
 
 /// What an entry of the attribute list is.
@@ -84,9 +88,20 @@ pub struct Stanza {
 impl Stanza {
     /// The root element (the stanza itself).
     pub fn root(&self) -> ElementRef<'_> {
+        let node = match self.nodes.first() {
+            Some(Node::Element(node)) => *node,
+            // Every tree starts with its root element: not reached.
+            _ => ElementNode {
+                name: Span::EMPTY,
+                ns: Span::EMPTY,
+                attrs: (0, 0),
+                end: 0,
+            },
+        };
         ElementRef {
             stanza: self,
             index: 0,
+            node,
         }
     }
 
@@ -148,12 +163,12 @@ impl Stanza {
             });
         }
         let attrs = (first_attr, self.attrs.len());
-        self.nodes.push(Node::Element {
+        self.nodes.push(Node::Element(ElementNode {
             name,
             ns,
             attrs,
             end: index + 1,
-        });
+        }));
         for node in element.nodes() {
             match node {
                 MiniNode::Element(child) => self.push_element(child, Some(ns)),
@@ -164,8 +179,8 @@ impl Stanza {
             }
         }
         let end = self.nodes.len();
-        if let Some(Node::Element { end: slot, .. }) = self.nodes.get_mut(index) {
-            *slot = end;
+        if let Some(Node::Element(node)) = self.nodes.get_mut(index) {
+            node.end = end;
         }
     }
 
@@ -199,76 +214,54 @@ impl fmt::Debug for Stanza {
 #[derive(Clone, Copy)]
 pub struct ElementRef<'a> {
     stanza: &'a Stanza,
-    /// Its node's index; always an element.
+    /// Its node's index.
     index: usize,
-}
-
-/// The parts of an element node.
-struct Parts {
-    name: Span,
-    ns: Span,
-    attrs: (usize, usize),
-    end: usize,
+    /// Its node.
+    node: ElementNode,
 }
 
 impl<'a> ElementRef<'a> {
-    fn parts(self) -> Parts {
-        match self.stanza.nodes.get(self.index) {
-            Some(&Node::Element {
-                name,
-                ns,
-                attrs,
-                end,
-            }) => Parts {
-                name,
-                ns,
-                attrs,
-                end,
-            },
-            // Handles are only made for element nodes.
-            _ => Parts {
-                name: Span::EMPTY,
-                ns: Span::EMPTY,
-                attrs: (0, 0),
-                end: self.index + 1,
-            },
-        }
-    }
-
     fn str(self, span: Span) -> &'a str {
         self.stanza.str(span)
     }
 
     fn attr_list(self) -> &'a [Attr] {
-        let (start, end) = self.parts().attrs;
+        let (start, end) = self.node.attrs;
         self.stanza.attrs.get(start..end).unwrap_or(&[])
     }
 
     /// The local name (without a prefix).
     pub fn name(self) -> &'a str {
-        self.str(self.parts().name)
+        self.str(self.node.name)
     }
 
     /// The namespace.
     pub fn ns(self) -> &'a str {
-        self.str(self.parts().ns)
+        self.str(self.node.ns)
     }
 
     /// Whether the element is in `namespace`.
     pub fn has_ns(self, namespace: &str) -> bool {
-        self.ns() == namespace
+        let span = self.node.ns;
+        self.stanza.text.as_bytes().get(span.start..span.end) == Some(namespace.as_bytes())
     }
 
     /// Whether the element is `name` in `namespace`.
     pub fn is(self, name: &str, namespace: &str) -> bool {
-        self.name() == name && self.has_ns(namespace)
+        let span = self.node.name;
+        self.stanza.text.as_bytes().get(span.start..span.end) == Some(name.as_bytes())
+            && self.has_ns(namespace)
     }
 
     /// The attribute `name` in no namespace.
     pub fn attr(self, name: &str) -> Option<&'a str> {
+        let text = self.stanza.text.as_bytes();
         self.attr_list()
             .iter()
-            .find(|a| a.kind == AttrKind::Plain && self.str(a.name) == name)
+            .find(|a| {
+                a.kind == AttrKind::Plain
+                    && text.get(a.name.start..a.name.end) == Some(name.as_bytes())
+            })
             .map(|a| self.str(a.value))
     }
 
@@ -285,7 +278,7 @@ impl<'a> ElementRef<'a> {
     /// The nodes directly inside: the child elements and the text nodes, in order.
     fn nodes(self) -> impl Iterator<Item = Either<'a>> + 'a {
         let stanza = self.stanza;
-        let end = self.parts().end;
+        let end = self.node.end;
         let mut next = self.index + 1;
         std::iter::from_fn(move || {
             if next >= end {
@@ -293,9 +286,13 @@ impl<'a> ElementRef<'a> {
             }
             let at = next;
             match stanza.nodes.get(at)? {
-                Node::Element { end, .. } => {
-                    next = *end;
-                    Some(Either::Element(ElementRef { stanza, index: at }))
+                Node::Element(node) => {
+                    next = node.end;
+                    Some(Either::Element(ElementRef {
+                        stanza,
+                        index: at,
+                        node: *node,
+                    }))
                 }
                 Node::Text(span) => {
                     next += 1;

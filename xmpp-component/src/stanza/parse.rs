@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Attr, AttrKind, Node, Span, Stanza};
+use super::{Attr, AttrKind, ElementNode, Node, Span, Stanza};
 
 /// The XML namespace (`xml:lang`…), bound to the prefix `xml` without a declaration.
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
@@ -94,17 +94,22 @@ const VALUE: [u8; 256] = {
     t
 };
 
-/// Bytes of a name after its first.
-const NAME: [bool; 256] = {
-    let mut t = [false; 256];
+/// Bytes of a name after its first: [`NAME_CHAR`], [`COLON`], or neither (0).
+const NAME: [u8; 256] = {
+    let mut t = [0; 256];
     let mut b = 0;
     while b < 256 {
-        t[b] =
-            matches!(b as u8, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b':');
+        t[b] = match b as u8 {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => NAME_CHAR,
+            b':' => COLON,
+            _ => 0,
+        };
         b += 1;
     }
     t
 };
+const NAME_CHAR: u8 = 1;
+const COLON: u8 = 2;
 
 fn name_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_'
@@ -156,7 +161,19 @@ struct Declared {
 /// An attribute of the start tag being read.
 struct Raw {
     qname: QName,
+    kind: RawKind,
     value: Span,
+}
+
+/// What an attribute of a start tag is, by its name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RawKind {
+    /// In no namespace.
+    Plain,
+    /// `xml:…`, in the XML namespace.
+    Xml,
+    /// `xmlns` (`None`) or `xmlns:p`: a namespace declaration.
+    Declares(Option<(usize, usize)>),
 }
 
 /// A namespace the stream root declared, which every stanza inherits.
@@ -232,7 +249,9 @@ impl QuickParser {
         };
         run.start_tag()?;
         while !run.parser.open.is_empty() {
-            run.text()?;
+            if run.byte()? != b'<' {
+                run.text()?;
+            }
             match *run.data.get(run.pos + 1)? {
                 b'/' => run.end_tag()?,
                 b'!' | b'?' => return None,
@@ -303,20 +322,25 @@ impl<'d> Run<'_, 'd> {
         if !name_start(*rest.first()?) {
             return None;
         }
-        // A name must be followed by something: the end of the bytes is an incomplete stanza.
-        let len = rest.iter().position(|&b| !NAME[usize::from(b)])?;
-        self.pos += len;
-        let name = &rest[..len];
-        let colon = match name.iter().position(|&b| b == b':') {
-            None => None,
-            Some(c) => {
-                let local = &name[c + 1..];
-                if local.contains(&b':') || !local.first().copied().is_some_and(name_start) {
-                    return None;
-                }
-                Some(start + c)
+        // A name must be followed by something: at the end of the bytes the stanza is
+        // incomplete.
+        let mut len = 1 + rest[1..]
+            .iter()
+            .position(|&b| NAME[usize::from(b)] != NAME_CHAR)?;
+        let mut colon = None;
+        if rest[len] == b':' {
+            colon = Some(start + len);
+            if !name_start(*rest.get(len + 1)?) {
+                return None;
             }
-        };
+            len += 2 + rest[len + 2..]
+                .iter()
+                .position(|&b| NAME[usize::from(b)] != NAME_CHAR)?;
+            if rest[len] == b':' {
+                return None;
+            }
+        }
+        self.pos = start + len;
         Some(QName {
             start,
             colon,
@@ -350,6 +374,7 @@ impl<'d> Run<'_, 'd> {
                 }
                 _ if spaced => {
                     let name = self.name()?;
+                    let kind = self.attribute_kind(name)?;
                     self.skip_space();
                     if self.byte()? != b'=' {
                         return None;
@@ -357,7 +382,11 @@ impl<'d> Run<'_, 'd> {
                     self.pos += 1;
                     self.skip_space();
                     let value = self.value()?;
-                    raw.push(Raw { qname: name, value });
+                    raw.push(Raw {
+                        qname: name,
+                        kind,
+                        value,
+                    });
                 }
                 _ => return None,
             }
@@ -378,13 +407,19 @@ impl<'d> Run<'_, 'd> {
         Some(())
     }
 
-    /// `Some(prefix)` when the attribute `qname` declares a namespace (`Some(None)` for the
-    /// default one).
-    fn declares(&self, qname: QName) -> Option<Option<(usize, usize)>> {
+    /// What the attribute named `qname` is; `None` for a prefix other than `xml` and
+    /// `xmlns` (whose namespace the general path resolves).
+    fn attribute_kind(&self, qname: QName) -> Option<RawKind> {
         match qname.prefix() {
-            None if self.bytes((qname.start, qname.end)) == b"xmlns" => Some(None),
-            Some(prefix) if self.bytes(prefix) == b"xmlns" => Some(Some(qname.local())),
-            _ => None,
+            None if self.bytes((qname.start, qname.end)) == b"xmlns" => {
+                Some(RawKind::Declares(None))
+            }
+            None => Some(RawKind::Plain),
+            Some(prefix) => match self.bytes(prefix) {
+                b"xmlns" => Some(RawKind::Declares(Some(qname.local()))),
+                b"xml" => Some(RawKind::Xml),
+                _ => None,
+            },
         }
     }
 
@@ -406,7 +441,7 @@ impl<'d> Run<'_, 'd> {
         // Declarations first: they are in scope for the element's own name and attributes.
         let scope_start = self.parser.scope.len();
         for a in raw {
-            let Some(prefix) = self.declares(a.qname) else {
+            let RawKind::Declares(prefix) = a.kind else {
                 continue;
             };
             let value = self.span_bytes(a.value);
@@ -452,13 +487,10 @@ impl<'d> Run<'_, 'd> {
         }
         let ns = self.resolve(qname.prefix())?;
         for a in raw {
-            if self.declares(a.qname).is_some() {
-                continue;
-            }
-            let kind = match a.qname.prefix() {
-                None => AttrKind::Plain,
-                Some(p) if self.bytes(p) == b"xml" => AttrKind::In(self.parser.xml),
-                Some(_) => return None,
+            let kind = match a.kind {
+                RawKind::Declares(_) => continue,
+                RawKind::Plain => AttrKind::Plain,
+                RawKind::Xml => AttrKind::In(self.parser.xml),
             };
             self.attrs.push(Attr {
                 kind,
@@ -466,12 +498,12 @@ impl<'d> Run<'_, 'd> {
                 value: a.value,
             });
         }
-        self.nodes.push(Node::Element {
+        self.nodes.push(Node::Element(ElementNode {
             name: self.span(qname.local()),
             ns,
             attrs: (first_attr, self.attrs.len()),
             end: self.nodes.len() + 1,
-        });
+        }));
         Some(scope_start)
     }
 
@@ -497,23 +529,26 @@ impl<'d> Run<'_, 'd> {
             .map(|i| i.namespace)
     }
 
-    /// An end tag at `pos` (its `<`): it must close the innermost open element.
+    /// An end tag at `pos` (its `<`): it must close the innermost open element, by the
+    /// same name as written.
     fn end_tag(&mut self) -> Option<()> {
-        self.pos += 2;
-        let name = self.name()?;
+        let open = self.parser.open.pop()?;
+        let name = self.bytes((open.qname.start, open.qname.end));
+        let at = self.pos + 2;
+        if self.data.get(at..at + name.len())? != name {
+            return None;
+        }
+        self.pos = at + name.len();
+        // The name ends there: `>`, or white space then `>`.
         self.skip_space();
         if self.byte()? != b'>' {
             return None;
         }
         self.pos += 1;
-        let open = self.parser.open.pop()?;
-        if self.bytes((name.start, name.end)) != self.bytes((open.qname.start, open.qname.end)) {
-            return None;
-        }
         self.parser.scope.truncate(open.scope);
         let after = self.nodes.len();
-        if let Some(Node::Element { end, .. }) = self.nodes.get_mut(open.node) {
-            *end = after;
+        if let Some(Node::Element(node)) = self.nodes.get_mut(open.node) {
+            node.end = after;
         }
         Some(())
     }
@@ -672,7 +707,7 @@ impl<'d> Run<'_, 'd> {
             };
             for node in &mut nodes {
                 match node {
-                    Node::Element { ns, .. } => fix(ns),
+                    Node::Element(node) => fix(&mut node.ns),
                     Node::Text(span) => fix(span),
                 }
             }
