@@ -718,3 +718,327 @@ impl<'d> Run<'_, 'd> {
         Some((Stanza { text, nodes, attrs }, len))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{StreamEvent, StreamParser};
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+        xmlns:stream='http://etherx.jabber.org/streams' id='q-1'>";
+
+    fn root() -> BTreeMap<Option<String>, String> {
+        BTreeMap::from([
+            (None, "jabber:component:accept".to_owned()),
+            (
+                Some("stream".to_owned()),
+                "http://etherx.jabber.org/streams".to_owned(),
+            ),
+        ])
+    }
+
+    const BOUNDS: Bounds = Bounds {
+        max_bytes: 4096,
+        max_depth: 8,
+    };
+
+    /// What the stream reader gives for `stanza` after the header, with or without the
+    /// quick path: the events (each stanza with its text, so that prefix declarations are
+    /// compared too) or the error.
+    fn read(stanza: &str, quick: bool) -> Result<Vec<(StreamEvent, Option<String>)>, String> {
+        let parser = StreamParser::with_limits(crate::stream::Limits {
+            max_stanza_bytes: BOUNDS.max_bytes,
+            max_depth: BOUNDS.max_depth,
+        });
+        let mut parser = if quick {
+            parser
+        } else {
+            parser.without_quick_path()
+        };
+        let mut out = Vec::new();
+        parser
+            .feed(format!("{HEADER}{stanza}").as_bytes(), &mut out)
+            .map_err(|e| e.to_string())?;
+        Ok(out
+            .into_iter()
+            .map(|e| {
+                let text = match &e {
+                    StreamEvent::Stanza(element) => Some(written(element)),
+                    _ => None,
+                };
+                (e, text)
+            })
+            .collect())
+    }
+
+    /// The element as minidom writes it. minidom panics writing an element that declares
+    /// the `xml` prefix (which the general path lets through): that is told as such.
+    fn written(element: &minidom::Element) -> String {
+        std::panic::catch_unwind(|| String::from(element))
+            .unwrap_or_else(|_| "minidom cannot write this element".to_owned())
+    }
+
+    /// One case per line: a name, the stanza, and whether the quick path takes it. Every
+    /// case must read the same with and without the quick path.
+    const CASES: &[(&str, &str, bool)] = &[
+        (
+            "xep0235_subscribe",
+            "<iq from='a@b/c' id='s1' to='p.b' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe jid='a@b' node='n'/><oauth xmlns='urn:xmpp:oauth:0'><oauth_consumer_key>k</oauth_consumer_key><oauth_version>1.0</oauth_version></oauth></pubsub></iq>",
+            true,
+        ),
+        ("empty_root", "<presence/>", true),
+        ("empty_root_with_space", "<presence from='a@b' />", true),
+        (
+            "pretty_printed",
+            "<message to='x'>\n\t<body>hi</body>\n</message>",
+            true,
+        ),
+        (
+            "entities_in_text_and_values",
+            "<message id='a&amp;b&lt;&gt;&quot;&apos;'><body>x &amp; y &lt; z</body></message>",
+            true,
+        ),
+        (
+            "character_references",
+            "<message id='&#65;&#x42;'><body>&#x1F600;&#233;&#13;</body></message>",
+            true,
+        ),
+        (
+            "non_ascii_text",
+            "<message><body>é ü 日本 🎉</body></message>",
+            true,
+        ),
+        (
+            "brackets_and_gt_in_text",
+            "<message><body>a]b]]c&gt;]]</body></message>",
+            true,
+        ),
+        ("gt_in_values", "<message id='>' to=\"a'b\"/>", true),
+        ("space_around_equals", "<message id = 'x'  to ='y'/>", true),
+        (
+            "end_tag_with_space",
+            "<message><body>x</body ></message >",
+            true,
+        ),
+        (
+            "xml_lang",
+            "<message xml:lang='en'><body xml:lang='fr'>b</body></message>",
+            true,
+        ),
+        (
+            "prefixed_element_declared_here",
+            "<iq><p:x xmlns:p='urn:p'><p:y/></p:x></iq>",
+            true,
+        ),
+        (
+            "prefix_declared_on_the_root",
+            "<iq xmlns:p='urn:p'><p:x/></iq>",
+            true,
+        ),
+        (
+            "default_namespace_changes",
+            "<iq><a xmlns='urn:a'><b/><c xmlns='urn:c'/></a></iq>",
+            true,
+        ),
+        (
+            "root_redeclares_the_default",
+            "<iq xmlns='jabber:client'><x/></iq>",
+            true,
+        ),
+        (
+            "stream_level_element",
+            "<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+            true,
+        ),
+        (
+            "namespace_with_a_reference",
+            "<iq xmlns:p='urn:a&amp;b'><p:x/></iq>",
+            true,
+        ),
+        (
+            "at_the_depth_limit",
+            "<a><b><c><d><e><f><g><h/></g></f></e></d></c></b></a>",
+            true,
+        ),
+        (
+            "over_the_depth_limit",
+            "<a><b><c><d><e><f><g><h><i/></h></g></f></e></d></c></b></a>",
+            false,
+        ),
+        (
+            "cr_in_text",
+            "<message><body>a\r\nb</body></message>",
+            false,
+        ),
+        ("tab_in_value", "<message id='a\tb'/>", false),
+        ("newline_in_value", "<message id='a\nb'/>", false),
+        (
+            "cdata_end_in_text",
+            "<message><body>a]]>b</body></message>",
+            false,
+        ),
+        (
+            "cdata_section",
+            "<message><body><![CDATA[x]]></body></message>",
+            false,
+        ),
+        ("comment", "<message><!-- c --></message>", false),
+        (
+            "processing_instruction",
+            "<message><?pi x?></message>",
+            false,
+        ),
+        ("non_ascii_name", "<message><é/></message>", false),
+        ("duplicated_attribute", "<message id='1' id='2'/>", false),
+        (
+            "duplicated_declaration",
+            "<message xmlns:p='u' xmlns:p='v'/>",
+            false,
+        ),
+        ("undeclared_prefix", "<iq><x:query/></iq>", false),
+        (
+            "stream_prefix_inside_a_stanza",
+            "<iq><stream:x/></iq>",
+            false,
+        ),
+        (
+            "other_prefixed_attribute",
+            "<iq xmlns:p='urn:p' p:a='1'/>",
+            false,
+        ),
+        ("empty_prefix_declaration", "<iq xmlns:p=''/>", false),
+        ("empty_default_declaration", "<iq><x xmlns=''/></iq>", false),
+        (
+            "xml_prefix_declared",
+            "<iq xmlns:xml='http://www.w3.org/XML/1998/namespace'/>",
+            false,
+        ),
+        ("xmlns_prefix_declared", "<iq xmlns:xmlns='urn:x'/>", false),
+        (
+            "xml_namespace_bound",
+            "<iq xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            false,
+        ),
+        (
+            "unknown_entity",
+            "<message><body>&nbsp;</body></message>",
+            false,
+        ),
+        (
+            "unterminated_entity",
+            "<message><body>&amp</body></message>",
+            false,
+        ),
+        (
+            "lone_ampersand",
+            "<message><body>a & b</body></message>",
+            false,
+        ),
+        (
+            "character_reference_to_nul",
+            "<message><body>&#0;</body></message>",
+            false,
+        ),
+        (
+            "character_reference_to_a_surrogate",
+            "<message><body>&#xD800;</body></message>",
+            false,
+        ),
+        (
+            "character_reference_of_seven_digits",
+            "<message><body>&#1114111;</body></message>",
+            false,
+        ),
+        (
+            "upper_case_x_reference",
+            "<message><body>&#X41;</body></message>",
+            false,
+        ),
+        (
+            "u_ffff_in_text",
+            "<message><body>\u{ffff}</body></message>",
+            false,
+        ),
+        (
+            "control_character_in_text",
+            "<message><body>\u{1}</body></message>",
+            false,
+        ),
+        (
+            "mismatched_end_tag",
+            "<message><body>x</bodx></message>",
+            false,
+        ),
+        (
+            "longer_end_tag",
+            "<message><body>x</bodyx></message>",
+            false,
+        ),
+        ("two_colons", "<a:b:c xmlns:a='u'/>", false),
+        ("colon_at_the_end", "<a: xmlns:a='u'/>", false),
+        (
+            "name_starting_with_a_digit",
+            "<message><1a/></message>",
+            false,
+        ),
+        (
+            "missing_space_between_attributes",
+            "<message id='1'to='2'/>",
+            false,
+        ),
+        ("slash_not_closing", "<message/ >", false),
+        ("unquoted_value", "<message id=1/>", false),
+        ("less_than_in_value", "<message id='<'/>", false),
+        ("incomplete", "<message><body>x</body>", false),
+    ];
+
+    #[test]
+    fn the_quick_path_takes_what_it_can_and_changes_nothing() {
+        let root = root();
+        for &(name, stanza, taken) in CASES {
+            let mut quick = QuickParser::new(&root);
+            let parsed = quick.parse(stanza.as_bytes(), BOUNDS);
+            assert_eq!(parsed.is_some(), taken, "{name}: taken");
+            let general = read(stanza, false);
+            assert_eq!(read(stanza, true), general, "{name}: events");
+            if let Some((compact, len)) = parsed {
+                assert_eq!(len, stanza.len(), "{name}: length");
+                let Ok(events) = &general else {
+                    panic!("{name}: taken, but the general path refuses it: {general:?}")
+                };
+                let (StreamEvent::Stanza(element), Some(text)) = &events[1] else {
+                    panic!("{name}: taken, but the general path gives {events:?}")
+                };
+                assert_eq!(&compact.to_element(), element, "{name}: element");
+                assert_eq!(&written(&compact.to_element()), text, "{name}: text");
+                assert_eq!(compact, Stanza::from_element(element), "{name}: compact");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stanza_is_taken_only_whole_and_within_the_limit() {
+        let root = root();
+        let stanza = "<message to='x'><body>hello</body></message>";
+        let mut quick = QuickParser::new(&root);
+        for cut in 0..stanza.len() {
+            assert!(
+                quick.parse(&stanza.as_bytes()[..cut], BOUNDS).is_none(),
+                "{cut}"
+            );
+        }
+        let followed = format!("{stanza}<presence/>");
+        let (_, len) = quick.parse(followed.as_bytes(), BOUNDS).unwrap();
+        assert_eq!(len, stanza.len());
+        let exact = Bounds {
+            max_bytes: stanza.len(),
+            ..BOUNDS
+        };
+        assert!(quick.parse(stanza.as_bytes(), exact).is_some());
+        let under = Bounds {
+            max_bytes: stanza.len() - 1,
+            ..BOUNDS
+        };
+        assert!(quick.parse(stanza.as_bytes(), under).is_none());
+    }
+}
