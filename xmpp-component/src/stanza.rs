@@ -477,6 +477,154 @@ mod tests {
         );
     }
 
+    /// The `<oauth/>` element rules of the profile (E1–E11) on the compact stanza the quick
+    /// path reads and on the element the general path builds: the same parameters, or the
+    /// same error, for each case (one per line: a name, the content of `<oauth/>` or of the
+    /// whole `<pubsub/>`, the outcome).
+    #[test]
+    fn the_element_rules_read_a_compact_stanza_as_they_read_an_element() {
+        use oauth_xmpp::{StanzaRequest, StructureError as E};
+
+        let key = "<oauth_consumer_key>k</oauth_consumer_key>";
+        let rest = "<oauth_nonce>n</oauth_nonce><oauth_signature>s</oauth_signature>\
+            <oauth_signature_method>HMAC-SHA1</oauth_signature_method>\
+            <oauth_timestamp>1218137833</oauth_timestamp><oauth_token>t</oauth_token>";
+        let all = format!("{key}{rest}");
+        let oauth = |ns: &str, children: &str| format!("<oauth xmlns='{ns}'>{children}</oauth>");
+        let long = "a".repeat(1025);
+        type Expected = Result<Option<&'static str>, E>;
+        let cases: Vec<(&str, String, Expected)> = vec![
+            ("e2_current", oauth("urn:xmpp:oauth:0", &all), Ok(Some("n"))),
+            (
+                "e2_tmp_alias",
+                oauth("urn:xmpp:tmp:oauth", &all),
+                Ok(Some("n")),
+            ),
+            (
+                "e2_2008_alias",
+                oauth("urn:xmpp:oauth", &all),
+                Ok(Some("n")),
+            ),
+            ("e2_other_namespace", oauth("urn:other", &all), Ok(None)),
+            (
+                "e3_missing",
+                oauth("urn:xmpp:oauth:0", rest),
+                Err(E::MissingParameter("oauth_consumer_key")),
+            ),
+            (
+                "e4_version",
+                oauth(
+                    "urn:xmpp:oauth:0",
+                    &format!("{all}<oauth_version>2.0</oauth_version>"),
+                ),
+                Err(E::UnsupportedVersion("2.0".into())),
+            ),
+            (
+                "e5_trimmed",
+                oauth("urn:xmpp:oauth:0", &all.replace(">n<", ">\n\t n \n<")),
+                Ok(Some("n")),
+            ),
+            (
+                "e5_references",
+                oauth("urn:xmpp:oauth:0", &all.replace(">n<", ">&#97;&amp;b<")),
+                Ok(Some("a&b")),
+            ),
+            (
+                "e6_duplicated",
+                oauth("urn:xmpp:oauth:0", &format!("{all}{key}")),
+                Err(E::DuplicatedParameter("oauth_consumer_key".into())),
+            ),
+            (
+                "e6_two_elements",
+                format!(
+                    "{}{}",
+                    oauth("urn:xmpp:oauth:0", &all),
+                    oauth("urn:xmpp:oauth", &all)
+                ),
+                Err(E::DuplicatedParameter("oauth".into())),
+            ),
+            (
+                "e7_unknown",
+                oauth(
+                    "urn:xmpp:oauth:0",
+                    &format!("{all}<oauth_callback>oob</oauth_callback>"),
+                ),
+                Err(E::UnsupportedParameter("oauth_callback".into())),
+            ),
+            (
+                "e7_other_namespace_child",
+                oauth(
+                    "urn:xmpp:oauth:0",
+                    &format!(
+                        "{rest}<x:oauth_consumer_key xmlns:x='urn:x'>k</x:oauth_consumer_key>"
+                    ),
+                ),
+                Err(E::UnsupportedParameter("oauth_consumer_key".into())),
+            ),
+            (
+                "e7_child_with_children",
+                oauth(
+                    "urn:xmpp:oauth:0",
+                    &format!("{rest}<oauth_consumer_key><b/></oauth_consumer_key>"),
+                ),
+                Err(E::UnsupportedParameter("oauth_consumer_key".into())),
+            ),
+            (
+                "e7_text",
+                oauth("urn:xmpp:oauth:0", &format!("{all}stray")),
+                Err(E::UnexpectedText),
+            ),
+            (
+                "e7_timestamp",
+                oauth("urn:xmpp:oauth:0", &all.replace("1218137833", "12.5")),
+                Err(E::InvalidTimestamp("12.5".into())),
+            ),
+            (
+                "e7_too_long",
+                oauth(
+                    "urn:xmpp:oauth:0",
+                    &all.replace(">n<", &format!(">{long}<")),
+                ),
+                Err(E::ParameterTooLong("oauth_nonce")),
+            ),
+            (
+                "e8_method",
+                oauth(
+                    "urn:xmpp:oauth:0",
+                    &all.replace("HMAC-SHA1", "PLAINTEXT+HMAC-SHA1"),
+                ),
+                Err(E::UnsupportedSignatureMethod("PLAINTEXT+HMAC-SHA1".into())),
+            ),
+            ("e11_none", String::new(), Ok(None)),
+        ];
+        let root = BTreeMap::from([(None, "jabber:component:accept".to_owned())]);
+        let bounds = Bounds {
+            max_bytes: 65536,
+            max_depth: 64,
+        };
+        for (name, content, expected) in cases {
+            let text = format!(
+                "<iq from='a@b/c' to='p.b' type='set' id='i'>\
+                 <pubsub xmlns='http://jabber.org/protocol/pubsub'>{content}</pubsub></iq>"
+            );
+            let (compact, _) = QuickParser::new(&root)
+                .parse(text.as_bytes(), bounds)
+                .unwrap_or_else(|| panic!("{name}: the quick path declined it"));
+            let element: Element = text
+                .replacen("<iq ", "<iq xmlns='jabber:component:accept' ", 1)
+                .parse()
+                .unwrap();
+            let read = StanzaRequest::from_stanza(compact.root());
+            assert_eq!(read, StanzaRequest::from_stanza(&element), "{name}");
+            let nonce = read.map(|r| r.map(|r| r.params.nonce));
+            assert_eq!(
+                nonce.as_ref().map(Option::as_deref),
+                expected.as_ref().map(|n| *n),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn equality_is_minidoms() {
         let a = Stanza::from_element(&"<a xmlns='u' p='1' q='2'>x</a>".parse().unwrap());
