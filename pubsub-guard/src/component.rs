@@ -12,6 +12,10 @@
 //! holds what it has not yet delivered. Memory stays bounded by the two queues (see
 //! [`INBOUND_CAPACITY`] and [`OUTBOUND_CAPACITY`]), whatever the burst.
 //!
+//! The reader gives each stanza in its compact form ([`crate::stanza::Stanza`], read from the
+//! bytes by the stream's quick path), and the worker hands it to
+//! [`Service::handle_stanza`] as it is: no minidom tree is made of a request.
+//!
 //! The worker runs on its own thread because the service's storage calls block. Stanzas the
 //! worker produces while the connection is down wait in the outbound queue and go out after
 //! the reconnect; a batch whose write failed is written again on the next connection.

@@ -11,14 +11,14 @@
 //! Two paths read a stanza, with the same result:
 //!
 //! - the *quick path* takes a stanza that arrived whole (the usual case: a read holds every
-//!   stanza but perhaps its last) and reads it in one pass straight into a [`Stanza`]
-//!   ([`crate::stanza`]'s quick parser). It takes only what it can check completely (see
-//!   there), and declines the rest before any of it is used;
+//!   stanza but perhaps its last) and reads it in one pass straight into a [`Stanza`]. It
+//!   takes only what it can check completely (the list is at the top of
+//!   `stanza/parse.rs`), and declines the rest before any of it is used;
 //! - the *general path* takes everything else: rxml's parser checks every byte as it
-//!   arrives, the framer ([`frame`]) keeps the size and depth limits, and minidom's tree
-//!   builder makes the element. A stanza cut across reads, or declined by the quick path, or
-//!   refused (oversized, too deep, malformed, not well-formed) goes this way, so every
-//!   refusal, error and its text is the general path's own.
+//!   arrives, the framer (`stream/frame.rs`) keeps the size and depth limits, and minidom's
+//!   tree builder makes the element. A stanza cut across reads, or declined by the quick
+//!   path, or refused (oversized, too deep, malformed, not well-formed) goes this way, so
+//!   every refusal, error and its text is the general path's own.
 //!
 //! The quick path only starts at a stanza's `<` with nothing but white space since the end of
 //! the previous stanza (where rxml's parser has no token pending), so leaving a whole stanza
