@@ -186,29 +186,44 @@ struct Inherited {
     stream: bool,
 }
 
-/// The quick parser of one stream: what every stanza inherits from the stream root, and
-/// scratch space kept from one stanza to the next.
-pub(crate) struct QuickParser {
+/// What every stanza of a stream inherits from the stream root.
+struct Prelude {
     /// The inherited prefixes and namespaces and the XML namespace, side by side: every
     /// stanza's string starts with it.
-    prelude: String,
+    text: String,
     inherited: Vec<Inherited>,
     xml: Span,
+}
+
+/// Scratch space kept from one stanza to the next, so that a stanza allocates only what it
+/// keeps (its string, its nodes and its attributes, each of its exact size).
+#[derive(Default)]
+struct Scratch {
     open: Vec<Open>,
     scope: Vec<Declared>,
     raw: Vec<Raw>,
+    nodes: Vec<Node>,
+    attrs: Vec<Attr>,
+    /// Values with their references resolved, to follow the stanza's bytes.
+    extra: Vec<u8>,
+}
+
+/// The quick parser of one stream.
+pub(crate) struct QuickParser {
+    prelude: Prelude,
+    scratch: Scratch,
 }
 
 impl QuickParser {
     /// The parser for stanzas of a stream whose root declared `root` (prefix → namespace).
     pub(crate) fn new(root: &BTreeMap<Option<String>, String>) -> Self {
-        let mut prelude = String::new();
+        let mut text = String::new();
         let mut push = |s: &str| {
-            let start = prelude.len();
-            prelude.push_str(s);
+            let start = text.len();
+            text.push_str(s);
             Span {
                 start,
-                end: prelude.len(),
+                end: text.len(),
             }
         };
         let inherited = root
@@ -221,34 +236,36 @@ impl QuickParser {
             .collect();
         let xml = push(XML_NS);
         Self {
-            prelude,
-            inherited,
-            xml,
-            open: Vec::new(),
-            scope: Vec::new(),
-            raw: Vec::new(),
+            prelude: Prelude {
+                text,
+                inherited,
+                xml,
+            },
+            scratch: Scratch::default(),
         }
     }
 
     /// Reads the stanza that starts at `data[0]` (a `<`): the stanza and its length in
     /// bytes, or `None` when it declines (see the module documentation).
     pub(crate) fn parse(&mut self, data: &[u8], bounds: Bounds) -> Option<(Stanza, usize)> {
-        self.open.clear();
-        self.scope.clear();
+        let scratch = &mut self.scratch;
+        scratch.open.clear();
+        scratch.scope.clear();
+        scratch.nodes.clear();
+        scratch.attrs.clear();
+        scratch.extra.clear();
         let window = data.get(..data.len().min(bounds.max_bytes))?;
         let mut run = Run {
             data: window,
-            base: self.prelude.len(),
+            base: self.prelude.text.len(),
             pos: 0,
-            nodes: Vec::with_capacity(8 + window.len() / 32),
-            attrs: Vec::with_capacity(8 + window.len() / 64),
-            extra: Vec::new(),
             with_stream: false,
             max_depth: bounds.max_depth,
-            parser: self,
+            prelude: &self.prelude,
+            scratch,
         };
         run.start_tag()?;
-        while !run.parser.open.is_empty() {
+        while !run.scratch.open.is_empty() {
             if run.byte()? != b'<' {
                 run.text()?;
             }
@@ -268,17 +285,14 @@ struct Run<'p, 'd> {
     /// Where the stanza's bytes start in its string (after the prelude).
     base: usize,
     pos: usize,
-    nodes: Vec<Node>,
-    attrs: Vec<Attr>,
-    /// Values with their references resolved, to follow the stanza's bytes.
-    extra: Vec<u8>,
     /// Whether the stream's `stream` prefix is inherited.
     with_stream: bool,
     max_depth: usize,
-    parser: &'p mut QuickParser,
+    prelude: &'p Prelude,
+    scratch: &'p mut Scratch,
 }
 
-impl<'d> Run<'_, 'd> {
+impl<'p, 'd> Run<'p, 'd> {
     fn byte(&self) -> Option<u8> {
         self.data.get(self.pos).copied()
     }
@@ -298,11 +312,11 @@ impl<'d> Run<'_, 'd> {
     /// The bytes a span points at: the prelude's, the stanza's or the resolved values'.
     fn span_bytes(&self, span: Span) -> &[u8] {
         let found = if span.start >= EXTRA {
-            self.extra.get(span.start - EXTRA..span.end - EXTRA)
+            self.scratch.extra.get(span.start - EXTRA..span.end - EXTRA)
         } else if span.start >= self.base {
             self.data.get(span.start - self.base..span.end - self.base)
         } else {
-            self.parser.prelude.as_bytes().get(span.start..span.end)
+            self.prelude.text.as_bytes().get(span.start..span.end)
         };
         found.unwrap_or(&[])
     }
@@ -350,13 +364,13 @@ impl<'d> Run<'_, 'd> {
 
     /// A start tag at `pos` (its `<`): the element's node, its attributes and declarations.
     fn start_tag(&mut self) -> Option<()> {
-        let depth = self.parser.open.len() + 1;
+        let depth = self.scratch.open.len() + 1;
         if depth > self.max_depth {
             return None;
         }
         self.pos += 1;
         let qname = self.name()?;
-        let mut raw = std::mem::take(&mut self.parser.raw);
+        let mut raw = std::mem::take(&mut self.scratch.raw);
         raw.clear();
         let empty = loop {
             let spaced = self.skip_space();
@@ -395,14 +409,14 @@ impl<'d> Run<'_, 'd> {
             self.with_stream = qname.prefix().map(|p| self.bytes(p)) == Some(b"stream");
         }
         let scope = self.element(qname, depth == 1, &raw);
-        self.parser.raw = raw;
+        self.scratch.raw = raw;
         let scope = scope?;
-        let node = self.nodes.len() - 1;
+        let node = self.scratch.nodes.len() - 1;
         if empty {
             // The declarations of an empty element end with it.
-            self.parser.scope.truncate(scope);
+            self.scratch.scope.truncate(scope);
         } else {
-            self.parser.open.push(Open { node, qname, scope });
+            self.scratch.open.push(Open { node, qname, scope });
         }
         Some(())
     }
@@ -427,7 +441,7 @@ impl<'d> Run<'_, 'd> {
     /// declarations onto the scope; the length the scope had before. Declines what the
     /// general path would refuse or read otherwise.
     fn element(&mut self, qname: QName, root: bool, raw: &[Raw]) -> Option<usize> {
-        let first_attr = self.attrs.len();
+        let first_attr = self.scratch.attrs.len();
         // Duplicated attributes (as written) are the general path's to judge.
         for (i, a) in raw.iter().enumerate() {
             let name = self.bytes((a.qname.start, a.qname.end));
@@ -439,7 +453,7 @@ impl<'d> Run<'_, 'd> {
             }
         }
         // Declarations first: they are in scope for the element's own name and attributes.
-        let scope_start = self.parser.scope.len();
+        let scope_start = self.scratch.scope.len();
         for a in raw {
             let RawKind::Declares(prefix) = a.kind else {
                 continue;
@@ -453,12 +467,12 @@ impl<'d> Run<'_, 'd> {
             {
                 return None;
             }
-            self.parser.scope.push(Declared {
+            self.scratch.scope.push(Declared {
                 prefix,
                 namespace: a.value,
             });
             let name = prefix.map_or(Span::EMPTY, |p| self.span(p));
-            self.attrs.push(Attr {
+            self.scratch.attrs.push(Attr {
                 kind: AttrKind::Declares,
                 name,
                 value: a.value,
@@ -467,17 +481,17 @@ impl<'d> Run<'_, 'd> {
         if root {
             // The root also lists what it inherits from the stream, as minidom's tree
             // builder does, unless it declares the same prefix itself.
-            for i in 0..self.parser.inherited.len() {
-                let entry = &self.parser.inherited[i];
+            for i in 0..self.prelude.inherited.len() {
+                let entry = &self.prelude.inherited[i];
                 if entry.stream && !self.with_stream {
                     continue;
                 }
                 let prefix = entry.prefix.map(|p| self.span_bytes(p));
-                let own = self.parser.scope[scope_start..]
+                let own = self.scratch.scope[scope_start..]
                     .iter()
                     .any(|d| d.prefix.map(|p| self.bytes(p)) == prefix);
                 if !own {
-                    self.attrs.push(Attr {
+                    self.scratch.attrs.push(Attr {
                         kind: AttrKind::Declares,
                         name: entry.prefix.unwrap_or(Span::EMPTY),
                         value: entry.namespace,
@@ -490,19 +504,19 @@ impl<'d> Run<'_, 'd> {
             let kind = match a.kind {
                 RawKind::Declares(_) => continue,
                 RawKind::Plain => AttrKind::Plain,
-                RawKind::Xml => AttrKind::In(self.parser.xml),
+                RawKind::Xml => AttrKind::In(self.prelude.xml),
             };
-            self.attrs.push(Attr {
+            self.scratch.attrs.push(Attr {
                 kind,
                 name: self.span(a.qname.local()),
                 value: a.value,
             });
         }
-        self.nodes.push(Node::Element(ElementNode {
+        self.scratch.nodes.push(Node::Element(ElementNode {
             name: self.span(qname.local()),
             ns,
-            attrs: (first_attr, self.attrs.len()),
-            end: self.nodes.len() + 1,
+            attrs: (first_attr, self.scratch.attrs.len()),
+            end: self.scratch.nodes.len() + 1,
         }));
         Some(scope_start)
     }
@@ -512,7 +526,7 @@ impl<'d> Run<'_, 'd> {
     fn resolve(&self, prefix: Option<(usize, usize)>) -> Option<Span> {
         let written = prefix.map(|p| self.bytes(p));
         if let Some(declared) = self
-            .parser
+            .scratch
             .scope
             .iter()
             .rev()
@@ -520,7 +534,7 @@ impl<'d> Run<'_, 'd> {
         {
             return Some(declared.namespace);
         }
-        self.parser
+        self.prelude
             .inherited
             .iter()
             .find(|i| {
@@ -532,7 +546,7 @@ impl<'d> Run<'_, 'd> {
     /// An end tag at `pos` (its `<`): it must close the innermost open element, by the
     /// same name as written.
     fn end_tag(&mut self) -> Option<()> {
-        let open = self.parser.open.pop()?;
+        let open = self.scratch.open.pop()?;
         let name = self.bytes((open.qname.start, open.qname.end));
         let at = self.pos + 2;
         if self.data.get(at..at + name.len())? != name {
@@ -545,9 +559,9 @@ impl<'d> Run<'_, 'd> {
             return None;
         }
         self.pos += 1;
-        self.parser.scope.truncate(open.scope);
-        let after = self.nodes.len();
-        if let Some(Node::Element(node)) = self.nodes.get_mut(open.node) {
+        self.scratch.scope.truncate(open.scope);
+        let after = self.scratch.nodes.len();
+        if let Some(Node::Element(node)) = self.scratch.nodes.get_mut(open.node) {
             node.end = after;
         }
         Some(())
@@ -584,9 +598,9 @@ impl<'d> Run<'_, 'd> {
                 QUOTE if b == quote => break,
                 QUOTE => self.pos += 1,
                 AMP => {
-                    resolved.get_or_insert(self.extra.len());
+                    resolved.get_or_insert(self.scratch.extra.len());
                     let bytes = self.data.get(piece..self.pos)?;
-                    self.extra.extend_from_slice(bytes);
+                    self.scratch.extra.extend_from_slice(bytes);
                     self.reference()?;
                     piece = self.pos;
                 }
@@ -607,10 +621,10 @@ impl<'d> Run<'_, 'd> {
             None => self.span((start, self.pos)),
             Some(first) => {
                 let bytes = self.data.get(piece..self.pos)?;
-                self.extra.extend_from_slice(bytes);
+                self.scratch.extra.extend_from_slice(bytes);
                 Span {
                     start: EXTRA + first,
-                    end: EXTRA + self.extra.len(),
+                    end: EXTRA + self.scratch.extra.len(),
                 }
             }
         })
@@ -620,7 +634,7 @@ impl<'d> Run<'_, 'd> {
     fn text(&mut self) -> Option<()> {
         let span = self.run_of(&TEXT, 0)?;
         if span.end > span.start {
-            self.nodes.push(Node::Text(span));
+            self.scratch.nodes.push(Node::Text(span));
         }
         Some(())
     }
@@ -662,7 +676,8 @@ impl<'d> Run<'_, 'd> {
             let c = char::from_u32(code).filter(|&c| xml_char(c))?;
             self.pos += 1;
             let mut buffer = [0u8; 4];
-            self.extra
+            self.scratch
+                .extra
                 .extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
             return Some(());
         }
@@ -682,7 +697,7 @@ impl<'d> Run<'_, 'd> {
             return None;
         }
         self.pos += 1;
-        self.extra.push(resolved);
+        self.scratch.extra.push(resolved);
         Some(())
     }
 
@@ -690,14 +705,14 @@ impl<'d> Run<'_, 'd> {
     /// (checked as UTF-8 once), the spans of resolved values moved to point into it.
     fn finish(self) -> Option<(Stanza, usize)> {
         let len = self.pos;
-        let prelude = self.parser.prelude.as_bytes();
-        let mut bytes = Vec::with_capacity(prelude.len() + len + self.extra.len());
+        let prelude = self.prelude.text.as_bytes();
+        let scratch = self.scratch;
+        let mut bytes = Vec::with_capacity(prelude.len() + len + scratch.extra.len());
         bytes.extend_from_slice(prelude);
         bytes.extend_from_slice(self.data.get(..len)?);
-        bytes.extend_from_slice(&self.extra);
+        bytes.extend_from_slice(&scratch.extra);
         let text = String::from_utf8(bytes).ok()?;
-        let (mut nodes, mut attrs) = (self.nodes, self.attrs);
-        if !self.extra.is_empty() {
+        if !scratch.extra.is_empty() {
             let moved = self.base + len;
             let fix = |span: &mut Span| {
                 if span.start >= EXTRA {
@@ -705,17 +720,23 @@ impl<'d> Run<'_, 'd> {
                     span.end = span.end - EXTRA + moved;
                 }
             };
-            for node in &mut nodes {
+            for node in &mut scratch.nodes {
                 match node {
                     Node::Element(node) => fix(&mut node.ns),
                     Node::Text(span) => fix(span),
                 }
             }
-            for attr in &mut attrs {
+            for attr in &mut scratch.attrs {
                 fix(&mut attr.value);
             }
         }
-        Some((Stanza { text, nodes, attrs }, len))
+        // Copies of their exact size: the scratch lists stay for the next stanza.
+        let stanza = Stanza {
+            text,
+            nodes: scratch.nodes.clone(),
+            attrs: scratch.attrs.clone(),
+        };
+        Some((stanza, len))
     }
 }
 
