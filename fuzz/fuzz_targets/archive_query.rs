@@ -12,6 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pubsub_guard::stanza::Stanza;
 use pubsub_guard::storage::Item;
 use pubsub_guard::{archive, datetime};
 
@@ -36,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let xml = format!("<query xmlns='urn:xmpp:mam:2' node='/n' queryid='q'>{text}</query>");
     if let Ok(query) = xml.parse::<minidom::Element>() {
-        if let Ok(request) = archive::read(&query) {
+        // The service reads requests in their compact form, as the stream reader gives them.
+        let query = Stanza::from_element(&query);
+        if let Ok(request) = archive::read(query.root()) {
             assert!(request.max <= archive::MAX_PAGE);
             assert_eq!(request.node, "/n");
         }

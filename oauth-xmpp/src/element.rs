@@ -1,5 +1,10 @@
 //! The XEP-0235 `<oauth xmlns='urn:xmpp:oauth:0'/>` element: parse (with the profile's
 //! structure rules) and write, and finding it in a stanza.
+//!
+//! The rules read the element through [`ElementView`], so that they are written once for
+//! every tree that holds a stanza: minidom's [`Element`], and the compact stanzas that
+//! `xmpp-component`'s stream reader builds straight from the bytes (the guard's path). The
+//! same element gives the same parameters, or the same error, whichever tree holds it.
 
 use minidom::Element;
 
@@ -12,9 +17,53 @@ fn trim_xml(text: &str) -> &str {
     text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
+/// What the element rules read of an XML element: its name and namespace, its attributes,
+/// its child elements and its text nodes. Implemented for `&Element` (minidom) here, and for
+/// the compact stanza trees of `xmpp-component`; the rules of this module, the
+/// [`crate::Verifier`] and the guard read every tree through it.
+///
+/// A view is a cheap handle (`Copy`) borrowed for `'a`, the life of the tree.
+pub trait ElementView<'a>: Copy {
+    /// The element's local name (without a prefix).
+    fn name(self) -> &'a str;
+    /// Whether the element is in `namespace`.
+    fn has_ns(self, namespace: &str) -> bool;
+    /// The value of the attribute `name` (in no namespace), references resolved.
+    fn attr(self, name: &str) -> Option<&'a str>;
+    /// The child elements, in document order.
+    fn children(self) -> impl Iterator<Item = Self> + 'a;
+    /// The text nodes directly inside the element, in document order, references resolved.
+    fn texts(self) -> impl Iterator<Item = &'a str> + 'a;
+}
+
+impl<'a> ElementView<'a> for &'a Element {
+    fn name(self) -> &'a str {
+        Element::name(self)
+    }
+
+    fn has_ns(self, namespace: &str) -> bool {
+        Element::has_ns(self, namespace)
+    }
+
+    fn attr(self, name: &str) -> Option<&'a str> {
+        // `Element::attr` ties the name's borrow to the element's.
+        self.attrs()
+            .get(&minidom::rxml::Namespace::NONE, name)
+            .map(String::as_str)
+    }
+
+    fn children(self) -> impl Iterator<Item = Self> + 'a {
+        Element::children(self)
+    }
+
+    fn texts(self) -> impl Iterator<Item = &'a str> + 'a {
+        Element::texts(self)
+    }
+}
+
 /// Whether `element` is an `<oauth/>` in the current namespace or one of its aliases.
-pub fn is_oauth(element: &Element) -> bool {
-    element.name() == "oauth" && ns::OAUTH_ALIASES.iter().any(|n| element.has_ns(*n))
+pub fn is_oauth<'a>(element: impl ElementView<'a>) -> bool {
+    element.name() == "oauth" && ns::OAUTH_ALIASES.iter().any(|n| element.has_ns(n))
 }
 
 impl OAuthParams {
@@ -30,19 +79,27 @@ impl OAuthParams {
     /// let params = oauth_xmpp::OAuthParams::from_element(&xml.parse().unwrap()).unwrap();
     /// assert_eq!(params.nonce, "n");
     /// ```
-    pub fn from_element(element: &Element) -> Result<Self, StructureError> {
+    ///
+    /// Any tree reads the same way ([`ElementView`]): `&Element` as here, or a compact
+    /// stanza's element.
+    pub fn from_element<'a>(element: impl ElementView<'a>) -> Result<Self, StructureError> {
         Self::parse_element(element, true)
     }
 
     /// Like [`OAuthParams::from_element`], but `oauth_signature` may be missing or empty:
     /// for a signer that fills it in.
-    pub fn from_unsigned_element(element: &Element) -> Result<Self, StructureError> {
+    pub fn from_unsigned_element<'a>(
+        element: impl ElementView<'a>,
+    ) -> Result<Self, StructureError> {
         Self::parse_element(element, false)
     }
 
-    fn parse_element(element: &Element, signature_required: bool) -> Result<Self, StructureError> {
+    fn parse_element<'a>(
+        element: impl ElementView<'a>,
+        signature_required: bool,
+    ) -> Result<Self, StructureError> {
         // The namespace it is in (compared without allocating: `Element::ns` clones).
-        let namespace = match ns::OAUTH_ALIASES.iter().find(|n| element.has_ns(**n)) {
+        let namespace = match ns::OAUTH_ALIASES.iter().find(|n| element.has_ns(n)) {
             Some(namespace) if element.name() == "oauth" => *namespace,
             _ => return Err(StructureError::NotOAuth),
         };
@@ -58,7 +115,11 @@ impl OAuthParams {
             let value = match (texts.next(), texts.next()) {
                 (None, _) => String::new(),
                 (Some(only), None) => trim_xml(only).to_owned(),
-                _ => trim_xml(&child.text()).to_owned(),
+                (Some(first), Some(second)) => {
+                    let mut all = [first, second].concat();
+                    all.extend(texts);
+                    trim_xml(&all).to_owned()
+                }
             };
             collector.add(child.name(), value)?;
         }
@@ -84,12 +145,12 @@ impl OAuthParams {
 /// of one of its children (e.g. `<pubsub/>` in an IQ, XEP-0235 §"Access Request Format").
 ///
 /// `Ok(None)` when there is none; two of them are a [`StructureError::DuplicatedParameter`].
-pub fn find_oauth(stanza: &Element) -> Result<Option<&Element>, StructureError> {
+pub fn find_oauth<'a, V: ElementView<'a>>(stanza: V) -> Result<Option<V>, StructureError> {
     let mut found = None;
     let candidates = stanza
         .children()
         .flat_map(|child| std::iter::once(child).chain(child.children()));
-    for element in candidates.filter(|e| is_oauth(e)) {
+    for element in candidates.filter(|e| is_oauth(*e)) {
         if found.replace(element).is_some() {
             return Err(StructureError::DuplicatedParameter("oauth".into()));
         }
@@ -128,18 +189,23 @@ pub struct StanzaRequest {
 }
 
 impl StanzaRequest {
-    /// Reads a stanza. `Ok(None)` when it carries no `<oauth/>` (for a protected node that
-    /// is [`crate::VerifyError::TokenRequired`]).
-    pub fn from_stanza(stanza: &Element) -> Result<Option<Self>, StructureError> {
+    /// Reads a stanza, from any tree ([`ElementView`]). `Ok(None)` when it carries no
+    /// `<oauth/>` (for a protected node that is [`crate::VerifyError::TokenRequired`]).
+    pub fn from_stanza<'a>(stanza: impl ElementView<'a>) -> Result<Option<Self>, StructureError> {
         Self::read(stanza, true)
     }
 
     /// Like [`StanzaRequest::from_stanza`], but the signature may be missing or empty.
-    pub fn from_unsigned_stanza(stanza: &Element) -> Result<Option<Self>, StructureError> {
+    pub fn from_unsigned_stanza<'a>(
+        stanza: impl ElementView<'a>,
+    ) -> Result<Option<Self>, StructureError> {
         Self::read(stanza, false)
     }
 
-    fn read(stanza: &Element, signature_required: bool) -> Result<Option<Self>, StructureError> {
+    fn read<'a>(
+        stanza: impl ElementView<'a>,
+        signature_required: bool,
+    ) -> Result<Option<Self>, StructureError> {
         let Some(oauth) = find_oauth(stanza)? else {
             return Ok(None);
         };

@@ -132,6 +132,9 @@ impl<C: Clock, N: NonceSource> Signer<C, N> {
 }
 
 /// Fills in `params.signature` for a stanza (XEP-0235 base string with the full `from`).
+///
+/// The base string comes from [`crate::base_string::stanza_for`], the function the
+/// verifier checks against: signer and verifier share one base-string path.
 pub fn sign_stanza_params(
     params: &mut OAuthParams,
     qname: &str,
@@ -140,8 +143,7 @@ pub fn sign_stanza_params(
     consumer_secret: &Secret,
     token_secret: &Secret,
 ) {
-    let normalized = crate::params::normalize(params.signed_pairs());
-    let base = crate::base_string::stanza(qname, from, to, &normalized);
+    let base = crate::base_string::stanza_for(qname, from, to, params);
     params.signature = sign(
         params.signature_method,
         &base,
@@ -159,7 +161,7 @@ pub fn sign_stanza_in_place(
     consumer_secret: &Secret,
     token_secret: &Secret,
 ) -> Result<String, StructureError> {
-    let request = crate::element::StanzaRequest::from_unsigned_stanza(stanza)?
+    let request = crate::element::StanzaRequest::from_unsigned_stanza(&*stanza)?
         .ok_or(StructureError::MissingParameter("oauth"))?;
     let mut params = request.params.clone();
     sign_stanza_params(

@@ -1,9 +1,7 @@
 //! The verifier: runs the profile's checks in order and returns a proof only it can build.
 
-use minidom::Element;
-
 use crate::credentials::{ConsumerRecord, CredentialStore, Scope, TokenKind, TokenRecord};
-use crate::element::StanzaRequest;
+use crate::element::{ElementView, StanzaRequest};
 use crate::error::{StructureError, VerifyError};
 use crate::http::{CollectedRequest, HttpRequest};
 use crate::params::{Form, OAuthParams, SignatureMethod};
@@ -230,8 +228,9 @@ impl<S: CredentialStore, N: NonceStore, C: Clock> Verifier<S, N, C> {
     }
 
     /// Verifies a stanza: finds its `<oauth/>` (none is [`VerifyError::TokenRequired`]) and
-    /// checks it as [`Verifier::verify_stanza_request`] does.
-    pub fn verify_stanza(&self, stanza: &Element) -> Result<Verified, VerifyError> {
+    /// checks it as [`Verifier::verify_stanza_request`] does. The stanza is any tree
+    /// ([`ElementView`]): a minidom `&Element`, or a compact stanza of the guard's reader.
+    pub fn verify_stanza<'a>(&self, stanza: impl ElementView<'a>) -> Result<Verified, VerifyError> {
         match StanzaRequest::from_stanza(stanza)? {
             Some(request) => self.verify_stanza_request(&request),
             None => Err(VerifyError::TokenRequired),

@@ -33,6 +33,7 @@ use oauth_xmpp::replay::SystemClock;
 use oauth_xmpp::sign::{Credentials, Signer};
 use pubsub_guard::config::Config;
 use pubsub_guard::service::Service;
+use pubsub_guard::stanza::Stanza;
 use pubsub_guard::storage::DbStorage;
 use shared_store::Store;
 use shared_store::db::Location;
@@ -179,19 +180,24 @@ fn subscribe_all(
     // (wall seconds, CPU seconds, subscribes) of the window's chunks.
     let mut window: std::collections::VecDeque<(f64, f64, usize)> = Default::default();
     while done < n {
-        let chunk: Vec<Element> = (done..(done + CHUNK).min(n)).map(&make).collect();
+        // In the compact form the guard's stream reader gives.
+        let chunk: Vec<Stanza> = (done..(done + CHUNK).min(n))
+            .map(|i| Stanza::from_element(&make(i)))
+            .collect();
         let cpu = cpu_seconds();
         let started = Instant::now();
-        for stanza in &chunk {
-            let mut reply = None;
-            service.handle_into(stanza, &mut |s| reply = Some(s));
-            let reply = reply.expect("a reply");
-            assert_eq!(
-                reply.attr("type"),
-                Some("result"),
-                "{}",
-                String::from(&reply)
-            );
+        for group in chunk.chunks(GROUP.load(std::sync::atomic::Ordering::Relaxed)) {
+            let mut replies = 0;
+            service.handle_group(group, &mut |reply| {
+                replies += 1;
+                assert_eq!(
+                    reply.attr("type"),
+                    Some("result"),
+                    "{}",
+                    String::from(&reply)
+                );
+            });
+            assert_eq!(replies, group.len(), "a reply to each");
         }
         window.push_back((
             started.elapsed().as_secs_f64(),

@@ -6,6 +6,7 @@ use minidom::Element;
 
 use crate::ns;
 use crate::refusal::{Refusal, name};
+use crate::stanza::ElementRef;
 use crate::storage::{ArchivePage, Item, Node, PageFrom};
 use crate::{config, datetime};
 
@@ -37,7 +38,7 @@ pub struct Request {
 }
 
 /// Reads `<query xmlns='urn:xmpp:mam:2' node queryid>` with its optional form and RSM set.
-pub fn read(query: &Element) -> Result<Request, Refusal> {
+pub fn read(query: ElementRef<'_>) -> Result<Request, Refusal> {
     let node = query
         .attr("node")
         .filter(|n| !n.is_empty())
@@ -68,7 +69,7 @@ pub fn read(query: &Element) -> Result<Request, Refusal> {
     Ok(request)
 }
 
-fn read_form(form: &Element, request: &mut Request) -> Result<(), Refusal> {
+fn read_form(form: ElementRef<'_>, request: &mut Request) -> Result<(), Refusal> {
     if form.attr("type") != Some("submit") {
         return Err(Refusal::bad_request(
             None,
@@ -80,7 +81,7 @@ fn read_form(form: &Element, request: &mut Request) -> Result<(), Refusal> {
         let values: Vec<String> = field
             .children()
             .filter(|c| c.is("value", ns::DATA_FORMS))
-            .map(Element::text)
+            .map(|v| v.text())
             .collect();
         let value = match values.as_slice() {
             [] => continue,

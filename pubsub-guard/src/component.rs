@@ -12,6 +12,10 @@
 //! holds what it has not yet delivered. Memory stays bounded by the two queues (see
 //! [`INBOUND_CAPACITY`] and [`OUTBOUND_CAPACITY`]), whatever the burst.
 //!
+//! The reader gives each stanza in its compact form ([`crate::stanza::Stanza`], read from the
+//! bytes by the stream's quick path), and the worker hands it to
+//! [`Service::handle_stanza`] as it is: no minidom tree is made of a request.
+//!
 //! The worker runs on its own thread because the service's storage calls block. Stanzas the
 //! worker produces while the connection is down wait in the outbound queue and go out after
 //! the reconnect; a batch whose write failed is written again on the next connection.
@@ -31,6 +35,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::refusal::Refusal;
 use crate::service::Service;
+use crate::stanza::Stanza;
 use crate::storage::{DbStorage, StorageError};
 use crate::stream::{self, StreamError, StreamEvent};
 
@@ -80,7 +85,8 @@ pub enum RunError {
 
 /// What the worker thread receives.
 enum Work {
-    Stanza(Box<Element>),
+    /// A stanza as the reader gave it: compact, read by the service without a minidom tree.
+    Stanza(Stanza),
     Refuse(Box<(stream::StanzaHead, Refusal)>),
     /// Wakes an idle worker to read the change log.
     Tick,
@@ -134,7 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut backoff = FIRST_BACKOFF;
     let mut connection = None;
     let result = loop {
-        let attempt = stream::connect(&config.server, &config.component, &secret, limits);
+        let attempt = stream::connect_compact(&config.server, &config.component, &secret, limits);
         let connected = tokio::select! {
             () = &mut shutdown => break Ok(()),
             c = attempt => c,
@@ -331,7 +337,7 @@ enum Served {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     config: &Config,
-    reader: &mut stream::StreamReader,
+    reader: &mut stream::StreamReader<Stanza>,
     writer: &mut stream::StreamWriter,
     work: &mpsc::Sender<Work>,
     outgoing: &mut mpsc::Receiver<Element>,
@@ -424,12 +430,12 @@ async fn serve(
 }
 
 /// What the worker must do with an event of the stream; `None` for events it does not see.
-fn to_work(config: &Config, event: StreamEvent) -> Result<Option<Work>, StreamError> {
+fn to_work(config: &Config, event: StreamEvent<Stanza>) -> Result<Option<Work>, StreamError> {
     Ok(Some(match event {
-        StreamEvent::Stanza(e) if e.name() == "error" && e.ns() == crate::ns::STREAMS => {
-            return Err(StreamError::from_stream_error(&e));
+        StreamEvent::Stanza(s) if s.root().is("error", crate::ns::STREAMS) => {
+            return Err(StreamError::from_stream_error(&s.to_element()));
         }
-        StreamEvent::Stanza(e) => Work::Stanza(Box::new(e)),
+        StreamEvent::Stanza(s) => Work::Stanza(s),
         StreamEvent::Oversized { head, bytes } => Work::Refuse(Box::new((
             head,
             Refusal::too_large(bytes, config.max_stanza_bytes),

@@ -7,8 +7,8 @@
 //! with `oauth-xmpp` against the shared SQLite store. It follows the store's change log, so a
 //! revoked or expired token ends its subscriptions within a second.
 //!
-//! - [`stream`], [`ns`], [`jid`]: the component stream, namespaces and JIDs, from the
-//!   `xmpp-component` crate.
+//! - [`stream`], [`stanza`], [`ns`], [`jid`]: the component stream, the compact stanzas it
+//!   gives, namespaces and JIDs, from the `xmpp-component` crate.
 //! - [`service`]: the pubsub service and the OAuth gate; sans-IO (stanzas in, stanzas out).
 //! - [`storage`]: nodes, subscriptions and items, behind the [`storage::Storage`] trait
 //!   (from the `shared-store` crate).
@@ -27,7 +27,7 @@ pub mod service;
 
 pub use shared_store::datetime;
 pub use shared_store::guard as storage;
-pub use xmpp_component::{jid, ns, stream};
+pub use xmpp_component::{jid, ns, stanza, stream};
 
 pub use config::Config;
 pub use service::Service;

@@ -20,6 +20,7 @@ use crate::config::{Config, Template};
 use crate::jid;
 use crate::ns;
 use crate::refusal::{Refusal, name};
+use crate::stanza::{ElementRef, Stanza};
 use crate::storage::{
     Access, ArchiveFrom, ArchiveQuery, Item, Node, Page, PageFrom, Span, Storage, StorageError,
     Subscription, Visibility,
@@ -192,12 +193,12 @@ impl Service {
         out
     }
 
-    /// Handles `stanzas` (requests that arrived together) as [`Service::handle_into`] would one
+    /// Handles `stanzas` (requests that arrived together) as [`Service::handle_stanza`] would one
     /// by one, with the same replies in the same order, but with one commit for all of them
     /// when group commits are on: what they send is held until that commit, so nothing is
     /// acknowledged or delivered that is not stored. If the commit fails, none of their writes
     /// happened, and they are handled again one by one (each with its own outcome).
-    pub fn handle_group<S: std::borrow::Borrow<Element>>(&mut self, stanzas: &[S], out: Sink<'_>) {
+    pub fn handle_group(&mut self, stanzas: &[Stanza], out: Sink<'_>) {
         let grouped = stanzas.len() > 1
             && self.group_commits
             && match self.storage.begin_group() {
@@ -209,13 +210,13 @@ impl Service {
             };
         if !grouped {
             for stanza in stanzas {
-                self.handle_into(stanza.borrow(), out);
+                self.handle_stanza(stanza, out);
             }
             return;
         }
         let mut held = Vec::new();
         for stanza in stanzas {
-            self.handle_into(stanza.borrow(), &mut |e| held.push(e));
+            self.handle_stanza(stanza, &mut |e| held.push(e));
         }
         match self.storage.end_group() {
             Ok(()) => held.into_iter().for_each(out),
@@ -225,17 +226,27 @@ impl Service {
                     stanzas.len()
                 );
                 for stanza in stanzas {
-                    self.handle_into(stanza.borrow(), out);
+                    self.handle_stanza(stanza, out);
                 }
             }
         }
     }
 
-    /// Handles one stanza from the server, giving each stanza to send to `out` as soon as it
-    /// is made: first the notifications the request caused, then the reply. A publish is
-    /// acknowledged only after the item is committed and its notifications were handed over,
-    /// and however many subscribers a node has, no more than one stanza is held at a time.
+    /// [`Service::handle_stanza`] for a stanza held as a minidom element (it is read through
+    /// its compact form, [`Stanza::from_element`], as the stream reader gives it).
     pub fn handle_into(&mut self, stanza: &Element, out: Sink<'_>) {
+        self.handle_stanza(&Stanza::from_element(stanza), out);
+    }
+
+    /// Handles one stanza from the server, as the stream reader gives it (a compact
+    /// [`Stanza`]: what the service reads of a request, it reads there, and the `<oauth/>`
+    /// of a subscribe is verified from it, with no minidom tree of the request made),
+    /// giving each stanza to send to `out` as soon as it is made: first the notifications
+    /// the request caused, then the reply. A publish is acknowledged only after the item is
+    /// committed and its notifications were handed over, and however many subscribers a
+    /// node has, no more than one stanza is held at a time.
+    pub fn handle_stanza(&mut self, stanza: &Stanza, out: Sink<'_>) {
+        let stanza = stanza.root();
         match stanza.name() {
             "iq" => self.iq(stanza, out),
             "message" if stanza.attr("type") == Some("error") => {
@@ -264,21 +275,22 @@ impl Service {
             _ => false,
         };
         answerable.then(|| {
-            let mut reply = self.reply(head, from, to, "error");
+            let mut reply = self.reply(&head.name, head.id.as_deref(), from, to, "error");
             reply.append_child(refusal.to_element(ns::COMPONENT));
             reply
         })
     }
 
-    /// An empty reply of type `kind` to the stanza `head` (sent by `from` to `to`).
-    fn reply(&self, head: &StanzaHead, from: &str, to: &str, kind: &str) -> Element {
-        let mut reply = Element::builder(head.name.as_str(), ns::COMPONENT)
+    /// An empty reply of type `kind` to the stanza `element` with `id` (sent by `from` to
+    /// `to`).
+    fn reply(&self, element: &str, id: Option<&str>, from: &str, to: &str, kind: &str) -> Element {
+        let mut reply = Element::builder(element, ns::COMPONENT)
             .attr(name("type"), kind)
             .attr(name("from"), self.reply_from(to))
             .attr(name("to"), from)
             .build();
-        if let Some(id) = &head.id {
-            reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id.as_str());
+        if let Some(id) = id {
+            reply.set_attr(minidom::rxml::Namespace::NONE, name("id"), id);
         }
         reply
     }
@@ -293,26 +305,20 @@ impl Service {
         }
     }
 
-    fn iq(&mut self, iq: &Element, out: Sink<'_>) {
+    fn iq(&mut self, iq: ElementRef<'_>, out: Sink<'_>) {
         let kind = iq.attr("type").unwrap_or("");
         if !matches!(kind, "get" | "set") {
             if kind == "error" {
                 debug!(
                     from = iq.attr("from"),
                     "an IQ error for us: {}",
-                    String::from(iq)
+                    String::from(&iq.to_element())
                 );
             }
             return;
         }
-        let head = StanzaHead {
-            name: "iq".into(),
-            id: iq.attr("id").map(str::to_owned),
-            from: iq.attr("from").map(str::to_owned),
-            to: iq.attr("to").map(str::to_owned),
-            kind: Some(kind.into()),
-        };
-        let (Some(from), Some(to)) = (head.from.as_deref(), head.to.as_deref()) else {
+        let id = iq.attr("id");
+        let (Some(from), Some(to)) = (iq.attr("from"), iq.attr("to")) else {
             warn!("an IQ without from or to; nothing to answer");
             return;
         };
@@ -340,13 +346,22 @@ impl Service {
         };
         let reply = match outcome {
             Ok(payload) => {
-                let mut reply = self.reply(&head, from, to, "result");
+                let mut reply = self.reply("iq", id, from, to, "result");
                 if let Some(payload) = payload {
                     reply.append_child(payload);
                 }
                 Some(reply)
             }
-            Err(refusal) => self.refuse_head(&head, &refusal),
+            Err(refusal) => {
+                let head = StanzaHead {
+                    name: "iq".into(),
+                    id: id.map(str::to_owned),
+                    from: Some(from.to_owned()),
+                    to: Some(to.to_owned()),
+                    kind: Some(kind.into()),
+                };
+                self.refuse_head(&head, &refusal)
+            }
         };
         // The reply goes after the notifications the request caused, and before what
         // follows it.
@@ -362,11 +377,11 @@ impl Service {
         &mut self,
         kind: &str,
         from: &str,
-        iq: &Element,
-        payload: &Element,
+        iq: ElementRef<'_>,
+        payload: ElementRef<'_>,
         out: Sink<'_>,
     ) -> Outcome {
-        match (kind, payload.ns().as_str(), payload.name()) {
+        match (kind, payload.ns(), payload.name()) {
             ("get", ns::DISCO_INFO, "query") => self.disco_info(from, payload.attr("node")),
             ("get", ns::DISCO_ITEMS, "query") => self.disco_items(from, payload.attr("node")),
             ("get", ns::PING, "ping") => Ok(None),
@@ -374,7 +389,7 @@ impl Service {
             ("get", ns::MAM, "query") => Ok(Some(archive::form())),
             (_, ns::PUBSUB, "pubsub") => self.pubsub(kind, from, iq, payload, out),
             (_, ns::PUBSUB_OWNER, "pubsub") => {
-                let feature = match payload.children().next().map(Element::name) {
+                let feature = match payload.children().next().map(|c| c.name()) {
                     Some("configure") => "config-node",
                     Some("default") => "retrieve-default",
                     Some("delete") => "delete-nodes",
@@ -472,8 +487,8 @@ impl Service {
         &mut self,
         kind: &str,
         from: &str,
-        iq: &Element,
-        pubsub: &Element,
+        iq: ElementRef<'_>,
+        pubsub: ElementRef<'_>,
         out: Sink<'_>,
     ) -> Outcome {
         // The <oauth/> child is read by the verifier; the action is the other child.
@@ -481,7 +496,7 @@ impl Service {
         // An RSM <set/> pages an <items/> request (XEP-0059, profile N10) and is ignored
         // beside any other action (XEP-0059 §4).
         let mut actions = pubsub.children().filter(|c| {
-            !oauth_xmpp::ns::OAUTH_ALIASES.contains(&c.ns().as_str())
+            !oauth_xmpp::ns::OAUTH_ALIASES.contains(&c.ns())
                 && !matches!(c.name(), "options" | "publish-options")
                 && !c.is("set", ns::RSM)
         });
@@ -576,7 +591,12 @@ impl Service {
     /// subscription, or a signed request that passes the gate), the items published while
     /// one of its grants from the node's owner covered the node. A missing or hidden node goes
     /// through the gate (N6).
-    fn reader(&self, iq: &Element, name: &str, from: &str) -> Result<(Node, Visibility), Refusal> {
+    fn reader(
+        &self,
+        iq: ElementRef<'_>,
+        name: &str,
+        from: &str,
+    ) -> Result<(Node, Visibility), Refusal> {
         let stored = self.storage.node(name).map_err(storage_failed)?;
         if let Some(node) = &stored {
             match self.known_as(node, from)? {
@@ -619,7 +639,7 @@ impl Service {
     }
 
     /// The `node` attribute, required.
-    fn node_attr(action: &Element) -> Result<&str, Refusal> {
+    fn node_attr<'a>(action: ElementRef<'a>) -> Result<&'a str, Refusal> {
         action
             .attr("node")
             .filter(|n| !n.is_empty())
@@ -635,7 +655,7 @@ impl Service {
     /// `name` learns that a missing node is missing.
     fn gate(
         &self,
-        iq: &Element,
+        iq: ElementRef<'_>,
         name: &str,
         node: Option<Node>,
     ) -> Result<(Verified, Node), Refusal> {
@@ -668,7 +688,7 @@ impl Service {
         Ok((verified, node))
     }
 
-    fn subscribe(&mut self, from: &str, iq: &Element, action: &Element) -> Outcome {
+    fn subscribe(&mut self, from: &str, iq: ElementRef<'_>, action: ElementRef<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let given = action.attr("jid").unwrap_or("");
         let jid = jid::normalize(given).map_err(|e| {
@@ -754,7 +774,7 @@ impl Service {
         self.after_reply.push(message);
     }
 
-    fn unsubscribe(&mut self, from: &str, action: &Element) -> Outcome {
+    fn unsubscribe(&mut self, from: &str, action: ElementRef<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let given = action.attr("jid").unwrap_or("");
         let jid = match jid::normalize(given) {
@@ -783,7 +803,7 @@ impl Service {
         }
     }
 
-    fn subscriptions(&self, from: &str, action: &Element) -> Outcome {
+    fn subscriptions(&self, from: &str, action: ElementRef<'_>) -> Outcome {
         // A missing node lists nothing, as a node the sender is not subscribed to.
         let node = action.attr("node");
         let mut list = Element::builder("subscriptions", ns::PUBSUB).build();
@@ -859,7 +879,7 @@ impl Service {
         }
     }
 
-    fn publish(&mut self, from: &str, action: &Element, out: Sink<'_>) -> Outcome {
+    fn publish(&mut self, from: &str, action: ElementRef<'_>, out: Sink<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let mut items = action.children();
         let item = match (items.next(), items.next()) {
@@ -894,13 +914,14 @@ impl Service {
             }
         };
         let node = self.node_for_publisher(node_name, from)?;
+        let payload = payload.to_element();
         let id = match item.attr("id").filter(|id| !id.is_empty()) {
             Some(id) => id.to_owned(),
             None => self.new_id()?,
         };
         let mut stored = Item {
             id: id.clone(),
-            payload: String::from(payload),
+            payload: String::from(&payload),
             publisher: jid::bare(from).to_owned(),
             published_at: self.now(),
             pos: 0,
@@ -922,7 +943,7 @@ impl Service {
         let mut event = Element::builder("item", ns::PUBSUB_EVENT)
             .attr(name("id"), id.as_str())
             .build();
-        event.append_child(payload.clone());
+        event.append_child(payload);
         self.notify(&node, event, Some(&stored), out);
         let reply = Element::builder("pubsub", ns::PUBSUB)
             .append(
@@ -935,7 +956,7 @@ impl Service {
         Ok(Some(reply))
     }
 
-    fn retract(&mut self, from: &str, action: &Element, out: Sink<'_>) -> Outcome {
+    fn retract(&mut self, from: &str, action: ElementRef<'_>, out: Sink<'_>) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let node = self
             .storage
@@ -972,7 +993,13 @@ impl Service {
         Ok(None)
     }
 
-    fn items(&self, from: &str, iq: &Element, action: &Element, rsm: Option<&Element>) -> Outcome {
+    fn items(
+        &self,
+        from: &str,
+        iq: ElementRef<'_>,
+        action: ElementRef<'_>,
+        rsm: Option<ElementRef<'_>>,
+    ) -> Outcome {
         let node_name = Self::node_attr(action)?;
         let (_, visible) = self.reader(iq, node_name, from)?;
         let max = match action.attr("max_items") {
@@ -1047,8 +1074,8 @@ impl Service {
     fn archive_query(
         &mut self,
         from: &str,
-        iq: &Element,
-        query: &Element,
+        iq: ElementRef<'_>,
+        query: ElementRef<'_>,
         out: Sink<'_>,
     ) -> Outcome {
         let request = archive::read(query)?;
@@ -1454,7 +1481,7 @@ pub const MAX_PAGE_BYTES: usize = 192 * 1024;
 /// at most (`default` without `<max/>`, never more than `cap`). `ids` names what its
 /// `<after/>` and `<before/>` hold ("item id", "archive id").
 pub(crate) fn rsm_request(
-    set: &Element,
+    set: ElementRef<'_>,
     ids: &str,
     default: u32,
     cap: u32,
@@ -1475,8 +1502,8 @@ pub(crate) fn rsm_request(
     };
     let max = number("max")?.unwrap_or(default).min(cap);
     let index = number("index")?;
-    let after = set.get_child("after", ns::RSM).map(Element::text);
-    let before = set.get_child("before", ns::RSM).map(Element::text);
+    let after = set.get_child("after", ns::RSM).map(|e| e.text());
+    let before = set.get_child("before", ns::RSM).map(|e| e.text());
     let from = match (after, before, index) {
         (None, None, None) => PageFrom::Start,
         (Some(id), None, None) if !id.is_empty() => PageFrom::After(id),

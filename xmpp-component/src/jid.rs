@@ -6,7 +6,7 @@
 
 /// The normalized form of `address`, or why it is not a JID.
 pub fn normalize(address: &str) -> Result<String, jid::Error> {
-    Ok(jid::Jid::new(address)?.as_str().to_owned())
+    Ok(jid::Jid::new(address)?.into_inner())
 }
 
 /// The JID without its resource: `alice@localhost/phone` → `alice@localhost`.

@@ -1,10 +1,12 @@
 //! Properties of the stream reader: however the bytes are split, the same events come out;
-//! and no input makes it panic.
+//! the quick path gives exactly what the general path gives (events, and errors with their
+//! text), in both stanza forms; and no input makes it panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use proptest::prelude::*;
-use xmpp_component::stream::{Limits, StreamEvent, StreamParser};
+use xmpp_component::stanza::Stanza;
+use xmpp_component::stream::{Form, Limits, StreamEvent, StreamParser};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' id='p-1'>";
@@ -27,6 +29,108 @@ fn stanzas() -> impl Strategy<Value = String> {
     ];
     proptest::collection::vec((stanza, "[ \t\n]{0,3}"), 0..6)
         .prop_map(|v| v.into_iter().map(|(s, ws)| format!("{ws}{s}")).collect())
+}
+
+/// Names, attributes, values and texts of every kind the quick path takes or declines.
+fn tricky_stanzas() -> impl Strategy<Value = String> {
+    // Mostly what streams carry, now and then what the quick path must leave to the general
+    // path or what is not XML at all.
+    let name = prop_oneof![
+        12 => prop_oneof![Just("a"), Just("body"), Just("x1.y-z_"), Just("p:x"), Just("stream:error")],
+        1 => prop_oneof![Just("q:x"), Just("xml:a"), Just("a:b:c"), Just("é"), Just("1a"), Just("a:")],
+    ];
+    let value = prop_oneof![
+        12 => prop_oneof![
+            Just("plain"), Just("a&amp;b"), Just("&lt;&gt;&quot;&apos;"), Just("&#65;&#x1F600;"),
+            Just("é"), Just(">"), Just(""), Just("urn:p"),
+        ],
+        1 => prop_oneof![
+            Just("&#0;"), Just("&#xD800;"), Just("&#1114111;"), Just("&#X41;"), Just("&bogus;"),
+            Just("a&b"), Just("t\tab"), Just("l\nf"), Just("c\rr"), Just("\u{ffff}"), Just("<"),
+        ],
+    ];
+    let attr = prop_oneof![
+        6 => (name.clone(), value.clone()).prop_map(|(n, v)| format!(" {n}='{v}'")),
+        2 => value.clone().prop_map(|v| format!(" id=\"{v}\"")),
+        2 => value.clone().prop_map(|v| format!(" xmlns='{v}'")),
+        4 => value.clone().prop_map(|v| format!(" xmlns:p='{v}'")),
+        2 => Just(" xml:lang='en'".to_owned()),
+        2 => Just("  b = 'z' ".to_owned()),
+        1 => prop_oneof![
+            Just(" xmlns:xml='http://www.w3.org/XML/1998/namespace'".to_owned()),
+            Just(" xmlns:q='http://www.w3.org/XML/1998/namespace'".to_owned()),
+            Just(" p:a='1'".to_owned()),
+            Just(" c='1' c='2'".to_owned()),
+            Just(" c='1'd='2'".to_owned()),
+            Just("\r\nc='1'".to_owned()),
+        ],
+    ];
+    let text = prop_oneof![
+        12 => prop_oneof![
+            Just("x"), Just(" \n\t"), Just("a]b]]"), Just("&amp;&#233;"), Just("日本"), Just(">"),
+        ],
+        1 => prop_oneof![
+            Just("]]>"), Just("&nbsp;"), Just("<![CDATA[c]]>"), Just("<!-- c -->"), Just("<?pi x?>"),
+            Just("\r\n"), Just("\u{1}"), Just("\u{fffe}"), Just("a&b"),
+        ],
+    ];
+    let leaf = (name.clone(), proptest::collection::vec(attr.clone(), 0..3))
+        .prop_map(|(n, attrs)| format!("<{n}{}/>", attrs.concat()));
+    let tree = leaf.prop_recursive(4, 24, 4, move |inner| {
+        (
+            name.clone(),
+            proptest::collection::vec(attr.clone(), 0..3),
+            proptest::collection::vec(
+                prop_oneof![inner, text.clone().prop_map(str::to_owned)],
+                0..4,
+            ),
+            prop_oneof![8 => Just(None), 1 => Just(Some("zz")), 1 => Just(Some("a "))],
+        )
+            .prop_map(|(n, attrs, children, end)| {
+                let end = end.map_or_else(|| n.to_owned(), str::to_owned);
+                format!("<{n}{}>{}</{end}>", attrs.concat(), children.concat())
+            })
+    });
+    proptest::collection::vec((tree, "[ \n]{0,2}"), 1..4)
+        .prop_map(|v| v.into_iter().map(|(s, ws)| format!("{ws}{s}")).collect())
+}
+
+/// What a parser gives for `parts` fed in order: each event (a stanza with its written
+/// text, so that prefix declarations are compared too), and the error's text if any.
+type Outcome = (Vec<(StreamEvent, Option<String>)>, Option<String>);
+
+fn outcome<S: Form>(mut parser: StreamParser<S>, parts: &[&[u8]]) -> Outcome {
+    let mut out = Vec::new();
+    let mut error = None;
+    for part in parts {
+        if let Err(e) = parser.feed(part, &mut out) {
+            error = Some(e.to_string());
+            break;
+        }
+    }
+    let events = out
+        .into_iter()
+        .map(|e| {
+            let e = match e {
+                StreamEvent::Stanza(s) => StreamEvent::Stanza(s.to_element()),
+                StreamEvent::Header { id } => StreamEvent::Header { id },
+                StreamEvent::Oversized { head, bytes } => StreamEvent::Oversized { head, bytes },
+                StreamEvent::TooDeep { head, limit } => StreamEvent::TooDeep { head, limit },
+                StreamEvent::Malformed { head, reason } => StreamEvent::Malformed { head, reason },
+                StreamEvent::Closed => StreamEvent::Closed,
+            };
+            let text = match &e {
+                // minidom panics writing an element that declares the `xml` prefix.
+                StreamEvent::Stanza(element) => Some(
+                    std::panic::catch_unwind(|| String::from(element))
+                        .unwrap_or_else(|_| "unwritable".to_owned()),
+                ),
+                _ => None,
+            };
+            (e, text)
+        })
+        .collect();
+    (events, error)
 }
 
 fn events(parts: &[&[u8]]) -> Vec<StreamEvent> {
@@ -56,6 +160,33 @@ proptest! {
         }
         parts.push(&bytes[last..]);
         prop_assert_eq!(events(&parts), whole);
+    }
+
+    /// The quick path is the general path, only quicker: for any stanzas, cut anywhere, both
+    /// give the same events and the same error, and the compact form is the same tree.
+    #[test]
+    fn the_quick_path_gives_what_the_general_path_gives(
+        body in tricky_stanzas(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        small in any::<bool>(),
+    ) {
+        let limits = Limits { max_stanza_bytes: if small { 96 } else { 4096 }, max_depth: 4 };
+        let text = format!("{HEADER}{body}</stream:stream>");
+        let bytes = text.as_bytes();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut parts = Vec::new();
+        let mut last = 0;
+        for p in points {
+            parts.push(&bytes[last..p]);
+            last = p;
+        }
+        parts.push(&bytes[last..]);
+        let general = outcome(StreamParser::with_limits(limits).without_quick_path(), &[bytes]);
+        prop_assert_eq!(&outcome(StreamParser::with_limits(limits), &[bytes]), &general);
+        prop_assert_eq!(&outcome(StreamParser::with_limits(limits), &parts), &general);
+        prop_assert_eq!(&outcome(StreamParser::<Stanza>::compact(limits), &[bytes]), &general);
+        prop_assert_eq!(&outcome(StreamParser::<Stanza>::compact(limits), &parts), &general);
     }
 
     #[test]

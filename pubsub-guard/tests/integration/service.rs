@@ -1302,7 +1302,8 @@ fn requests_committed_together_answer_as_one_by_one() {
         )
     };
     // A subscribe, its replay, a publish, and a publish from someone who may not.
-    let group = [subscribe.clone(), subscribe, publish(LOC), publish(EVE)];
+    let group = [subscribe.clone(), subscribe, publish(LOC), publish(EVE)]
+        .map(|e| pubsub_guard::stanza::Stanza::from_element(&e));
     let mut out = Vec::new();
     w.service.handle_group(&group, &mut |e| out.push(e));
     let shown: Vec<String> = out.iter().map(String::from).collect();
