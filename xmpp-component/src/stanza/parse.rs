@@ -23,9 +23,10 @@
 //! where it stands.
 //!
 //! Cost, measured with callgrind on the XEP-0235 example subscribe (606 bytes, 11 elements):
-//! about 6,000 instructions, where rxml's parser alone takes about 68,000 and minidom's tree
-//! builder about 70,000 more. Three allocations per stanza (the string, the nodes, the
-//! attributes), a fourth when a value holds a reference.
+//! about 12,500 instructions (about 20 a byte: a table lookup per byte of names, text and
+//! values), where rxml's parser alone takes about 68,000 and minidom's tree builder about
+//! 70,000 more. Three allocations per stanza, each of its exact size (the string, the nodes,
+//! the attributes); the scratch space is kept from one stanza to the next.
 
 use std::collections::BTreeMap;
 
