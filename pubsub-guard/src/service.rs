@@ -309,11 +309,14 @@ impl Service {
         let kind = iq.attr("type").unwrap_or("");
         if !matches!(kind, "get" | "set") {
             if kind == "error" {
-                debug!(
-                    from = iq.attr("from"),
-                    "an IQ error for us: {}",
-                    String::from(&iq.to_element())
-                );
+                let element = iq.to_element();
+                // minidom cannot write what declares the prefix xml (see `writable`).
+                let shown = if writable(&element) {
+                    String::from(&element)
+                } else {
+                    "(not shown: it declares the prefix xml)".into()
+                };
+                debug!(from = iq.attr("from"), "an IQ error for us: {shown}");
             }
             return;
         }
@@ -915,6 +918,12 @@ impl Service {
         };
         let node = self.node_for_publisher(node_name, from)?;
         let payload = payload.to_element();
+        if !writable(&payload) {
+            return Err(Refusal::bad_request(
+                Some("invalid-payload"),
+                "the payload declares the prefix xml, which is bound without declaring it",
+            ));
+        }
         let id = match item.attr("id").filter(|id| !id.is_empty()) {
             Some(id) => id.to_owned(),
             None => self.new_id()?,
@@ -1447,6 +1456,18 @@ impl Service {
 }
 
 /// `<subscription node jid subid subscription/>` in `namespace`.
+/// Whether minidom can write `element`: it reads a declaration of the reserved prefixes
+/// `xml` and `xmlns` (XML Namespaces allows declaring `xml` with its own name) but panics when
+/// it writes one, so a payload or an IQ that declares either is never written.
+fn writable(element: &Element) -> bool {
+    let reserved = element
+        .prefixes
+        .declared_prefixes()
+        .keys()
+        .any(|p| matches!(p.as_deref(), Some("xml" | "xmlns")));
+    !reserved && element.children().all(writable)
+}
+
 fn subscription_element(namespace: &str, s: &Subscription, state: &str) -> Element {
     Element::builder("subscription", namespace)
         .attr(name("node"), s.node.as_str())

@@ -1346,3 +1346,30 @@ fn requests_committed_together_answer_as_one_by_one() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].publisher, "loc@localhost");
 }
+
+#[test]
+fn a_payload_declaring_the_xml_prefix_is_refused_not_a_crash() {
+    // minidom reads such a declaration but panics when it writes it: the guard must refuse
+    // the publish rather than die in serializing it.
+    let mut w = world();
+    w.subscribe_app();
+    let reply = w.reply(pubsub(
+        LOC,
+        "set",
+        "<publish node='/location/alice'><item id='x'><p xmlns='urn:test' xmlns:xml='http://www.w3.org/XML/1998/namespace'/></item></publish>",
+    ));
+    expect(
+        &reply,
+        "modify",
+        "bad-request",
+        Some("invalid-payload"),
+        "the payload declares the prefix xml, which is bound without declaring it",
+    );
+    // And the service goes on.
+    let out = w.handle(pubsub(
+        LOC,
+        "set",
+        "<publish node='/location/alice'><item id='y'><p xmlns='urn:test'/></item></publish>",
+    ));
+    assert_eq!(out.last().and_then(|r| r.attr("type")), Some("result"));
+}
