@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use demo::bench::login;
 use demo::flow::{App, TokenPair};
 use demo::pubsub;
 use demo::xmpp::{Client, StanzaCounts, name, xml};
@@ -96,8 +97,6 @@ struct Args {
     deadline_secs: u64,
 }
 
-/// Login attempts per connection.
-const LOGIN_ATTEMPTS: usize = 3;
 /// How often the wait for the deliveries looks at the count.
 const POLL: Duration = Duration::from_millis(10);
 /// How long closing the connections may take.
@@ -305,24 +304,6 @@ where
         replies.add(done.unwrap_or(Outcome::Unanswered));
     }
     replies
-}
-
-/// Logs in, retrying a failed login a few times.
-async fn login(
-    server: &str,
-    jid: &str,
-    password: &Secret,
-    resource: &str,
-) -> Result<Client, String> {
-    let mut last = String::new();
-    for _ in 0..LOGIN_ATTEMPTS {
-        match Client::connect(server, jid, password, resource).await {
-            Ok(client) => return Ok(client),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(format!("{jid}: cannot log in: {last}"))
 }
 
 /// Every delivery the consumer's connections counted.
