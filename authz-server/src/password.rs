@@ -94,7 +94,7 @@ mod tests {
     fn imported_hashes_are_checked_and_reused_for_the_same_password() {
         assert_eq!(check_hash(DUMMY_HASH), Ok(()));
         assert_eq!(
-            check_hash("$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA"),
+            check_hash("$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"),
             Err("the password_hash must be an Argon2 hash ($argon2id$…), not pbkdf2-sha256".into())
         );
         assert!(
