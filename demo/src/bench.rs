@@ -1,7 +1,9 @@
-//! What the load clients share (`pubsub-bench`, `pubsub-burst`): logging many accounts in at
-//! once, with retries, subscribing, closing them all, and the CPU time processes used, read from Linux's
+//! What the load clients share (`pubsub-bench`, `pubsub-burst`, `day-bench`): logging many
+//! accounts in at once, with retries, subscribing, closing them all, counting what came back
+//! for a batch of requests ([`Replies`]), and the CPU time processes used, read from Linux's
 //! `/proc`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,58 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::xmpp::Client;
+
+/// What came back for one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The expected result.
+    Result,
+    /// An error (or a result that is not the expected one), described.
+    Error(String),
+    /// Nothing in time, or the connection went away.
+    Unanswered,
+}
+
+/// The outcomes of a batch of requests.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// Expected results.
+    pub results: usize,
+    /// Errors, by what they said.
+    pub errors: BTreeMap<String, usize>,
+    /// Requests nothing came back for.
+    pub unanswered: usize,
+    /// Requests not sent before the deadline.
+    pub unsent: usize,
+}
+
+impl Replies {
+    /// Counts one outcome.
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Result => self.results += 1,
+            Outcome::Error(what) => *self.errors.entry(what).or_default() += 1,
+            Outcome::Unanswered => self.unanswered += 1,
+        }
+    }
+
+    /// How many errors in all.
+    pub fn error_count(&self) -> usize {
+        self.errors.values().sum()
+    }
+
+    /// The errors, e.g. `3 item-not-found, 1 forbidden`, or `none`.
+    pub fn describe_errors(&self) -> String {
+        if self.errors.is_empty() {
+            return "none".into();
+        }
+        self.errors
+            .iter()
+            .map(|(what, n)| format!("{n} {what}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
 
 /// Login attempts per account (a login can time out while many others hash their passwords).
 pub const LOGIN_ATTEMPTS: usize = 3;

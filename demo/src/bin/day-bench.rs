@@ -27,14 +27,14 @@
 //! when something was lost, duplicated, altered or refused; 1 when the setup failed (the
 //! plan, a login).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use demo::bench::login;
+use demo::bench::{Outcome, Replies, login};
 use demo::flow::{App, TokenPair};
 use demo::pubsub;
 use demo::xmpp::{Client, StanzaCounts, name, xml};
@@ -213,49 +213,6 @@ fn photo_entry(owner: usize, node: &str, r: usize, bytes: usize) -> Element {
         .collect();
     entry.append_child(text("summary", summary));
     entry
-}
-
-/// What came back for one request.
-enum Outcome {
-    /// The expected result.
-    Result,
-    /// An error (or a result that is not the expected one), described.
-    Error(String),
-    /// Nothing in time, or the connection went away.
-    Unanswered,
-}
-
-/// The outcomes of a batch of requests.
-#[derive(Debug, Default)]
-struct Replies {
-    results: usize,
-    errors: BTreeMap<String, usize>,
-    unanswered: usize,
-}
-
-impl Replies {
-    fn add(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Result => self.results += 1,
-            Outcome::Error(what) => *self.errors.entry(what).or_default() += 1,
-            Outcome::Unanswered => self.unanswered += 1,
-        }
-    }
-
-    fn error_count(&self) -> usize {
-        self.errors.values().sum()
-    }
-
-    fn describe(&self) -> String {
-        if self.errors.is_empty() {
-            return "none".into();
-        }
-        self.errors
-            .iter()
-            .map(|(what, n)| format!("{n} {what}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// Reads a reply: `check` says whether a result is the expected one.
@@ -496,7 +453,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         args.subscribe_window,
         subscribed.results,
         subscribed.error_count(),
-        subscribed.describe(),
+        subscribed.describe_errors(),
         subscribed.unanswered,
     );
 
@@ -577,7 +534,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         args.publish_window,
         published.results,
         published.error_count(),
-        published.describe(),
+        published.describe_errors(),
         published.unanswered,
     );
     println!(

@@ -22,7 +22,6 @@
 //!
 //! The last lines are one `summary:` line per service and mode, `key=value` pairs for scripts.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use demo::bench::{close_all, login, subscribe_each};
+use demo::bench::{Outcome, Replies, close_all, login, subscribe_each};
 use demo::flow::Grant;
 use demo::pubsub;
 use demo::xmpp::{CLIENT, Client, name, xml};
@@ -243,17 +242,6 @@ impl Progress {
     }
 }
 
-/// What came back for one request.
-#[derive(Debug)]
-enum Outcome {
-    /// A result.
-    Result,
-    /// An error, with its condition (and application condition).
-    Error(String),
-    /// Nothing before the wait was given up.
-    Unanswered,
-}
-
 /// Sends `request` and waits for its reply, until the next stall.
 async fn exchange(client: &Client, request: Element, progress: &Progress) -> Outcome {
     let stalled = progress.stalled();
@@ -272,41 +260,6 @@ async fn exchange(client: &Client, request: Element, progress: &Progress) -> Out
             Err(_) => Outcome::Unanswered,
         },
         () = stalled => Outcome::Unanswered,
-    }
-}
-
-/// The outcomes of a batch of requests.
-#[derive(Debug, Default)]
-struct Replies {
-    results: usize,
-    errors: BTreeMap<String, usize>,
-    unanswered: usize,
-    /// Not sent before the deadline.
-    unsent: usize,
-}
-
-impl Replies {
-    fn add(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Result => self.results += 1,
-            Outcome::Error(condition) => *self.errors.entry(condition).or_default() += 1,
-            Outcome::Unanswered => self.unanswered += 1,
-        }
-    }
-
-    fn error_count(&self) -> usize {
-        self.errors.values().sum()
-    }
-
-    fn describe_errors(&self) -> String {
-        if self.errors.is_empty() {
-            return "none".into();
-        }
-        self.errors
-            .iter()
-            .map(|(condition, n)| format!("{n} {condition}"))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 
