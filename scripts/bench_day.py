@@ -48,6 +48,9 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from prosody import Prosody, stop_process  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from guard_setup import status_kb  # noqa: E402
+
 # The seed's figures.
 POLLS = 2_975_981
 FULL = {"owners": 45_754, "active": 6_721, "heavy_items": 30}
@@ -80,17 +83,6 @@ def cpu_secs(pid: int) -> float | None:
         return None
     # fields[0] is field 3 (state): utime is field 14, stime 15.
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def status_kb(pid: int, field: str) -> int | None:
-    """A `kB` field of /proc/PID/status (VmHWM, VmRSS), or None when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def machine_busy() -> float:

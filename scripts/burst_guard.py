@@ -35,7 +35,9 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from prosody import Prosody  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from guard_setup import provision, raise_file_limit, run_streaming, start_component  # noqa: E402
+from guard_setup import (  # noqa: E402
+    provision, raise_file_limit, run_streaming, start_component, status_kb,
+)
 
 PASSWORD = "burst-password"
 NODE = "/location/burst"
@@ -53,17 +55,6 @@ SPARE_FILES = 256
 def fail(message: str) -> None:
     print(f"burst-guard: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def status_kb(pid: int, field: str) -> int | None:
-    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), or None when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def reset_peak(pid: int) -> bool:

@@ -1,4 +1,5 @@
-"""What the guard's benchmark drivers share (scripts/bench_guard.py, scripts/burst_guard.py):
+"""What the guard's benchmark drivers share (scripts/bench_guard.py, scripts/burst_guard.py,
+scripts/bench_day.py):
 the admin CLIs, one owner with protected nodes, a consumer application holding a grant
 that covers them, the guard's config file for a running XMPP server, starting a component
 and waiting until it is connected, the open-files limit many connections need, and running
@@ -70,6 +71,17 @@ def start_component(command: list[str], env: dict[str, str], log: Path, who: str
             sys.exit(f"{who}: {Path(command[0]).name} did not connect:\n" + log.read_text(errors="replace"))
         time.sleep(0.05)
     return process
+
+
+def status_kb(pid: int, field: str) -> int | None:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), or None when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def raise_file_limit(needed: int, who: str) -> None:
