@@ -130,6 +130,14 @@ pub fn now() -> u64 {
     oauth_xmpp::replay::Clock::now(&oauth_xmpp::replay::SystemClock)
 }
 
+/// Milliseconds since 1970, from the system clock (the change log's and the ledger's times:
+/// the guard measures latencies against them, so they are never a test's pinned clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -650,8 +658,8 @@ impl Store {
     pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
         self.read_each(|tx| {
             Ok(tx.query_map(
-                "SELECT seq, at, kind, token_id, token, consumer_key, owner FROM changes
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, at, kind, token_id, token, consumer_key, owner, at_ms, node
+                 FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 args![seq, limit],
                 |r| {
                     Ok(Change {
@@ -662,6 +670,8 @@ impl Store {
                         token: r.get(4)?,
                         consumer_key: r.get(5)?,
                         owner: r.get(6)?,
+                        at_ms: r.get(7)?,
+                        node: r.get(8)?,
                     })
                 },
             )?)
@@ -1039,15 +1049,16 @@ fn log(
     consumer_key: &str,
 ) -> Result<()> {
     tx.execute(
-        "INSERT INTO changes (at, kind, token_id, token, consumer_key, owner)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO changes (at, kind, token_id, token, consumer_key, owner, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         args![
             now,
             kind.as_str(),
             token.as_ref().map(|t| t.id),
             token.as_ref().map(|t| t.token),
             consumer_key,
-            token.as_ref().map(|t| t.owner)
+            token.as_ref().map(|t| t.owner),
+            now_ms()
         ],
     )?;
     Ok(())

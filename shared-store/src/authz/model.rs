@@ -141,6 +141,10 @@ pub enum ChangeKind {
     TokenExpired,
     /// A consumer was revoked (its tokens get their own `TokenRevoked` entries).
     ConsumerRevoked,
+    /// An admin ended the subscriptions of a node, a consumer and/or an owner (the entry's
+    /// `node`, `consumer_key` and `owner`, each a filter when set): the guard that holds
+    /// them ends them and tells each subscriber.
+    SubscriptionsEnded,
 }
 
 impl ChangeKind {
@@ -151,6 +155,7 @@ impl ChangeKind {
             Self::TokenRevoked => "token-revoked",
             Self::TokenExpired => "token-expired",
             Self::ConsumerRevoked => "consumer-revoked",
+            Self::SubscriptionsEnded => "subscriptions-ended",
         }
     }
 
@@ -159,6 +164,7 @@ impl ChangeKind {
             "granted" => Self::Granted,
             "token-expired" => Self::TokenExpired,
             "consumer-revoked" => Self::ConsumerRevoked,
+            "subscriptions-ended" => Self::SubscriptionsEnded,
             _ => Self::TokenRevoked,
         }
     }
@@ -186,6 +192,11 @@ pub struct Change {
     pub consumer_key: Option<String>,
     /// The owner concerned, for token changes.
     pub owner: Option<String>,
+    /// When it was logged, in milliseconds since 1970 (entries logged before schema 5 have
+    /// none).
+    pub at_ms: Option<u64>,
+    /// The node concerned, for [`ChangeKind::SubscriptionsEnded`].
+    pub node: Option<String>,
 }
 
 /// Where one access token lived in the change log ([`crate::Store::grant_spans`]).

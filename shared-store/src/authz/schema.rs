@@ -101,7 +101,80 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 3: the guard reads each token's span of the change log (what it may replay).
     "CREATE INDEX changes_token ON changes(token_id);",
     BY_OWNER_AND_CONSUMER,
+    // 5: what an operator and an owner can see (issue 14).
+    AUDIT_SQLITE,
 ];
+
+/// The audit ledger (append-only: triggers refuse updates and deletes, and each entry's
+/// `hash` chains it to the one before, see `ledger`), each grant's deliveries per node,
+/// and in the change log the millisecond of each change (the guard measures how long a
+/// revocation took to reach the subscribers) and the node of an admin's ending of
+/// subscriptions.
+const AUDIT_SQLITE: &str = "CREATE TABLE audit_ledger (
+        seq          INTEGER PRIMARY KEY,
+        at_ms        INTEGER NOT NULL,
+        kind         TEXT NOT NULL,
+        actor        TEXT NOT NULL,
+        owner        TEXT,
+        consumer_key TEXT,
+        token_id     INTEGER,
+        node         TEXT,
+        detail       TEXT NOT NULL,
+        hash         TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_ledger_token ON audit_ledger(token_id);
+    CREATE INDEX audit_ledger_owner ON audit_ledger(owner, consumer_key);
+    CREATE TRIGGER audit_ledger_no_update BEFORE UPDATE ON audit_ledger
+        BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+    CREATE TRIGGER audit_ledger_no_delete BEFORE DELETE ON audit_ledger
+        BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
+    CREATE TABLE audit_deliveries (
+        token_id INTEGER NOT NULL,
+        node     TEXT NOT NULL,
+        pushed   INTEGER NOT NULL DEFAULT 0,
+        fetched  INTEGER NOT NULL DEFAULT 0,
+        first_ms INTEGER NOT NULL,
+        last_ms  INTEGER NOT NULL,
+        PRIMARY KEY (token_id, node)
+    ) STRICT;
+    ALTER TABLE changes ADD COLUMN at_ms INTEGER;
+    ALTER TABLE changes ADD COLUMN node TEXT;";
+
+/// [`AUDIT_SQLITE`] on PostgreSQL.
+const AUDIT_POSTGRES: &str = r#"CREATE TABLE audit_ledger (
+        seq          BIGINT PRIMARY KEY,
+        at_ms        BIGINT NOT NULL,
+        kind         TEXT COLLATE "C" NOT NULL,
+        actor        TEXT COLLATE "C" NOT NULL,
+        owner        TEXT COLLATE "C",
+        consumer_key TEXT COLLATE "C",
+        token_id     BIGINT,
+        node         TEXT COLLATE "C",
+        detail       TEXT NOT NULL,
+        hash         TEXT NOT NULL
+    );
+    CREATE INDEX audit_ledger_token ON audit_ledger(token_id);
+    CREATE INDEX audit_ledger_owner ON audit_ledger(owner, consumer_key);
+    CREATE FUNCTION audit_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'the audit ledger is append-only';
+    END
+    $$;
+    CREATE TRIGGER audit_ledger_no_change BEFORE UPDATE OR DELETE ON audit_ledger
+        FOR EACH ROW EXECUTE FUNCTION audit_ledger_append_only();
+    CREATE TRIGGER audit_ledger_no_truncate BEFORE TRUNCATE ON audit_ledger
+        FOR EACH STATEMENT EXECUTE FUNCTION audit_ledger_append_only();
+    CREATE TABLE audit_deliveries (
+        token_id BIGINT NOT NULL,
+        node     TEXT COLLATE "C" NOT NULL,
+        pushed   BIGINT NOT NULL DEFAULT 0,
+        fetched  BIGINT NOT NULL DEFAULT 0,
+        first_ms BIGINT NOT NULL,
+        last_ms  BIGINT NOT NULL,
+        PRIMARY KEY (token_id, node)
+    );
+    ALTER TABLE changes ADD COLUMN at_ms BIGINT;
+    ALTER TABLE changes ADD COLUMN node TEXT COLLATE "C";"#;
 
 /// A consumer's tokens from one owner, found without reading the consumer's others (with
 /// only the two single-column indexes, SQLite read every token of a consumer holding grants
@@ -208,6 +281,7 @@ pub(crate) const POSTGRES: &[&str] = &[
     CREATE TRIGGER changes_notify AFTER INSERT ON changes
         FOR EACH STATEMENT EXECUTE FUNCTION authz_changes_notify();"#,
     BY_OWNER_AND_CONSUMER,
+    AUDIT_POSTGRES,
 ];
 
 /// The migrations of the engine `tx` runs on.
