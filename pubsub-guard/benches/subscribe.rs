@@ -197,6 +197,20 @@ impl shared_store::Authorizations for Tokens {
     ) -> shared_store::authz::Result<Option<Listener>> {
         Ok(None)
     }
+
+    fn record(
+        &self,
+        _entry: shared_store::authz::ledger::NewEntry,
+    ) -> shared_store::authz::Result<()> {
+        Ok(())
+    }
+
+    fn add_deliveries(
+        &self,
+        _batch: &[shared_store::authz::ledger::Delivered],
+    ) -> shared_store::authz::Result<()> {
+        Ok(())
+    }
 }
 
 /// The guard's storage in memory: nodes and subscriptions, for what a subscribe asks of
@@ -297,6 +311,14 @@ impl Storage for Memory {
     }
 
     fn end_token(&self, _token: &str, _limit: usize) -> Result<Vec<Subscription>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    fn end_matching(
+        &self,
+        _filter: &pubsub_guard::storage::SubscriptionFilter,
+        _limit: usize,
+    ) -> Result<Vec<Subscription>, StorageError> {
         Ok(Vec::new())
     }
 

@@ -20,6 +20,7 @@
 //! templates in the config.
 
 pub mod archive;
+mod audit;
 pub mod component;
 pub mod config;
 pub mod refusal;

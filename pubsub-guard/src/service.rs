@@ -14,6 +14,7 @@ use minidom::Element;
 use oauth_xmpp::replay::{Clock, SystemClock};
 use oauth_xmpp::{Verified, Verifier, VerifierConfig, VerifyError};
 use shared_store::Authorizations;
+use shared_store::authz::{Change, ChangeKind};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Template};
@@ -23,10 +24,10 @@ use crate::refusal::{Refusal, name};
 use crate::stanza::{ElementRef, Stanza};
 use crate::storage::{
     Access, ArchiveFrom, ArchiveQuery, Item, Node, Page, PageFrom, Span, Storage, StorageError,
-    Subscription, Visibility,
+    Subscription, SubscriptionFilter, Visibility,
 };
 use crate::stream::StanzaHead;
-use crate::{archive, datetime};
+use crate::{archive, audit, datetime};
 
 /// The pubsub features this service implements (disco#info, XEP-0060 §10).
 pub const FEATURES: &[&str] = &[
@@ -81,6 +82,8 @@ pub struct Service {
     change_notices: Option<Arc<AtomicBool>>,
     /// Whether [`Service::handle_group`] may commit several requests at once.
     group_commits: bool,
+    /// What was delivered under each grant since the last request ended (for the ledger).
+    deliveries: audit::Deliveries,
 }
 
 impl std::fmt::Debug for Service {
@@ -101,8 +104,8 @@ const SUBSCRIBERS_PAGE: usize = 1000;
 enum Known {
     /// Anyone may (an open node), or it publishes there: every item.
     Everything,
-    /// It holds a live subscription, made by this consumer.
-    Subscriber(Option<String>),
+    /// It holds this live subscription.
+    Subscriber(Subscription),
 }
 
 /// Where the service takes fresh ids from.
@@ -149,6 +152,7 @@ impl Service {
             after_reply: Vec::new(),
             change_notices: None,
             group_commits: false,
+            deliveries: audit::Deliveries::default(),
         }
     }
 
@@ -216,8 +220,11 @@ impl Service {
         }
         let mut held = Vec::new();
         for stanza in stanzas {
-            self.handle_stanza(stanza, &mut |e| held.push(e));
+            self.handle_one(stanza, &mut |e| held.push(e));
         }
+        // Committed with the items they count (if the group fails, they are counted again
+        // one by one).
+        self.deliveries.flush(&*self.store);
         match self.storage.end_group() {
             Ok(()) => held.into_iter().for_each(out),
             Err(e) => {
@@ -246,6 +253,12 @@ impl Service {
     /// committed and its notifications were handed over, and however many subscribers a
     /// node has, no more than one stanza is held at a time.
     pub fn handle_stanza(&mut self, stanza: &Stanza, out: Sink<'_>) {
+        self.handle_one(stanza, out);
+        self.deliveries.flush(&*self.store);
+    }
+
+    /// [`Service::handle_stanza`], leaving what it delivered counted but not yet stored.
+    fn handle_one(&mut self, stanza: &Stanza, out: Sink<'_>) {
         let stanza = stanza.root();
         match stanza.name() {
             "iq" => self.iq(stanza, out),
@@ -356,6 +369,7 @@ impl Service {
                 Some(reply)
             }
             Err(refusal) => {
+                self.record_refusal(iq, &refusal);
                 let head = StanzaHead {
                     name: "iq".into(),
                     id: id.map(str::to_owned),
@@ -373,6 +387,32 @@ impl Service {
         }
         for stanza in std::mem::take(&mut self.after_reply) {
             out(stanza);
+        }
+    }
+
+    /// Writes `refusal` of `iq` to the ledger if it answered a subscribe, items request or
+    /// archive query (who asked, which node, the owner's, the consumer the request named,
+    /// and why).
+    fn record_refusal(&self, iq: ElementRef<'_>, refusal: &Refusal) {
+        let mut payloads = iq.children();
+        let (Some(payload), None) = (payloads.next(), payloads.next()) else {
+            return;
+        };
+        let Some((request, node)) = audit::audited_request(payload) else {
+            return;
+        };
+        let owner = node.and_then(|name| match self.storage.node(name) {
+            Ok(Some(node)) => node.owner,
+            Ok(None) => Template::first_match(&self.templates, name)
+                .map(|(_, owner)| owner)
+                .filter(|owner| !owner.is_empty()),
+            Err(_) => None,
+        });
+        let consumer = audit::named_consumer(payload);
+        let from = iq.attr("from").unwrap_or("");
+        let entry = audit::refusal_entry(from, request, node, owner, consumer, refusal);
+        if let Err(e) = self.store.record(entry) {
+            warn!(from, "cannot write a refusal to the ledger: {e}");
         }
     }
 
@@ -586,7 +626,7 @@ impl Service {
         }
         Ok(self
             .live_subscription_of(node, from)?
-            .map(|s| Known::Subscriber(s.consumer_key)))
+            .map(Known::Subscriber))
     }
 
     /// Lets `from` read the items of the node `name` (profile N3, N11), and says which: every
@@ -594,26 +634,29 @@ impl Service {
     /// subscription, or a signed request that passes the gate), the items published while
     /// one of its grants from the node's owner covered the node. A missing or hidden node goes
     /// through the gate (N6).
+    /// The third value is the access token the reading is done under (the subscription's,
+    /// or the signed request's), whose deliveries count what is read.
     fn reader(
         &self,
         iq: ElementRef<'_>,
         name: &str,
         from: &str,
-    ) -> Result<(Node, Visibility), Refusal> {
+    ) -> Result<(Node, Visibility, Option<String>), Refusal> {
         let stored = self.storage.node(name).map_err(storage_failed)?;
         if let Some(node) = &stored {
             match self.known_as(node, from)? {
-                Some(Known::Everything) => return Ok((node.clone(), Visibility::All)),
-                Some(Known::Subscriber(consumer)) => {
-                    let visible = self.grants_of(node, consumer.as_deref())?;
-                    return Ok((node.clone(), visible));
+                Some(Known::Everything) => return Ok((node.clone(), Visibility::All, None)),
+                Some(Known::Subscriber(s)) => {
+                    let visible = self.grants_of(node, s.consumer_key.as_deref())?;
+                    return Ok((node.clone(), visible, s.token));
                 }
                 None => {}
             }
         }
         let (verified, node) = self.gate(iq, name, stored)?;
         let visible = self.grants_of(&node, Some(verified.consumer_key()))?;
-        Ok((node, visible))
+        let token = verified.token().map(|t| t.token.clone());
+        Ok((node, visible, token))
     }
 
     /// The items of `node` that `consumer` may be replayed (profile N11): those published
@@ -742,7 +785,7 @@ impl Service {
             "subscribed"
         );
         if node.send_last_published_item {
-            self.send_last_item(&node, &subscription.jid, &visible);
+            self.send_last_item(&node, &subscription, &visible);
         }
         let mut pubsub = Element::builder("pubsub", ns::PUBSUB).build();
         pubsub.append_child(subscription_element(
@@ -755,7 +798,8 @@ impl Service {
 
     /// Queues the node's last item that `visible` allows, for `to`, after the subscribe's
     /// result (XEP-0060 §6.1.7), with its archive id and when it was published.
-    fn send_last_item(&mut self, node: &Node, to: &str, visible: &Visibility) {
+    fn send_last_item(&mut self, node: &Node, subscription: &Subscription, visible: &Visibility) {
+        let to = subscription.jid.as_str();
         let last = match self
             .storage
             .items_page(&node.name, &PageFrom::End, 1, visible)
@@ -775,6 +819,9 @@ impl Service {
         message.append_child(archive::stanza_id(&self.domain, &item));
         message.append_child(archive::delay(&self.domain, item.published_at));
         self.after_reply.push(message);
+        if let Some(token) = &subscription.token {
+            self.deliveries.pushed(token, &node.name);
+        }
     }
 
     fn unsubscribe(&mut self, from: &str, action: ElementRef<'_>) -> Outcome {
@@ -1003,14 +1050,14 @@ impl Service {
     }
 
     fn items(
-        &self,
+        &mut self,
         from: &str,
         iq: ElementRef<'_>,
         action: ElementRef<'_>,
         rsm: Option<ElementRef<'_>>,
     ) -> Outcome {
         let node_name = Self::node_attr(action)?;
-        let (_, visible) = self.reader(iq, node_name, from)?;
+        let (_, visible, token) = self.reader(iq, node_name, from)?;
         let max = match action.attr("max_items") {
             None => None,
             Some(v) => Some(v.parse::<u32>().map_err(|_| {
@@ -1026,12 +1073,15 @@ impl Service {
             .attr(name("node"), node_name)
             .build();
         if !ids.is_empty() {
-            for item in self
+            let found = self
                 .storage
                 .items_by_id(node_name, &ids, &visible)
-                .map_err(storage_failed)?
-            {
-                list.append_child(item_element(ns::PUBSUB, &item)?);
+                .map_err(storage_failed)?;
+            for item in &found {
+                list.append_child(item_element(ns::PUBSUB, item)?);
+            }
+            if let Some(token) = &token {
+                self.deliveries.fetched(token, node_name, found.len());
             }
             return Ok(Some(
                 Element::builder("pubsub", ns::PUBSUB).append(list).build(),
@@ -1069,6 +1119,9 @@ impl Service {
         for item in &page.items {
             list.append_child(item_element(ns::PUBSUB, item)?);
         }
+        if let Some(token) = &token {
+            self.deliveries.fetched(token, node_name, page.items.len());
+        }
         let mut pubsub = Element::builder("pubsub", ns::PUBSUB).append(list).build();
         if paged || truncated {
             pubsub.append_child(rsm_answer(&page));
@@ -1089,7 +1142,7 @@ impl Service {
     ) -> Outcome {
         let request = archive::read(query)?;
         let node_name = request.node.as_str();
-        let (node, visible) = self.reader(iq, node_name, from)?;
+        let (node, visible, token) = self.reader(iq, node_name, from)?;
         let history = self
             .storage
             .history(node_name)
@@ -1133,6 +1186,9 @@ impl Service {
                 item,
                 item_element(ns::PUBSUB_EVENT, item)?,
             ));
+        }
+        if let Some(token) = &token {
+            self.deliveries.fetched(token, node_name, page.items.len());
         }
         debug!(
             from,
@@ -1302,6 +1358,10 @@ impl Service {
                         message.append_child(stanza_id.clone());
                     }
                     out(message);
+                    // An item counts as delivered under its grant (a retraction does not).
+                    if let (Some(token), Some(_)) = (&s.token, item) {
+                        self.deliveries.pushed(token, &node.name);
+                    }
                 }
             }
             if !full {
@@ -1338,6 +1398,47 @@ impl Service {
                     node = s.node,
                     consumer = s.consumer_key.as_deref().unwrap_or("-"),
                     "subscription ended: access revoked or expired"
+                );
+                let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
+                out(self.event_message(&s.jid, none));
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Ends the subscriptions an admin ended ([`ChangeKind::SubscriptionsEnded`]: of the
+    /// change's node, consumer and owner, each a filter when set) and tells each subscriber.
+    fn end_matching(&mut self, change: &Change, out: Sink<'_>) {
+        let filter = SubscriptionFilter {
+            node: change.node.clone(),
+            consumer_key: change.consumer_key.clone(),
+            owner: change.owner.clone(),
+        };
+        if filter.is_empty() {
+            // The store refuses to log one; never end every subscription on a bad entry.
+            warn!(
+                seq = change.seq,
+                "an ending of subscriptions names nothing; ignored"
+            );
+            return;
+        }
+        loop {
+            let ended = match self.storage.end_matching(&filter, SUBSCRIBERS_PAGE) {
+                Ok(ended) => ended,
+                Err(e) => {
+                    warn!("cannot end the subscriptions an admin ended: {e}");
+                    return;
+                }
+            };
+            let more = ended.len() == SUBSCRIBERS_PAGE;
+            for s in ended {
+                info!(
+                    jid = s.jid,
+                    node = s.node,
+                    consumer = s.consumer_key.as_deref().unwrap_or("-"),
+                    "subscription ended by an admin"
                 );
                 let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
                 out(self.event_message(&s.jid, none));
@@ -1444,7 +1545,9 @@ impl Service {
             self.read_changes_again();
         }
         for change in changes.iter().filter(|c| c.kind.ends_access()) {
-            if let Some(token) = &change.token {
+            if change.kind == ChangeKind::SubscriptionsEnded {
+                self.end_matching(change, out);
+            } else if let Some(token) = &change.token {
                 self.end_token(token, out);
             }
         }

@@ -635,6 +635,7 @@ fn import_grant(
     }
     crate::authz::insert_token(
         tx,
+        "import",
         &g.token,
         &g.secret,
         &g.consumer,

@@ -8,6 +8,7 @@
 //! as the database's only writer ([`crate::db::Database::write`]) and every read on one
 //! snapshot, so several processes on one database are safe.
 
+pub mod ledger;
 mod model;
 mod oauth;
 mod schema;
@@ -27,6 +28,7 @@ use crate::args;
 use crate::backend::BackendError;
 use crate::db::{Database, Listener, Location, Row, Tx, Value};
 use crate::random;
+use ledger::{EntryKind, NewEntry};
 
 /// What can go wrong with the store, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +347,13 @@ impl Store {
                 });
             }
             log(tx, now, ChangeKind::ConsumerRevoked, None, key)?;
+            let mut entry = NewEntry::new(
+                EntryKind::ConsumerRevoked,
+                "admin",
+                "the application was revoked, and every token it holds",
+            );
+            entry.consumer_key = Some(key.to_owned());
+            ledger::append(tx, entry)?;
             revoke_in(tx, &RevokeBy::Consumer(key.to_owned()), now)
         })
     }
@@ -433,20 +442,26 @@ impl Store {
                         verifier = ?4 WHERE token = ?1",
                 args![token, owner, scope.to_string(), &verifier],
             )?;
+            if Scope::parse(&requested) != *scope {
+                let detail = format!("asked for: {requested}; granted: {scope}");
+                answer_entry(tx, EntryKind::Narrowed, token, owner, detail)?;
+            }
             Ok(())
         })?;
         Ok(verifier)
     }
 
-    /// The owner denies pending temporary credentials.
-    pub fn deny(&self, token: &str, now: u64) -> Result<()> {
+    /// The owner `owner` denies pending temporary credentials.
+    pub fn deny(&self, token: &str, owner: &str, now: u64) -> Result<()> {
         self.write(|tx| {
-            let (state, _, expires_at) = pending_in(tx, token)?;
+            let (state, requested, expires_at) = pending_in(tx, token)?;
             check_pending(&state, expires_at, now)?;
             tx.execute(
                 "UPDATE temporary_tokens SET state = 'denied' WHERE token = ?1",
                 args![token],
             )?;
+            let detail = format!("asked for: {requested}");
+            answer_entry(tx, EntryKind::Denied, token, owner, detail)?;
             Ok(())
         })
     }
@@ -520,6 +535,7 @@ impl Store {
             }
             let grant = insert_grant(
                 tx,
+                "owner",
                 &row.consumer_key,
                 &owner,
                 Scope::parse(&row.scope),
@@ -594,7 +610,15 @@ impl Store {
                 }
                 Some(None) => {}
             }
-            insert_grant(tx, consumer_key, owner, scope.clone(), expires_at, now)
+            insert_grant(
+                tx,
+                "admin",
+                consumer_key,
+                owner,
+                scope.clone(),
+                expires_at,
+                now,
+            )
         })
     }
 
@@ -646,7 +670,7 @@ impl Store {
                  AND revoked_at IS NULL",
                 vec![Value::from(now)],
                 ("expiry_logged", 1),
-                ChangeKind::TokenExpired,
+                (ChangeKind::TokenExpired, "clock"),
                 now,
             )
         })
@@ -728,6 +752,135 @@ impl Store {
             });
         }
         Ok(spans)
+    }
+
+    // ----- the audit ledger -----
+
+    /// Asks the guard to end the subscriptions that match every filter given (at least one):
+    /// of `node`, made by `consumer_key`'s tokens, to `owner`'s nodes. Logs a
+    /// [`ChangeKind::SubscriptionsEnded`] change, which the guard holding them follows (it
+    /// ends them and tells each subscriber), and the ledger's entry by `admin`, with
+    /// `count`, how many the admin was shown. Returns the change's position.
+    pub fn end_subscriptions(
+        &self,
+        node: Option<&str>,
+        consumer_key: Option<&str>,
+        owner: Option<&str>,
+        count: usize,
+        now: u64,
+    ) -> Result<i64> {
+        if node.is_none() && consumer_key.is_none() && owner.is_none() {
+            return Err(StoreError::Refused(
+                "name a node, a consumer or an owner whose subscriptions end".into(),
+            ));
+        }
+        self.write(|tx| {
+            let seq: i64 = tx.query_one(
+                "INSERT INTO changes (at, kind, consumer_key, owner, node, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+                args![
+                    now,
+                    ChangeKind::SubscriptionsEnded.as_str(),
+                    consumer_key,
+                    owner,
+                    node,
+                    now_ms()
+                ],
+                |r| r.get(0),
+            )?;
+            let mut entry = NewEntry::new(
+                EntryKind::SubscriptionsEnded,
+                "admin",
+                format!("{count} subscriptions to end"),
+            );
+            entry.node = node.map(str::to_owned);
+            entry.consumer_key = consumer_key.map(str::to_owned);
+            entry.owner = owner.map(str::to_owned);
+            ledger::append(tx, entry)?;
+            Ok(seq)
+        })
+    }
+
+    /// Appends `entry` to the audit ledger (in a transaction of its own).
+    pub fn record(&self, entry: NewEntry) -> Result<i64> {
+        self.write(|tx| ledger::append(tx, entry))
+    }
+
+    /// The ledger's entries that `filter` selects after position `after`, oldest first, at
+    /// most `limit`.
+    pub fn ledger(
+        &self,
+        filter: &ledger::LedgerFilter,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ledger::Entry>> {
+        self.read(|tx| {
+            Ok(tx.query_map(
+                &format!(
+                    "SELECT {} FROM audit_ledger
+                     WHERE seq > ?1
+                       AND (CAST(?2 AS BIGINT) IS NULL OR token_id = ?2)
+                       AND (CAST(?3 AS TEXT) IS NULL OR owner = ?3)
+                       AND (CAST(?4 AS TEXT) IS NULL OR consumer_key = ?4)
+                       AND (CAST(?5 AS TEXT) IS NULL OR kind = ?5)
+                     ORDER BY seq LIMIT ?6",
+                    ledger::ENTRY_COLUMNS
+                ),
+                args![
+                    after,
+                    filter.token_id,
+                    filter.owner.as_deref(),
+                    filter.consumer_key.as_deref(),
+                    filter.kind.map(ledger::EntryKind::as_str),
+                    limit
+                ],
+                ledger::entry_row,
+            )?)
+        })
+    }
+
+    /// The newest `limit` entries of `kind` about `owner`'s grants to `consumer_key`,
+    /// newest first (the owner's page shows an application's latest refusals).
+    pub fn latest_entries(
+        &self,
+        owner: &str,
+        consumer_key: &str,
+        kind: ledger::EntryKind,
+        limit: usize,
+    ) -> Result<Vec<ledger::Entry>> {
+        self.read(|tx| {
+            Ok(tx.query_map(
+                &format!(
+                    "SELECT {} FROM audit_ledger
+                     WHERE owner = ?1 AND consumer_key = ?2 AND kind = ?3
+                     ORDER BY seq DESC LIMIT ?4",
+                    ledger::ENTRY_COLUMNS
+                ),
+                args![owner, consumer_key, kind.as_str(), limit],
+                ledger::entry_row,
+            )?)
+        })
+    }
+
+    /// Reads the whole ledger on one snapshot and checks its chain; with `head` (a position
+    /// and the hash an earlier verification reported for it), also that the entry there
+    /// still has that hash.
+    pub fn verify_ledger(&self, head: Option<(i64, &str)>) -> Result<ledger::Verdict> {
+        self.read(|tx| ledger::verify(tx, head))
+    }
+
+    /// What the access token `token_id` delivered, by node.
+    pub fn deliveries(&self, token_id: i64) -> Result<Vec<ledger::Deliveries>> {
+        self.read_each(|tx| ledger::deliveries_of(tx, token_id))
+    }
+
+    /// Adds what the guard sent to the deliveries (in the writer's transaction; in a group
+    /// commit, the group's).
+    pub fn add_deliveries(&self, batch: &[ledger::Delivered]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| ledger::add_deliveries(tx, batch, now_ms()))
     }
 
     // ----- owner sessions (the web pages) -----
@@ -897,6 +1050,26 @@ fn consumer_row(r: &Row) -> Result<Consumer, BackendError> {
     })
 }
 
+/// The ledger's entry for the owner's answer to the temporary credentials `token`.
+fn answer_entry(
+    tx: &Tx<'_>,
+    kind: EntryKind,
+    token: &str,
+    owner: &str,
+    detail: String,
+) -> Result<()> {
+    let consumer_key: String = tx.query_one(
+        "SELECT consumer_key FROM temporary_tokens WHERE token = ?1",
+        args![token],
+        |r| r.get(0),
+    )?;
+    let mut entry = NewEntry::new(kind, "owner", detail);
+    entry.owner = Some(owner.to_owned());
+    entry.consumer_key = Some(consumer_key);
+    ledger::append(tx, entry)?;
+    Ok(())
+}
+
 fn pending_in(tx: &Tx<'_>, token: &str) -> Result<(String, String, u64)> {
     tx.query_opt(
         "SELECT state, scope, expires_at FROM temporary_tokens WHERE token = ?1",
@@ -923,6 +1096,7 @@ fn check_pending(state: &str, expires_at: u64, now: u64) -> Result<()> {
 /// Issues an access token (from the OS random generator) and logs the grant.
 fn insert_grant(
     tx: &Tx<'_>,
+    actor: &str,
     consumer_key: &str,
     owner: &str,
     scope: Scope,
@@ -933,6 +1107,7 @@ fn insert_grant(
     let secret = Secret::new(random::token(32)?);
     let id = insert_token(
         tx,
+        actor,
         &token,
         &secret,
         consumer_key,
@@ -956,6 +1131,7 @@ fn insert_grant(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn insert_token(
     tx: &Tx<'_>,
+    actor: &str,
     token: &str,
     secret: &Secret,
     consumer_key: &str,
@@ -981,7 +1157,20 @@ pub(crate) fn insert_token(
     )?;
     let row = TokenRow { id, token, owner };
     log(tx, now, ChangeKind::Granted, Some(row), consumer_key)?;
+    let mut entry = NewEntry::new(EntryKind::Granted, actor, format!("scope: {scope}"));
+    entry.owner = Some(owner.to_owned());
+    entry.consumer_key = Some(consumer_key.to_owned());
+    entry.token_id = Some(id);
+    ledger::append(tx, entry)?;
     Ok(id)
+}
+
+/// Who revokes, as the ledger says: the owner from her page, or an admin.
+fn revoker(by: &RevokeBy) -> &'static str {
+    match by {
+        RevokeBy::OwnerAndId(..) => "owner",
+        _ => "admin",
+    }
 }
 
 fn revoke_in(tx: &Tx<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
@@ -999,19 +1188,20 @@ fn revoke_in(tx: &Tx<'_>, by: &RevokeBy, now: u64) -> Result<usize> {
         &format!("revoked_at IS NULL AND {clause}"),
         values,
         ("revoked_at", to_i64(now)),
-        ChangeKind::TokenRevoked,
+        (ChangeKind::TokenRevoked, revoker(by)),
         now,
     )
 }
 
-/// For every access token matching `filter` (with `values`): sets `column` to its value
-/// and logs a `kind` change. Returns how many.
+/// For every access token matching `filter` (with `values`): sets `column` to its value,
+/// logs a `kind` change, and writes the ledger's entry for it by `actor`, with what was
+/// delivered under it. Returns how many.
 fn end_tokens(
     tx: &Tx<'_>,
     filter: &str,
     values: Vec<Value>,
     (column, value): (&str, i64),
-    kind: ChangeKind,
+    (kind, actor): (ChangeKind, &str),
     now: u64,
 ) -> Result<usize> {
     let rows: Vec<(i64, String, String, String)> = tx.query_map(
@@ -1028,6 +1218,16 @@ fn end_tokens(
             owner,
         };
         log(tx, now, kind, Some(row), consumer_key)?;
+        let ended = match kind {
+            ChangeKind::TokenExpired => EntryKind::Expired,
+            _ => EntryKind::Revoked,
+        };
+        let delivered = ledger::deliveries_of(tx, *id)?;
+        let mut entry = NewEntry::new(ended, actor, ledger::deliveries_summary(&delivered));
+        entry.owner = Some(owner.clone());
+        entry.consumer_key = Some(consumer_key.clone());
+        entry.token_id = Some(*id);
+        ledger::append(tx, entry)?;
     }
     Ok(rows.len())
 }
@@ -1099,6 +1299,10 @@ pub trait Authorizations:
     /// after a lost connection is back, for what it may have missed). Dropping the returned
     /// [`Listener`] stops it. `None` when the store cannot tell (SQLite): keep polling.
     fn watch_changes(&self, wake: Box<dyn Fn() + Send>) -> Result<Option<Listener>>;
+    /// Appends an entry to the audit ledger ([`Store::record`]): the guard's refusals.
+    fn record(&self, entry: NewEntry) -> Result<()>;
+    /// Adds to each grant's deliveries ([`Store::add_deliveries`]).
+    fn add_deliveries(&self, batch: &[ledger::Delivered]) -> Result<()>;
 }
 
 impl Authorizations for Store {
@@ -1112,6 +1316,14 @@ impl Authorizations for Store {
 
     fn grant_spans(&self, consumer_key: &str, owner: &str) -> Result<Vec<GrantSpan>> {
         Store::grant_spans(self, consumer_key, owner)
+    }
+
+    fn record(&self, entry: NewEntry) -> Result<()> {
+        Store::record(self, entry).map(drop)
+    }
+
+    fn add_deliveries(&self, batch: &[ledger::Delivered]) -> Result<()> {
+        Store::add_deliveries(self, batch)
     }
 
     /// On PostgreSQL, a listener on the channel `authz_changes`, which the change log's

@@ -319,6 +319,24 @@ impl StorageError {
 /// The result of storage calls.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Which subscriptions an admin lists or ends: every filter that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionFilter {
+    /// Only subscriptions to this node.
+    pub node: Option<String>,
+    /// Only subscriptions made with this consumer's tokens.
+    pub consumer_key: Option<String>,
+    /// Only subscriptions to this owner's nodes.
+    pub owner: Option<String>,
+}
+
+impl SubscriptionFilter {
+    /// Whether it selects every subscription (no filter set).
+    pub fn is_empty(&self) -> bool {
+        self.node.is_none() && self.consumer_key.is_none() && self.owner.is_none()
+    }
+}
+
 /// Persistent state of the pubsub service.
 pub trait Storage: Send {
     /// Creates a node; [`StorageError::NodeExists`] when the name is taken.
@@ -365,6 +383,9 @@ pub trait Storage: Send {
     /// it again until fewer than `limit` come back (a token an application uses for a
     /// million JIDs ends a page at a time, in bounded memory).
     fn end_token(&self, token: &str, limit: usize) -> Result<Vec<Subscription>>;
+    /// Removes at most `limit` of the subscriptions `filter` selects, returning them (an
+    /// admin's ending of subscriptions; call again until fewer come back).
+    fn end_matching(&self, filter: &SubscriptionFilter, limit: usize) -> Result<Vec<Subscription>>;
 
     /// Stores an item of an existing node (replacing one with the same id) at the node's
     /// next position, then applies the node's retention: drops the items older than its

@@ -7,7 +7,7 @@ use crate::db::{Database, Engine, Location, Row, Tx, Value, migrations};
 use super::schema::{MIGRATIONS, POSTGRES};
 use super::{
     Access, ArchiveFrom, ArchivePage, ArchiveQuery, History, Item, Node, Page, PageFrom, Published,
-    Result, Storage, StorageError, Subscription, Visibility,
+    Result, Storage, StorageError, Subscription, SubscriptionFilter, Visibility,
 };
 
 /// The guard's state in the database it shares with the authorization server.
@@ -131,6 +131,43 @@ fn set_state(tx: &Tx<'_>, key: &str, value: i64) -> Result<()> {
 }
 
 impl DbStorage {
+    /// The subscriptions `filter` selects, by node then bare JID, after the (node, bare
+    /// JID) `after`, at most `limit` (an admin's listing, a page at a time).
+    pub fn matching_subscriptions(
+        &self,
+        filter: &SubscriptionFilter,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>> {
+        let mut values = matching_args(filter, limit);
+        let (after_node, after_bare) = after.unwrap_or(("", ""));
+        values.push(after_node.into());
+        values.push(after_bare.into());
+        self.db.read(|tx| {
+            Ok(tx.query_map(
+                &format!(
+                    "SELECT {SUBSCRIPTION_COLUMNS} FROM guard_subscriptions
+                     WHERE {MATCHING} AND (node > ?5 OR (node = ?5 AND bare > ?6))
+                     ORDER BY node, bare LIMIT ?4"
+                ),
+                &values,
+                subscription_row,
+            )?)
+        })
+    }
+
+    /// How many subscriptions `filter` selects.
+    pub fn count_matching(&self, filter: &SubscriptionFilter) -> Result<u64> {
+        let values = matching_args(filter, 0);
+        self.db.read(|tx| {
+            Ok(tx.query_one(
+                &format!("SELECT COUNT(*) FROM guard_subscriptions WHERE {MATCHING}"),
+                &values[..3],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// The position of the newest change-log entry, read in the publishing transaction: a
     /// grant or revocation committed before it has a position at most this, one committed
     /// after it a larger one (writers take turns, so positions are committed in order). 0
@@ -152,6 +189,22 @@ impl DbStorage {
 }
 
 const SUBSCRIPTION_COLUMNS: &str = "node, jid, subid, token, consumer_key, created_at";
+
+/// The subscriptions a [`SubscriptionFilter`] selects, with [`matching_args`] (PostgreSQL
+/// cannot tell the type of a parameter that is only tested for NULL).
+const MATCHING: &str = "(CAST(?1 AS TEXT) IS NULL OR node = ?1)
+    AND (CAST(?2 AS TEXT) IS NULL OR consumer_key = ?2)
+    AND (CAST(?3 AS TEXT) IS NULL
+         OR node IN (SELECT name FROM guard_nodes WHERE owner = ?3))";
+
+fn matching_args(filter: &SubscriptionFilter, limit: usize) -> Vec<Value> {
+    vec![
+        filter.node.as_deref().into(),
+        filter.consumer_key.as_deref().into(),
+        filter.owner.as_deref().into(),
+        limit.into(),
+    ]
+}
 
 fn subscription_row(r: &Row) -> Result<Subscription, crate::backend::BackendError> {
     Ok(Subscription {
@@ -633,6 +686,20 @@ impl Storage for DbStorage {
                      RETURNING {SUBSCRIPTION_COLUMNS}"
                 ),
                 args![token, limit],
+                subscription_row,
+            )?)
+        })
+    }
+
+    fn end_matching(&self, filter: &SubscriptionFilter, limit: usize) -> Result<Vec<Subscription>> {
+        self.db.write(|tx| {
+            Ok(tx.query_map(
+                &format!(
+                    "DELETE FROM guard_subscriptions WHERE (node, bare) IN
+                         (SELECT node, bare FROM guard_subscriptions WHERE {MATCHING} LIMIT ?4)
+                     RETURNING {SUBSCRIPTION_COLUMNS}"
+                ),
+                &matching_args(filter, limit),
                 subscription_row,
             )?)
         })
