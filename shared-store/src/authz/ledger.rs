@@ -455,3 +455,6 @@ pub(crate) fn verify(tx: &Tx<'_>, head: Option<(i64, &str)>) -> Result<Verdict> 
         head: previous,
     })
 }
+
+#[cfg(test)]
+mod tests;
