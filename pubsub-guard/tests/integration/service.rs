@@ -594,7 +594,7 @@ pub(crate) fn is_none_event(stanza: &Element) -> bool {
         })
 }
 
-fn publish_to_alice() -> Element {
+pub(crate) fn publish_to_alice() -> Element {
     pubsub(
         LOC,
         "set",
