@@ -14,9 +14,12 @@
 //!   them within timeouts and connection caps, and drains on shutdown.
 //! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout), from
 //!   `shared-store`, which keeps their counters.
+//! - [`admin`]: the admin CLI's audit commands (the ledger, a grant's account, the guard's
+//!   subscriptions).
 //! - [`config`]: settings from a TOML file, the environment and the command line.
 //! - [`logging`]: the services' log setup (from `shared-store`; the guard uses it too).
 
+pub mod admin;
 pub mod config;
 pub mod password;
 pub mod provision;

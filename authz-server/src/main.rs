@@ -76,6 +76,12 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// The audit ledger: check its chain, read its entries.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// The guard's subscriptions: list them, end them.
+    #[command(subcommand)]
+    Subscription(SubscriptionCommand),
     /// Print the change log (grants, revocations, expiries) the guard follows:
     /// `seq<TAB>kind<TAB>token id<TAB>consumer<TAB>owner<TAB>at`.
     Changes {
@@ -104,6 +110,72 @@ struct ServeArgs {
     /// Refuse PLAINTEXT signatures.
     #[arg(long)]
     no_plaintext: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Read the whole ledger and check that each entry chains to the one before; prints the
+    /// head (`SEQ:HASH`) to keep elsewhere. Exits 1 naming the first broken entry.
+    Verify {
+        /// A head printed by an earlier verify (`SEQ:HASH`): the entry there must still
+        /// have that hash (a ledger rewritten up to it, hashes and all, does not).
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Print entries, oldest first:
+    /// `seq<TAB>time<TAB>kind<TAB>actor<TAB>owner<TAB>consumer<TAB>token id<TAB>node<TAB>detail`.
+    Show {
+        /// Only this access token's (by id).
+        #[arg(long)]
+        token: Option<i64>,
+        /// Only this owner's.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only this consumer's.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Only this kind: granted, narrowed, denied, revoked, expired, consumer-revoked,
+        /// subscriptions-ended, refused.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entries after this one.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+    },
+}
+
+/// Which of the guard's subscriptions (every filter given must match).
+#[derive(Debug, Args)]
+struct SubscriptionFilterArgs {
+    /// Subscriptions to this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Subscriptions made with this consumer's tokens.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Subscriptions to this owner's nodes.
+    #[arg(long)]
+    owner: Option<String>,
+}
+
+impl SubscriptionFilterArgs {
+    fn filter(self) -> shared_store::guard::SubscriptionFilter {
+        shared_store::guard::SubscriptionFilter {
+            node: self.node,
+            consumer_key: self.consumer,
+            owner: self.owner,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriptionCommand {
+    /// List subscriptions: `node<TAB>jid<TAB>consumer<TAB>since`.
+    List(SubscriptionFilterArgs),
+    /// End subscriptions (at least one filter): the guard ends them and sends each
+    /// subscriber `subscription='none'`; the ledger records it. Grants stay: an application
+    /// may subscribe again (revoke its token to stop that).
+    End(SubscriptionFilterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +244,12 @@ enum TokenCommand {
         /// Every token of this consumer.
         #[arg(long)]
         consumer: Option<String>,
+    },
+    /// Show one grant's account: its scope and state, what it delivered to each node, and
+    /// its ledger entries.
+    Ledger {
+        /// The token's id (from `token list`).
+        id: i64,
     },
     /// Issue an access token without the web flow (service-to-service setups); prints the
     /// token and its secret.
@@ -370,6 +448,51 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Audit(cmd) => {
+            let store = open(&config)?;
+            match cmd {
+                AuditCommand::Verify { head } => {
+                    let head = head
+                        .as_deref()
+                        .map(authz_server::admin::parse_head)
+                        .transpose()?;
+                    authz_server::admin::verify(&store, head, &mut say)
+                }
+                AuditCommand::Show {
+                    token,
+                    owner,
+                    consumer,
+                    kind,
+                    since,
+                } => {
+                    let filter = shared_store::authz::ledger::LedgerFilter {
+                        token_id: token,
+                        owner,
+                        consumer_key: consumer,
+                        kind: kind
+                            .as_deref()
+                            .map(authz_server::admin::parse_kind)
+                            .transpose()?,
+                    };
+                    authz_server::admin::show(&store, &filter, since, &mut say)
+                }
+            }
+        }
+        Command::Subscription(cmd) => match cmd {
+            SubscriptionCommand::List(args) => {
+                authz_server::admin::list_subscriptions(&config.database, &args.filter(), &mut say)
+            }
+            SubscriptionCommand::End(args) => {
+                let store = open(&config)?;
+                authz_server::admin::end_subscriptions(
+                    &store,
+                    &config.database,
+                    &args.filter(),
+                    now,
+                    &mut say,
+                )
+            }
+        },
         Command::Changes { since } => {
             let store = open(&config)?;
             for c in store
@@ -423,6 +546,9 @@ fn run(cli: Cli) -> Result<(), String> {
                         return Err("no live token matched".into());
                     }
                     say(format!("{n} token(s) revoked"));
+                }
+                TokenCommand::Ledger { id } => {
+                    authz_server::admin::grant_ledger(&store, id, now, &mut say)?;
                 }
                 TokenCommand::Grant {
                     owner,

@@ -246,8 +246,8 @@ pub(crate) async fn authorize_answer(
         }
         Some("deny") => {
             let denied = {
-                let token = token.clone();
-                state.db(move |store| store.deny(&token, now)).await
+                let (token, owner) = (token.clone(), session.owner.clone());
+                state.db(move |store| store.deny(&token, &owner, now)).await
             };
             match denied {
                 Ok(Ok(())) => {

@@ -131,16 +131,19 @@ fn set_state(tx: &Tx<'_>, key: &str, value: i64) -> Result<()> {
 }
 
 impl DbStorage {
-    /// The subscriptions `filter` selects, by node then bare JID, after the (node, bare
-    /// JID) `after`, at most `limit` (an admin's listing, a page at a time).
+    /// The subscriptions `filter` selects, by node then bare JID, after the subscription
+    /// `after` (the last of the page before), at most `limit` (an admin's listing, a page at
+    /// a time).
     pub fn matching_subscriptions(
         &self,
         filter: &SubscriptionFilter,
-        after: Option<(&str, &str)>,
+        after: Option<&Subscription>,
         limit: usize,
     ) -> Result<Vec<Subscription>> {
         let mut values = matching_args(filter, limit);
-        let (after_node, after_bare) = after.unwrap_or(("", ""));
+        let (after_node, after_bare) = after.map_or(("", ""), |s| {
+            (s.node.as_str(), xmpp_component::jid::bare(&s.jid))
+        });
         values.push(after_node.into());
         values.push(after_bare.into());
         self.db.read(|tx| {
