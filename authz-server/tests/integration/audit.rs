@@ -161,7 +161,7 @@ fn a_cut_tail_shows_against_the_head_kept_elsewhere() {
 
 /// Subscriptions as the guard stores them: two owners' nodes, two consumers.
 fn subscribed(db: &std::path::Path) -> DbStorage {
-    let storage = DbStorage::open(&Location::Sqlite(db.to_owned())).unwrap();
+    let storage = DbStorage::open(Location::Sqlite(db.to_owned())).unwrap();
     for owner in ["alice", "bob"] {
         storage
             .create_node(&Node {
