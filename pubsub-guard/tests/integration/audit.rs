@@ -17,16 +17,11 @@ fn entries(w: &World) -> Vec<Entry> {
     w.store.ledger(&LedgerFilter::default(), 0, 100).unwrap()
 }
 
-/// The ledger's entries after the grant the world starts with.
-fn refusals(
-    w: &World,
-) -> Vec<(
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-)> {
+/// A refusal's entry: (actor, node, owner, consumer named, detail).
+type Refused = (String, Option<String>, Option<String>, Option<String>, String);
+
+/// The ledger's refusals, oldest first.
+fn refusals(w: &World) -> Vec<Refused> {
     entries(w)
         .into_iter()
         .filter(|e| e.kind == "refused")
