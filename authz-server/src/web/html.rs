@@ -22,6 +22,8 @@ button{padding:.4em 1.2em;margin-right:.5em} #approve{background:#2a7;color:#fff
 #deny{background:#c33;color:#fff;border:0} table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #ddd;padding:.3em;text-align:left} .error{color:#b00}
 .notice{background:#fff4d6;border:1px solid #e8c75a;padding:.5em}
+h2{font-size:1.15em;margin:.2em 0} section.grant{border:1px solid #ddd;padding:.2em 1em;margin:1em 0}
+ul.refusals{font-size:.9em;color:#555}
 ";
 
 /// Adds the security headers to every answer: `Content-Security-Policy` (unless the page

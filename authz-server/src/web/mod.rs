@@ -1,7 +1,9 @@
 //! The HTTP side (RFC 5849 §2): the three endpoints of the token flow, checked with
-//! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications);
+//! `oauth-xmpp`'s verifier, and the owner's pages (sign in, authorize, her applications and
+//! what each received);
 //! [`run`] serves them, within the [`ConnectionLimits`].
 
+mod apps;
 mod flow;
 mod html;
 mod pages;
@@ -101,8 +103,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/login", get(signin::login_page).post(signin::login))
         .route("/logout", post(pages::logout))
-        .route("/apps", get(pages::apps_page))
-        .route("/apps/revoke", post(pages::apps_revoke))
+        .route("/apps", get(apps::apps_page))
+        .route("/apps/revoke", post(apps::apps_revoke))
         .route("/style.css", get(html::stylesheet))
         .route("/", get(pages::home))
         .layer(axum::middleware::from_fn(html::security_headers))

@@ -1,13 +1,13 @@
-//! The owner's pages: the authorize page (approve, narrow or deny), and the list of
-//! applications she authorized, where she revokes them. Every form carries the session's
-//! CSRF token; signing in is `signin.rs`.
+//! The owner's pages: the authorize page (approve, narrow or deny) and signing out. Every
+//! form carries the session's CSRF token; signing in is `signin.rs`, her applications
+//! `apps.rs`.
 
 use std::collections::HashMap;
 
 use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{Redirect, Response};
 use maud::{Markup, html};
 use oauth_xmpp::Scope;
 
@@ -15,7 +15,7 @@ use super::html::{message, page, page_posting_to};
 use super::signin::{end_session_cookie, failed_notice, session, sign_in_page};
 use super::targets::callback_origin;
 use super::{AppState, internal, see_other};
-use crate::store::{self, RevokeBy, Session, StoreError, TemporaryState, TemporaryToken};
+use crate::store::{self, Session, StoreError, TemporaryState, TemporaryToken};
 
 fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
     let given = form.get("csrf").map_or("", String::as_str);
@@ -24,7 +24,7 @@ fn csrf_ok(session: &Session, form: &HashMap<String, String>) -> bool {
 
 /// The session a posted form acts for: signed in, and the form carries its CSRF token.
 /// Otherwise the answer to send: `signed_out()`, 403, or 500.
-async fn form_session(
+pub(crate) async fn form_session(
     state: &AppState,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -77,7 +77,8 @@ async fn temporary(state: &AppState, token: &str) -> Result<Option<TemporaryToke
     state.query(move |store| store.temporary(&token)).await
 }
 
-fn describe_scope(scope: &Scope) -> Markup {
+/// The nodes `scope` covers, as list items.
+pub(crate) fn describe_scope(scope: &Scope) -> Markup {
     html! {
         @if scope.entries().iter().any(|e| e == "*") {
             li { "all of your nodes" }
@@ -280,87 +281,6 @@ pub(crate) async fn authorize_answer(
             "No decision",
             "Press Approve or Deny.",
         ),
-    }
-}
-
-/// `GET /apps`: the applications the signed-in owner authorized.
-pub(crate) async fn apps_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return sign_in_page(&state, &headers, StatusCode::OK, "/apps", None),
-        Err(response) => return response,
-    };
-    let tokens = {
-        let owner = session.owner.clone();
-        match state
-            .query(move |store| store.access_tokens(Some(&owner), None))
-            .await
-        {
-            Ok(t) => t,
-            Err(response) => return response,
-        }
-    };
-    let now = store::now();
-    let live: Vec<_> = tokens
-        .iter()
-        .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|at| at > now))
-        .collect();
-    let body = html! {
-        (failed_notice(session.failed_before))
-        h1 { "Your applications" }
-        p { "Signed in as " b { (session.owner) } "." }
-        @if live.is_empty() {
-            p #none { "You have not authorized any application." }
-        } @else {
-            table #apps {
-                tr { th { "Application" } th { "Nodes" } th {} }
-                @for t in &live {
-                    tr {
-                        td.app { (t.consumer_name) }
-                        td { (t.scope.to_string()) }
-                        td {
-                            form method="post" action="/apps/revoke" {
-                                input type="hidden" name="csrf" value=(session.csrf);
-                                input type="hidden" name="id" value=(t.id);
-                                button type="submit" id={ "revoke-" (t.id) } { "Revoke" }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        form method="post" action="/logout" {
-            input type="hidden" name="csrf" value=(session.csrf);
-            button type="submit" #sign-out { "Sign out" }
-        }
-    };
-    page(StatusCode::OK, "Your applications", body)
-}
-
-/// `POST /apps/revoke`: revokes one of the signed-in owner's tokens.
-pub(crate) async fn apps_revoke(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let signed_out = || Redirect::to("/apps").into_response();
-    let session = match form_session(&state, &headers, &form, signed_out).await {
-        Ok(s) => s,
-        Err(response) => return response,
-    };
-    let Some(id) = form.get("id").and_then(|i| i.parse::<i64>().ok()) else {
-        return message(StatusCode::BAD_REQUEST, "No application", "Which one?");
-    };
-    let owner = session.owner.clone();
-    let revoked = state
-        .query(move |store| store.revoke_tokens(&RevokeBy::OwnerAndId(owner, id), store::now()))
-        .await;
-    match revoked {
-        Ok(n) => {
-            tracing::info!(owner = %session.owner, id, revoked = n, "revoked from the owner's page");
-            see_other("/apps")
-        }
-        Err(response) => response,
     }
 }
 

@@ -350,7 +350,11 @@ fn revoking_on_the_owners_page_appears_in_the_change_log_at_once() {
         &[("Cookie", &cookie), FORM],
         &format!("csrf={csrf}&id={id}"),
     );
-    assert_eq!((done.status, done.header("Location")), (303, Some("/apps")));
+    let back = format!("/apps?revoked={id}");
+    assert_eq!(
+        (done.status, done.header("Location")),
+        (303, Some(back.as_str()))
+    );
     let (_, changes, _) = cli(&s.db, &["changes"], "");
     let last = changes.lines().last().unwrap();
     assert!(

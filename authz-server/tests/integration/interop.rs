@@ -142,6 +142,40 @@ fn headless_chromium_signs_in_approves_and_revokes_and_is_not_redirected_away() 
         "",
     );
     assert_eq!(access.status, 200, "{access:?}");
+    // What the guard would write as the application uses the grant: deliveries to one node,
+    // and a refused request naming it.
+    let store =
+        shared_store::Store::open(shared_store::db::Location::Sqlite(s.db.clone())).unwrap();
+    let access_token = access.get("oauth_token");
+    store
+        .add_deliveries(&[shared_store::authz::ledger::Delivered {
+            token: access_token.clone(),
+            node: "/location/alice".into(),
+            pushed: 4,
+            fetched: 1,
+        }])
+        .unwrap();
+    let mut refused = shared_store::authz::ledger::NewEntry::new(
+        shared_store::authz::ledger::EntryKind::Refused,
+        "eve@localhost/r",
+        "subscribe refused: not-authorized (invalid-signature): the HMAC-SHA1 signature does not match",
+    );
+    refused.owner = Some("alice".into());
+    refused.consumer_key = Some(s.key.clone());
+    refused.node = Some("/photos/alice/2026".into());
+    store.record(refused).unwrap();
+    let token_id = store
+        .access_tokens(Some("alice"), None)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.token == access_token)
+        .unwrap()
+        .id;
+    let last_ms = store.deliveries(token_id).unwrap()[0].last_ms;
+    let when = shared_store::datetime::format(last_ms / 1000)
+        .replacen('T', " ", 1)
+        .replace('Z', " UTC");
+    let apps_shot = repo().join("target/apps-page.png");
     let revoked = run(&[
         repo()
             .join("authz-server/tests/py/browser_authorize.py")
@@ -153,8 +187,31 @@ fn headless_chromium_signs_in_approves_and_revokes_and_is_not_redirected_away() 
         "alice",
         "--password",
         "correct horse",
+        "--screenshot",
+        apps_shot.to_str().unwrap(),
     ]);
     assert_eq!(revoked["revoked"], true);
+    assert_eq!(
+        revoked["received"],
+        format!("last received something on {when} (5 items in all)").as_str()
+    );
+    assert_eq!(
+        revoked["refusals"],
+        "1 request naming it was refused on your nodes:"
+    );
+    assert_eq!(
+        revoked["notice"],
+        format!(
+            "You revoked FindMeNow. Its last delivery under this grant was on {when} (5 items \
+             in all)."
+        )
+        .as_str()
+    );
+    assert!(
+        std::fs::metadata(&apps_shot).unwrap().len() > 1000,
+        "screenshot saved for review at {}",
+        apps_shot.display()
+    );
     let (_, list, _) = cli(&s.db, &["token", "list"], "");
     assert!(list.trim_end().ends_with("\trevoked"), "{list}");
     assert!(

@@ -30,8 +30,11 @@ Steps:
      "after_crafted_sign_in": ...}.
 
 With ``--revoke BASE`` instead (the consumer has exchanged the verifier meanwhile): open
-BASE/apps, sign in, click the Revoke button, wait until ``#none`` says no application is
-left, print {"revoked": true}.
+BASE/apps, sign in, read what the page says the application received (``#received-ID``) and
+was refused (``#refusals-ID``), save a screenshot of it (--screenshot, optional here), click
+the Revoke button, wait until ``#none`` says no application is left, read the ``#revoked``
+notice (when the last delivery under the grant happened), print {"revoked": true,
+"received": ..., "refusals": ..., "notice": ...}.
 
 The session is deleted, chromedriver (and any browser it left) is killed and the temporary
 profile removed at the end, whatever happened. Every failure exits 1 with one line on
@@ -203,6 +206,10 @@ class WebDriver:
     def click(self, element):
         self.s('POST', '/element/%s/click' % element)
 
+    def text(self, element):
+        """The element's rendered text."""
+        return self.s('GET', '/element/%s/text' % element)
+
     def screenshot(self, path):
         """Save the viewport as PNG to path."""
         png = base64.b64decode(self.s('GET', '/screenshot'))
@@ -302,13 +309,23 @@ def authorize(driver, args):
 
 
 def revoke(driver, args):
-    """--revoke: sign in on the applications page, press the one Revoke button, wait for
-    ``#none``."""
+    """--revoke: sign in on the applications page, read what it says the one application
+    received and was refused (and save a screenshot of it with --screenshot), press its
+    Revoke button, wait for ``#none`` and read the ``#revoked`` notice."""
     driver.navigate(args.revoke + '/apps')
     sign_in(driver, args)
-    driver.click(driver.wait_for('button[id^="revoke-"]'))
+    button = driver.wait_for('button[id^="revoke-"]')
+    shown = {
+        'received': driver.text(driver.must_find('span[id^="received-"]', 'applications page')),
+        'refusals': driver.text(driver.must_find('p[id^="refusals-"]', 'applications page')),
+    }
+    if args.screenshot:
+        driver.screenshot(args.screenshot)
+    driver.click(button)
     driver.wait_for('#none')
-    return {'revoked': True}
+    shown['notice'] = driver.text(driver.must_find('#revoked', 'page after the revoke'))
+    shown['revoked'] = True
+    return shown
 
 
 def run(args):
@@ -357,7 +374,8 @@ def main(argv=None):
                     help='instead: sign in at BASE/apps and revoke the one application')
     ap.add_argument('--owner', required=True, help='resource owner name typed into #name')
     ap.add_argument('--password', required=True, help='password typed into #password')
-    ap.add_argument('--screenshot', help='PNG file for the authorize page')
+    ap.add_argument('--screenshot',
+                    help='PNG file for the authorize page (with --revoke: the applications page)')
     ap.add_argument('--expect-callback',
                     help="prefix of the consumer's callback URL the browser must reach")
     args = ap.parse_args(argv)

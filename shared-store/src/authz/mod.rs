@@ -862,6 +862,23 @@ impl Store {
         })
     }
 
+    /// How many entries of `kind` there are about `owner`'s grants to `consumer_key`.
+    pub fn count_entries(
+        &self,
+        owner: &str,
+        consumer_key: &str,
+        kind: ledger::EntryKind,
+    ) -> Result<u64> {
+        self.read_each(|tx| {
+            Ok(tx.query_one(
+                "SELECT COUNT(*) FROM audit_ledger
+                 WHERE owner = ?1 AND consumer_key = ?2 AND kind = ?3",
+                args![owner, consumer_key, kind.as_str()],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// Reads the whole ledger on one snapshot and checks its chain; with `head` (a position
     /// and the hash an earlier verification reported for it), also that the entry there
     /// still has that hash.
