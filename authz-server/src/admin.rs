@@ -1,15 +1,13 @@
-//! The admin CLI's audit commands: checking the ledger's chain, reading its entries, one
-//! grant's whole account, and listing and ending the guard's subscriptions. Each function
+//! The admin CLI's audit commands: checking the ledger's chain, reading its entries, and one
+//! grant's whole account (the guard's CLI lists and ends subscriptions). Each function
 //! writes its lines through `say` and returns the error to print (the binary exits 1 on it).
 
 use shared_store::authz::ledger::{Entry, EntryKind, LedgerFilter, Verdict};
 use shared_store::datetime;
-use shared_store::db::Location;
-use shared_store::guard::{DbStorage, SubscriptionFilter};
 
 use crate::store::Store;
 
-/// How many entries or subscriptions are read at a time.
+/// How many entries are read at a time.
 const PAGE: usize = 1000;
 
 /// Reads a head recorded from an earlier `audit verify`: `SEQ:HASH`.
@@ -153,69 +151,4 @@ pub fn grant_ledger(
         ..LedgerFilter::default()
     };
     show(store, &filter, 0, say)
-}
-
-/// One subscription as a line: `node  jid  consumer  since`.
-fn subscription_line(s: &shared_store::guard::Subscription) -> String {
-    format!(
-        "{}\t{}\t{}\t{}",
-        s.node,
-        s.jid,
-        s.consumer_key.as_deref().unwrap_or("-"),
-        datetime::format(s.created_at)
-    )
-}
-
-/// `subscription list`: the guard's subscriptions `filter` selects, by node and JID.
-pub fn list_subscriptions(
-    location: &Location,
-    filter: &SubscriptionFilter,
-    say: &mut dyn FnMut(String),
-) -> Result<(), String> {
-    let storage = DbStorage::open(location).map_err(|e| e.to_string())?;
-    let mut after = None;
-    loop {
-        let page = storage
-            .matching_subscriptions(filter, after.as_ref(), PAGE)
-            .map_err(|e| e.to_string())?;
-        for s in &page {
-            say(subscription_line(s));
-        }
-        if page.len() < PAGE {
-            return Ok(());
-        }
-        after = page.into_iter().next_back();
-    }
-}
-
-/// `subscription end`: asks the guard to end the subscriptions `filter` selects (at least
-/// one filter), through the change log; the ledger records it.
-pub fn end_subscriptions(
-    store: &Store,
-    location: &Location,
-    filter: &SubscriptionFilter,
-    now: u64,
-    say: &mut dyn FnMut(String),
-) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("say whose: --node, --consumer and/or --owner".into());
-    }
-    let storage = DbStorage::open(location).map_err(|e| e.to_string())?;
-    let count = storage.count_matching(filter).map_err(|e| e.to_string())?;
-    if count == 0 {
-        return Err("no subscription matched".into());
-    }
-    let seq = store
-        .end_subscriptions(
-            filter.node.as_deref(),
-            filter.consumer_key.as_deref(),
-            filter.owner.as_deref(),
-            usize::try_from(count).unwrap_or(usize::MAX),
-            now,
-        )
-        .map_err(|e| e.to_string())?;
-    say(format!(
-        "{count} subscription(s) to end (change {seq}): the guard ends them and tells each subscriber"
-    ));
-    Ok(())
 }

@@ -14,8 +14,7 @@
 //!   them within timeouts and connection caps, and drains on shutdown.
 //! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout), from
 //!   `shared-store`, which keeps their counters.
-//! - [`admin`]: the admin CLI's audit commands (the ledger, a grant's account, the guard's
-//!   subscriptions).
+//! - [`admin`]: the admin CLI's audit commands (the ledger, a grant's account).
 //! - [`config`]: settings from a TOML file, the environment and the command line.
 //! - [`logging`]: the services' log setup (from `shared-store`; the guard uses it too).
 

@@ -79,9 +79,6 @@ enum Command {
     /// The audit ledger: check its chain, read its entries.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// The guard's subscriptions: list them, end them.
-    #[command(subcommand)]
-    Subscription(SubscriptionCommand),
     /// Print the change log (grants, revocations, expiries) the guard follows:
     /// `seq<TAB>kind<TAB>token id<TAB>consumer<TAB>owner<TAB>at`.
     Changes {
@@ -142,40 +139,6 @@ enum AuditCommand {
         #[arg(long, default_value_t = 0)]
         since: i64,
     },
-}
-
-/// Which of the guard's subscriptions (every filter given must match).
-#[derive(Debug, Args)]
-struct SubscriptionFilterArgs {
-    /// Subscriptions to this node.
-    #[arg(long)]
-    node: Option<String>,
-    /// Subscriptions made with this consumer's tokens.
-    #[arg(long)]
-    consumer: Option<String>,
-    /// Subscriptions to this owner's nodes.
-    #[arg(long)]
-    owner: Option<String>,
-}
-
-impl SubscriptionFilterArgs {
-    fn filter(self) -> shared_store::guard::SubscriptionFilter {
-        shared_store::guard::SubscriptionFilter {
-            node: self.node,
-            consumer_key: self.consumer,
-            owner: self.owner,
-        }
-    }
-}
-
-#[derive(Debug, Subcommand)]
-enum SubscriptionCommand {
-    /// List subscriptions: `node<TAB>jid<TAB>consumer<TAB>since`.
-    List(SubscriptionFilterArgs),
-    /// End subscriptions (at least one filter): the guard ends them and sends each
-    /// subscriber `subscription='none'`; the ledger records it. Grants stay: an application
-    /// may subscribe again (revoke its token to stop that).
-    End(SubscriptionFilterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -478,21 +441,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Command::Subscription(cmd) => match cmd {
-            SubscriptionCommand::List(args) => {
-                authz_server::admin::list_subscriptions(&config.database, &args.filter(), &mut say)
-            }
-            SubscriptionCommand::End(args) => {
-                let store = open(&config)?;
-                authz_server::admin::end_subscriptions(
-                    &store,
-                    &config.database,
-                    &args.filter(),
-                    now,
-                    &mut say,
-                )
-            }
-        },
         Command::Changes { since } => {
             let store = open(&config)?;
             for c in store

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use oauth_xmpp::Secret;
 use pubsub_guard::Config;
 use pubsub_guard::config::{DEFAULT_MAX_AGE_SECS, DEFAULT_MAX_ITEMS};
-use pubsub_guard::storage::{Access, DbStorage, Node, Storage};
+use pubsub_guard::storage::{Access, DbStorage, Node, Storage, SubscriptionFilter};
 use shared_store::db::Location;
 
 /// The pubsub service for protected per-user nodes: an XMPP external component (XEP-0114)
@@ -78,15 +78,44 @@ enum NodeCommand {
     },
 }
 
+/// Which subscriptions (every filter given must match).
+#[derive(Debug, clap::Args)]
+struct SubscriptionFilterArgs {
+    /// Subscriptions to this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Subscriptions made with this consumer's tokens.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Subscriptions to this owner's nodes.
+    #[arg(long)]
+    owner: Option<String>,
+}
+
+impl SubscriptionFilterArgs {
+    fn filter(self) -> SubscriptionFilter {
+        SubscriptionFilter {
+            node: self.node,
+            consumer_key: self.consumer,
+            owner: self.owner,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum SubscriptionCommand {
-    /// List subscriptions: `node<TAB>jid<TAB>subid<TAB>consumer<TAB>created_at`.
-    List {
-        /// Only this node's.
-        #[arg(long)]
-        node: Option<String>,
-    },
+    /// List subscriptions, by node and JID:
+    /// `node<TAB>jid<TAB>subid<TAB>consumer<TAB>created_at`.
+    List(SubscriptionFilterArgs),
+    /// End subscriptions (at least one filter): the running guard that holds them ends them
+    /// and sends each subscriber `subscription='none'` (through the change log, so any guard
+    /// of a fleet does), and the audit ledger records it. The grants stay: an application may
+    /// subscribe again (revoke its token to stop that).
+    End(SubscriptionFilterArgs),
 }
+
+/// How many subscriptions `subscription list` reads at a time.
+const LIST_PAGE: usize = 1000;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -192,20 +221,53 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => Err(format!("there is no node {name:?}")),
             }
         }
-        Command::Subscription(SubscriptionCommand::List { node }) => {
-            for s in storage()?
-                .subscriptions(node.as_deref())
-                .map_err(|e| e.to_string())?
-            {
-                say(format!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    s.node,
-                    s.jid,
-                    s.subid,
-                    s.consumer_key.as_deref().unwrap_or("-"),
-                    s.created_at
-                ));
+        Command::Subscription(SubscriptionCommand::List(args)) => {
+            let (storage, filter) = (storage()?, args.filter());
+            let mut after = None;
+            loop {
+                let page = storage
+                    .matching_subscriptions(&filter, after.as_ref(), LIST_PAGE)
+                    .map_err(|e| e.to_string())?;
+                for s in &page {
+                    say(format!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        s.node,
+                        s.jid,
+                        s.subid,
+                        s.consumer_key.as_deref().unwrap_or("-"),
+                        s.created_at
+                    ));
+                }
+                if page.len() < LIST_PAGE {
+                    return Ok(());
+                }
+                after = page.into_iter().next_back();
             }
+        }
+        Command::Subscription(SubscriptionCommand::End(args)) => {
+            let filter = args.filter();
+            if filter.is_empty() {
+                return Err("say whose: --node, --consumer and/or --owner".into());
+            }
+            let count = storage()?
+                .count_matching(&filter)
+                .map_err(|e| e.to_string())?;
+            if count == 0 {
+                return Err("no subscription matched".into());
+            }
+            let store = shared_store::Store::open(&config.database).map_err(|e| e.to_string())?;
+            let seq = store
+                .end_subscriptions(
+                    filter.node.as_deref(),
+                    filter.consumer_key.as_deref(),
+                    filter.owner.as_deref(),
+                    usize::try_from(count).unwrap_or(usize::MAX),
+                    shared_store::authz::now(),
+                )
+                .map_err(|e| e.to_string())?;
+            say(format!(
+                "{count} subscription(s) to end (change {seq}): the running guard ends them and tells each subscriber"
+            ));
             Ok(())
         }
     }

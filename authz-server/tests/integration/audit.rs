@@ -1,8 +1,7 @@
 //! The admin CLI's audit commands through the built binary: `audit verify` and `audit
-//! show`, `token ledger`, and `subscription list` and `end`.
+//! show`, and `token ledger`.
 
 use shared_store::db::{Database, Location};
-use shared_store::guard::{Access, DbStorage, Node, Storage, Subscription};
 
 use super::cli;
 
@@ -156,103 +155,6 @@ fn a_cut_tail_shows_against_the_head_kept_elsewhere() {
         err,
         "authz-server: the ledger is broken at entry 2: entry 2, whose hash was recorded, is \
          gone: the ledger has 1 entries\n"
-    );
-}
-
-/// Subscriptions as the guard stores them: two owners' nodes, two consumers.
-fn subscribed(db: &std::path::Path) -> DbStorage {
-    let storage = DbStorage::open(Location::Sqlite(db.to_owned())).unwrap();
-    for owner in ["alice", "bob"] {
-        storage
-            .create_node(&Node {
-                name: format!("/location/{owner}"),
-                owner: Some(owner.into()),
-                access: Access::OAuth,
-                publishers: vec!["loc@localhost".into()],
-                max_items: 10,
-                max_age_secs: 0,
-                send_last_published_item: false,
-                created_at: 1_800_000_000,
-            })
-            .unwrap();
-    }
-    for (node, jid, consumer) in [
-        ("/location/alice", "app@localhost/r", "k1"),
-        ("/location/alice", "other@localhost", "k2"),
-        ("/location/bob", "app@localhost/r", "k1"),
-    ] {
-        storage
-            .subscribe(&Subscription {
-                node: node.into(),
-                jid: jid.into(),
-                subid: "s".into(),
-                token: Some(format!("t-{consumer}")),
-                consumer_key: Some(consumer.into()),
-                created_at: 1_800_000_000,
-            })
-            .unwrap();
-    }
-    storage
-}
-
-#[test]
-fn subscriptions_are_listed_and_ended_per_node_consumer_and_owner() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("authz.sqlite");
-    let _storage = subscribed(&db);
-    let list = |args: &[&str]| {
-        let mut all = vec!["subscription", "list"];
-        all.extend_from_slice(args);
-        ok(&db, &all)
-    };
-    assert_eq!(
-        list(&[]),
-        "/location/alice\tapp@localhost/r\tk1\t2027-01-15T08:00:00Z\n\
-         /location/alice\tother@localhost\tk2\t2027-01-15T08:00:00Z\n\
-         /location/bob\tapp@localhost/r\tk1\t2027-01-15T08:00:00Z\n"
-    );
-    assert_eq!(list(&["--owner", "bob"]).lines().count(), 1);
-    assert_eq!(list(&["--consumer", "k1"]).lines().count(), 2);
-    assert_eq!(
-        list(&["--consumer", "k1", "--owner", "alice"])
-            .lines()
-            .count(),
-        1
-    );
-    assert_eq!(list(&["--node", "/location/nobody"]), "");
-    let (success, _, err) = cli(&db, &["subscription", "end"], "");
-    assert!(!success);
-    assert_eq!(
-        err,
-        "authz-server: say whose: --node, --consumer and/or --owner\n"
-    );
-    let (success, _, err) = cli(&db, &["subscription", "end", "--owner", "carol"], "");
-    assert!(!success);
-    assert_eq!(err, "authz-server: no subscription matched\n");
-    let out = ok(&db, &["subscription", "end", "--consumer", "k1"]);
-    assert_eq!(
-        out,
-        "2 subscription(s) to end (change 1): the guard ends them and tells each subscriber\n"
-    );
-    // The change for the guard, and the ledger's entry.
-    let changes = ok(&db, &["changes"]);
-    assert!(
-        changes.starts_with("1\tsubscriptions-ended\t-\tk1\t-\t"),
-        "{changes}"
-    );
-    let shown = ok(&db, &["audit", "show", "--kind", "subscriptions-ended"]);
-    let fields: Vec<&str> = shown.trim_end().split('\t').collect();
-    assert_eq!(
-        fields[2..],
-        [
-            "subscriptions-ended",
-            "admin",
-            "-",
-            "k1",
-            "-",
-            "-",
-            "2 subscriptions to end"
-        ]
     );
 }
 

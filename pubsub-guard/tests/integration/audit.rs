@@ -18,7 +18,13 @@ fn entries(w: &World) -> Vec<Entry> {
 }
 
 /// A refusal's entry: (actor, node, owner, consumer named, detail).
-type Refused = (String, Option<String>, Option<String>, Option<String>, String);
+type Refused = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 /// The ledger's refusals, oldest first.
 fn refusals(w: &World) -> Vec<Refused> {

@@ -245,3 +245,103 @@ fn run_needs_a_secret_and_a_readable_config() {
         assert!(out.stdout.contains(command), "{}", out.stdout);
     }
 }
+
+/// Subscriptions as the guard stores them: two owners' nodes, two consumers.
+fn subscribed(db: &Path) {
+    use pubsub_guard::storage::{Access, DbStorage, Node, Storage, Subscription};
+    let storage = DbStorage::open(db).unwrap();
+    for owner in ["alice", "bob"] {
+        storage
+            .create_node(&Node {
+                name: format!("/location/{owner}"),
+                owner: Some(owner.into()),
+                access: Access::OAuth,
+                publishers: vec!["loc@localhost".into()],
+                max_items: 10,
+                max_age_secs: 0,
+                send_last_published_item: false,
+                created_at: 1_800_000_000,
+            })
+            .unwrap();
+    }
+    for (node, jid, consumer) in [
+        ("/location/alice", "app@localhost/r", "k1"),
+        ("/location/alice", "other@localhost", "k2"),
+        ("/location/bob", "app@localhost/r", "k1"),
+    ] {
+        storage
+            .subscribe(&Subscription {
+                node: node.into(),
+                jid: jid.into(),
+                subid: format!("s-{consumer}"),
+                token: Some(format!("t-{consumer}")),
+                consumer_key: Some(consumer.into()),
+                created_at: 1_800_000_000,
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn subscriptions_are_listed_and_ended_per_node_consumer_and_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("authz.sqlite");
+    subscribed(&db);
+    let list = |args: &[&str]| {
+        let mut all = vec!["subscription", "list"];
+        all.extend_from_slice(args);
+        let out = guard(&db, &all);
+        assert!(out.ok, "{}", out.stderr);
+        out.stdout
+    };
+    assert_eq!(
+        list(&[]),
+        "/location/alice\tapp@localhost/r\ts-k1\tk1\t1800000000\n\
+         /location/alice\tother@localhost\ts-k2\tk2\t1800000000\n\
+         /location/bob\tapp@localhost/r\ts-k1\tk1\t1800000000\n"
+    );
+    assert_eq!(list(&["--owner", "bob"]).lines().count(), 1);
+    assert_eq!(list(&["--consumer", "k1"]).lines().count(), 2);
+    assert_eq!(
+        list(&["--consumer", "k1", "--owner", "alice"]),
+        "/location/alice\tapp@localhost/r\ts-k1\tk1\t1800000000\n"
+    );
+    assert_eq!(list(&["--node", "/location/nobody"]), "");
+    let out = guard(&db, &["subscription", "end"]);
+    assert!(!out.ok);
+    assert_eq!(
+        out.stderr,
+        "pubsub-guard: say whose: --node, --consumer and/or --owner\n"
+    );
+    let out = guard(&db, &["subscription", "end", "--owner", "carol"]);
+    assert!(!out.ok);
+    assert_eq!(out.stderr, "pubsub-guard: no subscription matched\n");
+    let out = guard(&db, &["subscription", "end", "--consumer", "k1"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "2 subscription(s) to end (change 1): the running guard ends them and tells each \
+         subscriber\n"
+    );
+    // The change the running guard follows, and the ledger's entry.
+    let store = shared_store::Store::open(&db).unwrap();
+    let change = store.changes_since(0, 10).unwrap().remove(0);
+    assert_eq!(
+        (
+            change.kind.as_str(),
+            change.consumer_key.as_deref(),
+            change.node
+        ),
+        ("subscriptions-ended", Some("k1"), None)
+    );
+    let entries = store
+        .ledger(&shared_store::authz::ledger::LedgerFilter::default(), 0, 10)
+        .unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| (e.kind.as_str(), e.actor.as_str(), e.detail.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("subscriptions-ended", "admin", "2 subscriptions to end")]
+    );
+}
