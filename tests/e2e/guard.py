@@ -475,6 +475,48 @@ def scenario_5_items_unsubscribe_unknown(s: System, token: Consumer, app: Client
     check({"urn:xmpp:oauth:0", PUBSUB, f"{PUBSUB}#subscribe", f"{PUBSUB}#publish"} <= features, f"features: {features}")
 
 
+def delivered_to(s: System, token_id: str, node: str) -> int:
+    """How many items `authz-server token ledger` says the grant pushed to node."""
+    for line in s.cli("authz-server", "token", "ledger", token_id).splitlines():
+        fields = line.split("\t")
+        if fields[0] == "delivered" and fields[1] == node:
+            return int(fields[2].split()[0])
+    return 0
+
+
+def scenario_6_the_ledger(s: System, token: Consumer, app: Client, loc: Client) -> None:
+    """The audit ledger as the real guard writes it: the refusals of scenario 2, one more
+    delivery counted exactly, an admin's ending of the subscription reaching the subscriber,
+    and a chain that verifies."""
+    node = "/location/alice"
+    refused = [line.split("\t") for line in s.cli("authz-server", "audit", "show", "--kind", "refused").splitlines()]
+    mine = [f for f in refused if f[3] == app.jid and f[7] == node]
+    check(any(f[8].startswith("subscribe refused: not-authorized (token-required): ") for f in mine),
+          f"no token-required refusal in the ledger: {mine}")
+    check(any(f[8].startswith("subscribe refused: not-authorized (invalid-signature): ") and f[5] == token.key
+              for f in mine), f"no invalid-signature refusal naming the consumer: {mine}")
+    token_id = next(line.split("\t")[0] for line in s.cli("authz-server", "token", "list").splitlines()
+                    if line.split("\t")[1] == token.token)
+    # Scenario 5 unsubscribed: subscribe again, and take the last item sent on subscribing.
+    before = delivered_to(s, token_id, node)
+    check(before >= 2, f"the ledger counts {before} deliveries to {node}")
+    subscribed(app.send_iq_raw(subscribe_iq(node, app.bare, token.oauth(app.jid))), node, app.bare)
+    check(app.wait_message(is_event_for(node), timeout=5) is not None, "no last item on subscribing")
+    check(delivered_to(s, token_id, node) == before + 1, "the last item sent on subscribing was not counted")
+    before += 1
+    published_id(loc.send_iq_raw(publish_iq(node, location_entry("the ledger", "3 4"))))
+    check(app.wait_message(is_event_for(node), timeout=5) is not None, "no event for the ledger's item")
+    check(delivered_to(s, token_id, node) == before + 1, "the delivery was not counted once")
+    # An admin ends the subscription: the subscriber is told, the grant stays.
+    ended = s.cli("pubsub-guard", "subscription", "end", "--node", node, "--consumer", token.key)
+    check(ended.startswith("1 subscription(s) to end"), f"subscription end said {ended!r}")
+    check(app.wait_message(is_subscription_none, timeout=5) is not None, "no subscription='none' after subscription end")
+    check(s.cli("pubsub-guard", "subscription", "list", "--node", node) == "", "the subscription is still listed")
+    subscribed(app.send_iq_raw(subscribe_iq(node, app.bare, token.oauth(app.jid))), node, app.bare)
+    verified = s.cli("authz-server", "audit", "verify")
+    check(verified.startswith("the ledger's ") and " entries chain" in verified, f"audit verify said {verified!r}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin", type=Path, default=Path("target/debug"), help="folder with the built binaries")
@@ -507,6 +549,8 @@ def main() -> int:
             print("ok scenario 4 SIGKILL and Prosody restart")
             scenario_5_items_unsubscribe_unknown(s, token, app, loc)
             print("ok scenario 5 items, unsubscribe, unknown IQs")
+            scenario_6_the_ledger(s, token, app, loc)
+            print("ok scenario 6 the audit ledger: refusals, deliveries, an admin's ending, the chain")
         except Exception:  # noqa: BLE001 - report and fail
             traceback.print_exc()
             print("---- guard log (tail) ----\n" + s.log_tail(), file=sys.stderr)
