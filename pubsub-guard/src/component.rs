@@ -394,12 +394,20 @@ async fn serve(
                         continue;
                     }
                 }
+                // A stop (shutdown, or the reader failed) lets the write in progress finish,
+                // within the drain's time: a batch cut in the middle of a stanza would leave
+                // the stream unusable, and on shutdown what was answered would be dropped.
+                let write = unsent.write(writer);
+                tokio::pin!(write);
                 tokio::select! {
-                    written = unsent.write(writer) => written?,
+                    written = &mut write => written?,
                     () = stopped(stop_rx.clone()) => {
-                        return Err(StreamError::Io(std::io::Error::other(
-                            "stopped in the middle of a write",
-                        )));
+                        return match tokio::time::timeout(DRAIN_TIMEOUT, &mut write).await {
+                            Ok(written) => written,
+                            Err(_) => Err(StreamError::Io(std::io::Error::other(
+                                "stopped in the middle of a write",
+                            ))),
+                        };
                     }
                 }
             }
