@@ -1,5 +1,6 @@
 //! The buckets of the latency histograms.
 
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 /// The upper bounds, in seconds, of every latency histogram's buckets: from 0.5 ms, doubling,
@@ -16,6 +17,16 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 /// (`Family::<Labels, Histogram>::new_with_constructor(latency_histogram)`).
 pub fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Latency histograms by one label (`[("operation", "read")]`), each with the
+/// [`LATENCY_BUCKETS`]. Label values are `&'static str`, so the set of series is bounded by
+/// the code.
+pub type LatencyFamily = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
+
+/// An empty [`LatencyFamily`].
+pub fn latency_family() -> LatencyFamily {
+    Family::new_with_constructor(latency_histogram)
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!   its `shutdown` future completes and gives open scrapes [`DRAIN_TIMEOUT`] to finish.
 //! - [`bind`]: the listener, with an error that says which address could not be bound.
 //! - [`latency_histogram`] and [`LATENCY_BUCKETS`]: the buckets every latency histogram of
-//!   the project uses, from half a millisecond to about 16 seconds.
+//!   the project uses, from half a millisecond to about 16 seconds; [`LatencyFamily`] for
+//!   such histograms by one label (the store latency by operation).
 //! - [`scrape`]: reads one sample out of a scrape's text, by name and labels (for tests and
 //!   scripts).
 //!
@@ -58,7 +59,7 @@ mod buckets;
 mod exporter;
 pub mod scrape;
 
-pub use buckets::{LATENCY_BUCKETS, latency_histogram};
+pub use buckets::{LATENCY_BUCKETS, LatencyFamily, latency_family, latency_histogram};
 pub use exporter::{
     BindError, CONTENT_TYPE, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, bind,
     serve,
