@@ -15,9 +15,12 @@
 //! - [`throttle`]: the sign-in throttling rules (growing delays, then a lockout), from
 //!   `shared-store`, which keeps their counters.
 //! - [`config`]: settings from a TOML file, the environment and the command line.
+//! - [`metrics`]: what it counts for Prometheus, served by the `telemetry` crate when the
+//!   config names a `metrics_listen` address.
 //! - [`logging`]: the services' log setup (from `shared-store`; the guard uses it too).
 
 pub mod config;
+pub mod metrics;
 pub mod password;
 pub mod provision;
 pub mod web;
