@@ -22,6 +22,7 @@ use tokio::time::timeout;
 
 mod catchup;
 mod cli;
+mod metrics;
 mod service;
 
 const SECRET: &str = "fake-server-secret";
