@@ -23,6 +23,9 @@ fn scrape(server: &Server) -> String {
     a.body
 }
 
+/// A sample's name, its labels, and the value it must have.
+type Expected = (&'static str, &'static [(&'static str, &'static str)], f64);
+
 #[test]
 fn counters_follow_sign_ins_grants_refusals_and_revocations() {
     let s = setup();
@@ -84,7 +87,7 @@ fn counters_follow_sign_ins_grants_refusals_and_revocations() {
     assert_eq!(done.status, 303);
 
     let text = scrape(&server);
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+    let expected: &[Expected] = &[
         (
             "authz_sign_ins_total",
             &[("outcome", "wrong_password")],

@@ -58,6 +58,9 @@ fn free_port() -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// A sample's name, its labels, and the value it must have.
+type Expected = (&'static str, &'static [(&'static str, &'static str)], f64);
+
 #[tokio::test]
 async fn counters_follow_subscribes_refusals_deliveries_and_revocations() {
     let w = world();
@@ -115,7 +118,7 @@ async fn counters_follow_subscribes_refusals_deliveries_and_revocations() {
     assert_eq!(subscription.attr("subscription"), Some("none"));
 
     let text = scrape(&metrics).await;
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+    let expected: &[Expected] = &[
         ("guard_connected", &[], 1.0),
         ("guard_reconnects_total", &[], 0.0),
         ("guard_connect_failures_total", &[], 0.0),
