@@ -40,6 +40,9 @@ pub struct Config {
     pub sign_in: crate::throttle::SignInPolicy,
     /// The HTTP connections: timeouts, caps and the shutdown drain (the `[http]` table).
     pub http: ConnectionLimits,
+    /// Where to serve Prometheus metrics (`GET /metrics`, e.g. `"127.0.0.1:9464"`); none
+    /// by default. Loopback or a private interface: the metrics are not authenticated.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             client_address_header: None,
             sign_in: crate::throttle::SignInPolicy::default(),
             http: ConnectionLimits::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -73,6 +77,13 @@ impl Config {
     pub fn check(&self) -> Result<(), String> {
         self.http.check()?;
         self.sign_in.check()?;
+        // Port 0 (a free port, picked at bind) is not a clash.
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(format!(
+                "metrics_listen and listen are the same address ({})",
+                self.listen
+            ));
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -104,6 +115,23 @@ mod tests {
         );
         assert_eq!(config.window_secs, 120);
         assert_eq!(config.listen, Config::default().listen);
+        assert_eq!(config.metrics_listen, None);
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        std::fs::write(&path, "metrics_listen = \"localhost\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("invalid socket address"), "{err}");
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:8080\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap_err().to_string(),
+            format!(
+                "the config file {} is not usable: metrics_listen and listen are the same address (127.0.0.1:8080)",
+                path.display()
+            )
+        );
         std::fs::write(&path, "database = \"postgres://authz@db.example/authz\"\n").unwrap();
         assert_eq!(
             Config::load(&path).unwrap().database,

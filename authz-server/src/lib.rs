@@ -16,10 +16,13 @@
 //!   `shared-store`, which keeps their counters.
 //! - [`admin`]: the admin CLI's audit commands (the ledger, a grant's account).
 //! - [`config`]: settings from a TOML file, the environment and the command line.
+//! - [`metrics`]: what it counts for Prometheus, served by the `telemetry` crate when the
+//!   config names a `metrics_listen` address.
 //! - [`logging`]: the services' log setup (from `shared-store`; the guard uses it too).
 
 pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod password;
 pub mod provision;
 pub mod web;

@@ -22,7 +22,8 @@ use shared_store::db::Location;
 #[command(version, about, long_about)]
 struct Cli {
     /// A TOML config file (keys: database, listen, public_url, realm, window_secs,
-    /// temporary_lifetime_secs, session_lifetime_secs, allow_plaintext; and an [http] table:
+    /// temporary_lifetime_secs, session_lifetime_secs, allow_plaintext, metrics_listen; and
+    /// an [http] table:
     /// header_read_timeout_secs, body_read_timeout_secs, idle_timeout_secs, max_connections,
     /// max_connections_per_address, drain_secs).
     #[arg(long, env = "AUTHZ_CONFIG", global = true)]
@@ -94,6 +95,11 @@ struct ServeArgs {
     /// `listening on http://…` on standard output says which).
     #[arg(long, env = "AUTHZ_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address [default: none]; port 0
+    /// picks a free one (the line `metrics on http://…/metrics` on standard output says
+    /// which).
+    #[arg(long, env = "AUTHZ_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// The URL consumers use to reach this server (when behind a proxy), e.g.
     /// `https://auth.example.com`.
     #[arg(long, env = "AUTHZ_PUBLIC_URL")]
@@ -262,6 +268,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve(args) => {
             if let Some(listen) = args.listen {
                 config.listen = listen;
+            }
+            if args.metrics_listen.is_some() {
+                config.metrics_listen = args.metrics_listen;
             }
             if args.public_url.is_some() {
                 config.public_url = args.public_url;
@@ -540,7 +549,12 @@ fn private_new_file(path: &std::path::Path) -> Result<std::fs::File, String> {
 fn serve(config: Config) -> Result<(), String> {
     config.check()?;
     authz_server::logging::init("AUTHZ_LOG");
-    let store = Arc::new(Store::open(&config.database).map_err(|e| e.to_string())?);
+    let metrics = authz_server::metrics::Metrics::default();
+    let mut db = shared_store::db::Database::open(&config.database).map_err(|e| e.to_string())?;
+    if config.metrics_listen.is_some() {
+        db = db.with_observer(metrics.store_observer());
+    }
+    let store = Arc::new(Store::on(Arc::new(db)).map_err(|e| e.to_string())?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -552,9 +566,32 @@ fn serve(config: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let metrics_listener = match config.metrics_listen {
+            Some(at) => Some(telemetry::bind(at).await.map_err(|e| e.to_string())?),
+            None => None,
+        };
         println!("listening on http://{addr}");
-        let _ = std::io::stdout().flush();
         tracing::info!(%addr, database = %config.database, "serving");
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_server = match metrics_listener {
+            Some(listener) => {
+                let at = listener.local_addr().map_err(|e| e.to_string())?;
+                let _ = writeln!(std::io::stdout(), "metrics on http://{at}/metrics");
+                tracing::info!(addr = %at, "serving metrics");
+                let mut registry = telemetry::Registry::default();
+                metrics.register(&mut registry);
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                Some(tokio::spawn(telemetry::serve(
+                    listener,
+                    Arc::new(registry),
+                    stopped,
+                )))
+            }
+            None => None,
+        };
+        let _ = std::io::stdout().flush();
         // Log token expiries into the change log once a second, for the guard.
         let sweeper = Arc::clone(&store);
         tokio::spawn(async move {
@@ -569,7 +606,12 @@ fn serve(config: Config) -> Result<(), String> {
                 }
             }
         });
-        web::run(listener, AppState::new(store, config), shutdown).await;
+        let state = AppState::new(store, config).with_metrics(metrics);
+        web::run(listener, state, shutdown).await;
+        drop(metrics_stop);
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
         Ok(())
     })
 }

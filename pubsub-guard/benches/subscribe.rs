@@ -222,6 +222,13 @@ struct Memory {
 }
 
 impl Storage for Memory {
+    fn totals(&self) -> Result<pubsub_guard::storage::Totals, StorageError> {
+        Ok(pubsub_guard::storage::Totals {
+            nodes: self.nodes.lock().unwrap().len() as u64,
+            subscriptions: self.subscriptions.lock().unwrap().len() as u64,
+        })
+    }
+
     fn create_node(&self, node: &Node) -> Result<(), StorageError> {
         let mut nodes = self.nodes.lock().unwrap();
         if nodes.contains_key(&node.name) {

@@ -21,6 +21,9 @@
 //! the reconnect; a batch whose write failed is written again on the next connection.
 //! Subscriptions and items live in the database, so a reconnect or a restart resumes where
 //! the guard stopped.
+//!
+//! With `metrics_listen` in the config, [`run`] also serves the [`Metrics`] on that address
+//! (`GET /metrics`, see the `telemetry` crate) until it stops.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use tokio::time::sleep;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::service::Service;
 use crate::stanza::Stanza;
@@ -41,6 +45,8 @@ use crate::stream::{self, StreamError, StreamEvent};
 
 /// How often the worker reads the change log.
 pub const CHANGE_POLL: Duration = Duration::from_millis(200);
+/// How often, at most, the worker counts the nodes and subscriptions for the metrics.
+pub const TOTALS_EVERY: Duration = Duration::from_secs(15);
 /// How many received stanzas wait for the worker. Each is at most `max_stanza_bytes`, so
 /// with the defaults the queue holds at most 4 MiB.
 pub const INBOUND_CAPACITY: usize = 64;
@@ -81,6 +87,9 @@ pub enum RunError {
     /// The worker thread died.
     #[error("the service worker stopped unexpectedly")]
     Worker,
+    /// The metrics address could not be listened on.
+    #[error(transparent)]
+    Metrics(#[from] telemetry::BindError),
 }
 
 /// What the worker thread receives.
@@ -95,8 +104,24 @@ enum Work {
 /// Runs the guard until `shutdown` completes (or the server refuses the component).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let secret = config.secret.clone().ok_or(RunError::NoSecret)?;
+    let metrics = Metrics::default();
+    let (metrics_stop, metrics_server) = match config.metrics_listen {
+        Some(addr) => {
+            let listener = telemetry::bind(addr).await?;
+            info!(addr = %listener.local_addr().unwrap_or(addr), "serving metrics");
+            let mut registry = telemetry::Registry::default();
+            metrics.register(&mut registry);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let served = telemetry::serve(listener, Arc::new(registry), async {
+                let _ = stopped.await;
+            });
+            (Some(stop), Some(tokio::spawn(served)))
+        }
+        None => (None, None),
+    };
     let (work_tx, work_rx) = mpsc::channel::<Work>(INBOUND_CAPACITY);
     let (out_tx, mut out_rx) = mpsc::channel::<Element>(OUTBOUND_CAPACITY);
+    let outbound = out_tx.downgrade();
     // The store's connections block (PostgreSQL's client runs a runtime of its own), so they
     // are opened, used and closed on the worker thread, never on this runtime.
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), RunError>>();
@@ -105,11 +130,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .spawn({
             // A weak sender: the listener must not keep the worker's queue open (the worker
             // stops when the queue closes).
-            let (config, wake) = (config.clone(), work_tx.downgrade());
-            move || match open_service(&config, wake) {
+            let (config, wake, metrics) = (config.clone(), work_tx.downgrade(), metrics.clone());
+            move || match open_service(&config, wake, &metrics) {
                 Ok((service, _listener)) => {
                     let _ = ready_tx.send(Ok(()));
-                    worker(service, work_rx, out_tx);
+                    let counting = config.metrics_listen.is_some();
+                    worker(service, work_rx, out_tx, &metrics, counting);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -119,11 +145,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|_| RunError::Worker)?;
     ready_rx.await.map_err(|_| RunError::Worker)??;
     let ticker = tokio::spawn({
-        let work = work_tx.clone();
+        let (work, metrics) = (work_tx.clone(), metrics.clone());
         async move {
             let mut every = tokio::time::interval(CHANGE_POLL);
             loop {
                 every.tick().await;
+                metrics.inbound_queue.set(queued(&work));
+                // Upgraded only for this look, so the writer still sees the queue close.
+                if let Some(out) = outbound.upgrade() {
+                    metrics.outbound_queue.set(queued(&out));
+                }
                 // A full queue means the worker is busy; it reads the change log between
                 // stanzas anyway.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = work.try_send(Work::Tick) {
@@ -139,6 +170,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut held = None;
     let mut backoff = FIRST_BACKOFF;
     let mut connection = None;
+    let mut connected_before = false;
     let result = loop {
         let attempt = stream::connect_compact(&config.server, &config.component, &secret, limits);
         let connected = tokio::select! {
@@ -153,8 +185,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     "connected"
                 );
                 backoff = FIRST_BACKOFF;
+                metrics.connected.set(1);
+                if connected_before {
+                    metrics.reconnects.inc();
+                }
+                connected_before = true;
                 let served = serve(
                     &config,
+                    &metrics,
                     &mut reader,
                     &mut writer,
                     &work_tx,
@@ -164,6 +202,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     &mut shutdown,
                 )
                 .await;
+                metrics.connected.set(0);
                 match served {
                     Served::Shutdown { clean } => {
                         connection = clean.then_some((reader, writer));
@@ -176,6 +215,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             }
             Err(e) if e.is_refusal() => {
+                metrics.connect_failures.inc();
                 error!(
                     component = config.component,
                     "the server refused the component: {e}"
@@ -185,10 +225,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     source: e,
                 });
             }
-            Err(e) => warn!(
-                server = config.server,
-                "cannot connect: {e}; retrying in {backoff:?}"
-            ),
+            Err(e) => {
+                metrics.connect_failures.inc();
+                warn!(
+                    server = config.server,
+                    "cannot connect: {e}; retrying in {backoff:?}"
+                );
+            }
         }
         tokio::select! {
             () = &mut shutdown => break Ok(()),
@@ -238,8 +281,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Dropping the queue unblocks a worker still waiting to hand over a stanza.
     drop(out_rx);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    drop(metrics_stop);
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     info!("stopped");
     result
+}
+
+/// How many items wait in the queue `sender` feeds.
+fn queued<T>(sender: &mpsc::Sender<T>) -> i64 {
+    i64::try_from(sender.max_capacity() - sender.capacity()).unwrap_or(i64::MAX)
 }
 
 /// Opens the store and the guard's tables and makes the service. On PostgreSQL the store
@@ -248,15 +300,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 fn open_service(
     config: &Config,
     wake: mpsc::WeakSender<Work>,
+    metrics: &Metrics,
 ) -> Result<(Service, Option<shared_store::db::Listener>), RunError> {
     // One connection for the token store and the guard's tables: on SQLite, two connections
     // of one process that both write empty each other's page cache at every transaction
     // (measured: 31 preads a subscribe, and a third more CPU for the scale bench).
-    let db = Arc::new(shared_store::db::Database::open(&config.database)?);
+    let mut db = shared_store::db::Database::open(&config.database)?;
+    if config.metrics_listen.is_some() {
+        db = db.with_observer(metrics.store_observer());
+    }
+    let db = Arc::new(db);
     let store = Arc::new(shared_store::Store::on(Arc::clone(&db))?);
     let storage = DbStorage::on(db)?.for_instance(&config.instance);
-    let mut service =
-        Service::new(config, Box::new(storage), Arc::clone(&store) as _).with_group_commits();
+    let mut service = Service::new(config, Box::new(storage), Arc::clone(&store) as _)
+        .with_group_commits()
+        .with_metrics(metrics.clone());
     let news = Arc::new(AtomicBool::new(true));
     let listener = {
         let news = Arc::clone(&news);
@@ -337,6 +395,7 @@ enum Served {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     config: &Config,
+    metrics: &Metrics,
     reader: &mut stream::StreamReader<Stanza>,
     writer: &mut stream::StreamWriter,
     work: &mpsc::Sender<Work>,
@@ -356,7 +415,7 @@ async fn serve(
                 let item = match held.take() {
                     Some(item) => item,
                     None => tokio::select! {
-                        event = reader.next() => match to_work(config, event?)? {
+                        event = reader.next() => match to_work(config, metrics, event?)? {
                             Some(item) => item,
                             None => continue,
                         },
@@ -438,23 +497,37 @@ async fn serve(
 }
 
 /// What the worker must do with an event of the stream; `None` for events it does not see.
-fn to_work(config: &Config, event: StreamEvent<Stanza>) -> Result<Option<Work>, StreamError> {
+fn to_work(
+    config: &Config,
+    metrics: &Metrics,
+    event: StreamEvent<Stanza>,
+) -> Result<Option<Work>, StreamError> {
     Ok(Some(match event {
         StreamEvent::Stanza(s) if s.root().is("error", crate::ns::STREAMS) => {
             return Err(StreamError::from_stream_error(&s.to_element()));
         }
-        StreamEvent::Stanza(s) => Work::Stanza(s),
-        StreamEvent::Oversized { head, bytes } => Work::Refuse(Box::new((
-            head,
-            Refusal::too_large(bytes, config.max_stanza_bytes),
-        ))),
+        StreamEvent::Stanza(s) => {
+            metrics.received(&s);
+            Work::Stanza(s)
+        }
+        StreamEvent::Oversized { head, bytes } => {
+            metrics.received_kind("oversized");
+            Work::Refuse(Box::new((
+                head,
+                Refusal::too_large(bytes, config.max_stanza_bytes),
+            )))
+        }
         StreamEvent::TooDeep { head, limit } => {
+            metrics.received_kind("too-deep");
             Work::Refuse(Box::new((head, Refusal::too_deep(limit))))
         }
-        StreamEvent::Malformed { head, reason } => Work::Refuse(Box::new((
-            head,
-            Refusal::bad_request(None, format!("the stanza is malformed: {reason}")),
-        ))),
+        StreamEvent::Malformed { head, reason } => {
+            metrics.received_kind("malformed");
+            Work::Refuse(Box::new((
+                head,
+                Refusal::bad_request(None, format!("the stanza is malformed: {reason}")),
+            )))
+        }
         StreamEvent::Closed => return Err(StreamError::Closed),
         StreamEvent::Header { .. } => return Ok(None),
     }))
@@ -465,15 +538,27 @@ fn to_work(config: &Config, event: StreamEvent<Stanza>) -> Result<Option<Work>, 
 const GROUP_MAX: usize = 64;
 
 /// The worker thread: handles stanzas in arrival order and follows the change log. It waits
-/// (blocks) whenever the outbound queue is full, and stops when either queue closes.
-fn worker(mut service: Service, mut work: mpsc::Receiver<Work>, out: mpsc::Sender<Element>) {
+/// (blocks) whenever the outbound queue is full, and stops when either queue closes. With
+/// `counting`, it counts the nodes and subscriptions for the metrics every
+/// [`TOTALS_EVERY`].
+fn worker(
+    mut service: Service,
+    mut work: mpsc::Receiver<Work>,
+    out: mpsc::Sender<Element>,
+    metrics: &Metrics,
+    counting: bool,
+) {
     let mut open = true;
     let mut send = |stanza: Element| {
-        if open && out.blocking_send(stanza).is_err() {
-            open = false;
+        if open {
+            metrics.sent(&stanza);
+            if out.blocking_send(stanza).is_err() {
+                open = false;
+            }
         }
     };
     let mut next_poll = std::time::Instant::now();
+    let mut next_count = std::time::Instant::now();
     // A work item taken from the queue after a group of stanzas, handled next.
     let mut next: Option<Work> = None;
     while let Some(item) = next.take().or_else(|| work.blocking_recv()) {
@@ -504,5 +589,19 @@ fn worker(mut service: Service, mut work: mpsc::Receiver<Work>, out: mpsc::Sende
             service.follow_changes_into(&mut send);
             next_poll = std::time::Instant::now() + CHANGE_POLL;
         }
+        if counting && std::time::Instant::now() >= next_count {
+            match service.totals() {
+                Ok(totals) => {
+                    metrics.nodes.set(gauge(totals.nodes));
+                    metrics.subscriptions.set(gauge(totals.subscriptions));
+                }
+                Err(e) => warn!("cannot count the nodes and subscriptions: {e}"),
+            }
+            next_count = std::time::Instant::now() + TOTALS_EVERY;
+        }
     }
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

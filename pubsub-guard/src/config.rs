@@ -46,6 +46,10 @@ pub struct Config {
     /// The longest wait between two reconnection attempts, in seconds (backoff doubles from
     /// half a second up to this).
     pub reconnect_max_secs: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`, e.g. `"127.0.0.1:9464"`); none
+    /// by default. Also read from the `GUARD_METRICS_LISTEN` environment variable, which
+    /// wins. Loopback or a private interface: the metrics are not authenticated.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Nodes created on first publish (see [`Template`]).
     #[serde(rename = "template")]
     pub templates: Vec<Template>,
@@ -66,6 +70,7 @@ impl Default for Config {
             max_depth: crate::stream::DEFAULT_MAX_DEPTH,
             keepalive_secs: 60,
             reconnect_max_secs: 30,
+            metrics_listen: None,
             templates: Vec::new(),
         }
     }
@@ -360,6 +365,7 @@ mod tests {
             database = "/var/lib/guard/authz.sqlite"
             window_secs = 120
             max_stanza_bytes = 8192
+            metrics_listen = "127.0.0.1:9464"
 
             [[template]]
             pattern = "/location/{owner}"
@@ -376,6 +382,11 @@ mod tests {
         .unwrap();
         config.check().unwrap();
         assert_eq!(config.templates.len(), 2);
+        assert_eq!(
+            config.metrics_listen,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(Config::default().metrics_listen, None);
         assert_eq!(config.templates[0].max_age, 7 * 86_400);
         assert!(config.templates[0].send_last());
         assert_eq!(config.templates[1].access, Access::Open);

@@ -14,6 +14,8 @@
 //!   (from the `shared-store` crate).
 //! - [`component`]: the running component (worker thread, keepalive, reconnect).
 //! - [`config`]: the settings file, `guard.toml`.
+//! - [`metrics`]: what it counts for Prometheus, served by the `telemetry` crate when the
+//!   config names a `metrics_listen` address.
 //!
 //! What it does not do: node creation over XMPP, node configuration forms, affiliations,
 //! collections, or presence-based delivery. Nodes are created by the admin CLI and by
@@ -23,6 +25,7 @@ pub mod archive;
 mod audit;
 pub mod component;
 pub mod config;
+pub mod metrics;
 pub mod refusal;
 pub mod service;
 

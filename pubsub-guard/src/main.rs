@@ -19,7 +19,7 @@ use shared_store::db::Location;
 struct Cli {
     /// The TOML config file (component, secret, server, database, instance, window_secs,
     /// allow_plaintext, accept_bare_jid_signatures, max_stanza_bytes, max_depth, keepalive_secs,
-    /// reconnect_max_secs, [[template]]).
+    /// reconnect_max_secs, metrics_listen, [[template]]).
     #[arg(long, env = "GUARD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// The database shared with authz-server: a SQLite file or a `postgres://` URL (overrides
@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Connect to the XMPP server and serve until interrupted (SIGINT or SIGTERM).
-    /// The component secret comes from the config or GUARD_SECRET.
+    /// The component secret comes from the config or GUARD_SECRET; Prometheus metrics are
+    /// served on the config's metrics_listen (or GUARD_METRICS_LISTEN), if any.
     Run,
     /// Nodes.
     #[command(subcommand)]
@@ -139,6 +140,13 @@ fn run(cli: Cli) -> Result<(), String> {
     let secret_in_file = config.secret.is_some();
     if let Ok(secret) = std::env::var("GUARD_SECRET") {
         config.secret = Some(Secret::new(secret));
+    }
+    if let Ok(addr) = std::env::var("GUARD_METRICS_LISTEN") {
+        config.metrics_listen = Some(addr.parse().map_err(|e| {
+            format!(
+                "GUARD_METRICS_LISTEN={addr:?} is not a socket address (like 127.0.0.1:9464): {e}"
+            )
+        })?);
     }
     let storage = || DbStorage::open(&config.database).map_err(|e| e.to_string());
     let mut out = std::io::stdout().lock();

@@ -84,6 +84,8 @@ pub struct Service {
     group_commits: bool,
     /// What was delivered under each grant since the last request ended (for the ledger).
     deliveries: audit::Deliveries,
+    /// What it counts (refusals, revocation latency) for the metrics.
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Service {
@@ -153,7 +155,19 @@ impl Service {
             change_notices: None,
             group_commits: false,
             deliveries: audit::Deliveries::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// The same service counting into `metrics` (refusals, revocation latency).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// How many nodes and subscriptions the storage holds (two counts: call it seldom).
+    pub fn totals(&self) -> Result<crate::storage::Totals, StorageError> {
+        self.storage.totals()
     }
 
     /// The same service committing the requests [`Service::handle_group`] is given together
@@ -274,6 +288,7 @@ impl Service {
 
     /// Answers a stanza the reader refused (too large, or malformed), from its head alone.
     pub fn refuse_head(&self, head: &StanzaHead, refusal: &Refusal) -> Option<Element> {
+        self.metrics.refused(refusal);
         let (Some(from), Some(to)) = (&head.from, &head.to) else {
             warn!(
                 element = head.name,
@@ -1381,16 +1396,19 @@ impl Service {
     }
 
     /// Ends every subscription backed by `token` and tells each subscriber
-    /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4).
-    fn end_token(&mut self, token: &str, out: Sink<'_>) {
+    /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4). Returns how
+    /// many it ended.
+    fn end_token(&mut self, token: &str, out: Sink<'_>) -> usize {
+        let mut count = 0;
         loop {
             let ended = match self.storage.end_token(token, SUBSCRIBERS_PAGE) {
                 Ok(ended) => ended,
                 Err(e) => {
                     warn!("cannot end the subscriptions of a revoked token: {e}");
-                    return;
+                    return count;
                 }
             };
+            count += ended.len();
             let more = ended.len() == SUBSCRIBERS_PAGE;
             for s in ended {
                 info!(
@@ -1403,7 +1421,7 @@ impl Service {
                 out(self.event_message(&s.jid, none));
             }
             if !more {
-                return;
+                return count;
             }
         }
     }
@@ -1548,7 +1566,11 @@ impl Service {
             if change.kind == ChangeKind::SubscriptionsEnded {
                 self.end_matching(change, out);
             } else if let Some(token) = &change.token {
-                self.end_token(token, out);
+                let ended = self.end_token(token, out);
+                if let Some(at_ms) = change.at_ms {
+                    let secs = shared_store::authz::now_ms().saturating_sub(at_ms) as f64 / 1e3;
+                    (0..ended).for_each(|_| self.metrics.revocation_ended(secs));
+                }
             }
         }
         self.cursor = Some(last);

@@ -221,6 +221,7 @@ pub(crate) async fn apps_revoke(
         .await;
     match revoked {
         Ok(n) => {
+            state.metrics.owner_revocations.inc_by(n as u64);
             tracing::info!(owner = %session.owner, id, revoked = n, "revoked from the owner's page");
             see_other(&format!("/apps?revoked={id}"))
         }

@@ -129,6 +129,7 @@ async fn verify(
                 tracing::info!(url = %url, status = answer.status, reason = %error, "refused");
                 Box::new(oauth_problem(
                     answer.status,
+                    answer.problem,
                     &answer.www_authenticate,
                     answer.body,
                 ))
@@ -278,6 +279,7 @@ pub(crate) async fn access_token(State(state): State<AppState>, request: Request
         .await;
     match exchanged {
         Ok(Ok(grant)) => {
+            state.metrics.grants.inc();
             tracing::info!(consumer = %grant.consumer_key, owner = %grant.owner, id = grant.id, "access token issued");
             form(&[
                 ("oauth_token", &grant.token),

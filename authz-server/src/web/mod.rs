@@ -47,6 +47,7 @@ use pool::Pools;
 pub struct AppState {
     pools: Arc<Pools>,
     config: Arc<Config>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
@@ -55,7 +56,14 @@ impl AppState {
         Self {
             pools: Arc::new(Pools::new(store)),
             config: Arc::new(config),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// The same state counting into `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn verifier_config(&self) -> VerifierConfig {
@@ -94,6 +102,7 @@ impl AppState {
 /// The whole application. Every answer carries the security headers of
 /// `html::security_headers` (CSP, `nosniff`, frame denial, no referrer).
 pub fn router(state: AppState) -> Router {
+    let counted = axum::middleware::from_fn_with_state(state.clone(), count_answer);
     Router::new()
         .route("/oauth/request_token", post(flow::request_token))
         .route("/oauth/access_token", post(flow::access_token))
@@ -108,8 +117,48 @@ pub fn router(state: AppState) -> Router {
         .route("/style.css", get(html::stylesheet))
         .route("/", get(pages::home))
         .layer(axum::middleware::from_fn(html::security_headers))
+        .layer(counted)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
+}
+
+/// The paths of [`router`]'s routes, as the `route` label of the request metrics (any other
+/// path is `unmatched`).
+const ROUTES: [&str; 9] = [
+    "/oauth/request_token",
+    "/oauth/access_token",
+    "/oauth/authorize",
+    "/login",
+    "/logout",
+    "/apps",
+    "/apps/revoke",
+    "/style.css",
+    "/",
+];
+
+/// The `oauth_problem` of an OAuth error answer, kept in its extensions for the metrics.
+#[derive(Debug, Clone, Copy)]
+struct OAuthProblem(&'static str);
+
+/// Counts each answer by route and status class, and the token flow's refusals by
+/// `oauth_problem`.
+async fn count_answer(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("unmatched");
+    let response = next.run(request).await;
+    let problem = response.extensions().get::<OAuthProblem>().map(|p| p.0);
+    state
+        .metrics
+        .answered(route, response.status().as_u16(), problem);
+    response
 }
 
 /// A 303 to `location`. The location was checked (a path here, or a registered callback);
@@ -126,8 +175,16 @@ pub(crate) fn see_other(location: &str) -> Response {
 
 /// An OAuth error answer (RFC 5849 §3.2 and the Problem Reporting extension): the status,
 /// `WWW-Authenticate: OAuth realm=…, oauth_problem=…` and a form-encoded body.
-pub(crate) fn oauth_problem(status: u16, www_authenticate: &str, body: String) -> Response {
+pub(crate) fn oauth_problem(
+    status: u16,
+    problem: Option<&'static str>,
+    www_authenticate: &str,
+    body: String,
+) -> Response {
     let mut response = Response::new(Body::from(body));
+    if let Some(problem) = problem {
+        response.extensions_mut().insert(OAuthProblem(problem));
+    }
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let headers = response.headers_mut();
     headers.insert(
@@ -141,10 +198,20 @@ pub(crate) fn oauth_problem(status: u16, www_authenticate: &str, body: String) -
 }
 
 /// An OAuth error that is not the verifier's (a missing callback, a wrong verifier…).
-pub(crate) fn problem(state: &AppState, status: u16, problem: &str, advice: &str) -> Response {
+pub(crate) fn problem(
+    state: &AppState,
+    status: u16,
+    problem: &'static str,
+    advice: &str,
+) -> Response {
     let pairs = [("oauth_problem", problem), ("oauth_problem_advice", advice)];
     let www = oauth_xmpp::http::authorization_header(Some(&state.config.realm), pairs);
-    oauth_problem(status, &www, oauth_xmpp::http::form_encode(pairs))
+    oauth_problem(
+        status,
+        Some(problem),
+        &www,
+        oauth_xmpp::http::form_encode(pairs),
+    )
 }
 
 /// A store failure: logged, and a 500 that says only that.

@@ -47,6 +47,7 @@ use hyper::service::Service;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
+use telemetry::prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -149,14 +150,16 @@ impl ConnectionLimits {
 /// of file descriptors) are logged and retried after 100 ms.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
     let limits = state.config.http.clone();
-    serve_router(listener, router(state), &limits, shutdown).await;
+    let open = state.metrics.connections.clone();
+    serve_router(listener, router(state), &limits, open, shutdown).await;
 }
 
-/// [`run`] with any router (the tests give their own).
+/// [`run`] with any router (the tests give their own); `open` counts the open connections.
 async fn serve_router(
     listener: TcpListener,
     app: Router,
     limits: &ConnectionLimits,
+    open: Gauge,
     shutdown: impl Future<Output = ()>,
 ) {
     let timeouts = limits.timeouts();
@@ -176,9 +179,11 @@ async fn serve_router(
                     let admitted = lock(&registry).admit(peer.ip(), Instant::now());
                     match admitted {
                         Ok(conn) => {
+                            open.inc();
                             let registered = Registered {
                                 registry: Arc::clone(&registry),
                                 id: conn.id,
+                                open: open.clone(),
                             };
                             let app = app.clone();
                             tasks.spawn(async move {
@@ -508,11 +513,14 @@ impl Registry {
 struct Registered {
     registry: Arc<Mutex<Registry>>,
     id: u64,
+    /// The open connections' gauge, which this one leaves.
+    open: Gauge,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         lock(&self.registry).release(self.id);
+        self.open.dec();
     }
 }
 
@@ -898,7 +906,8 @@ mod tests {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            serve_router(listener, app, &ConnectionLimits::default(), shutdown).await;
+            let limits = ConnectionLimits::default();
+            serve_router(listener, app, &limits, Gauge::default(), shutdown).await;
         });
         // From another loopback address than the server's, so the answer cannot be its own.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();

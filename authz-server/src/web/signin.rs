@@ -16,6 +16,7 @@ use super::html::{message, page};
 use super::pool::PoolError;
 use super::targets::local_path;
 use super::{AppState, internal};
+use crate::metrics::SignIn;
 use crate::store::{self, FailedSignIns, Session, Throttled, ThrottledBy};
 use crate::throttle::{Wait, address_subject};
 
@@ -199,6 +200,7 @@ pub(crate) async fn login(
     let token_ok: bool =
         subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
     if !token_ok || expected.is_empty() {
+        state.metrics.sign_in(SignIn::BadForm);
         let error = html! {
             "This sign-in form did not come from this site, or your browser refused its \
              cookie: sign in again below."
@@ -224,6 +226,10 @@ pub(crate) async fn login(
     let attempt = match begun {
         Ok(Ok(attempt)) => attempt,
         Ok(Err(throttled)) => {
+            state.metrics.sign_in(match throttled.wait {
+                Wait::Delay(_) => SignIn::Throttled,
+                Wait::Locked(_) => SignIn::Locked,
+            });
             tracing::info!(owner = %name, %address, wait = throttled.wait.secs(), by = ?throttled.by, "sign-in throttled");
             let mut response = sign_in_page(
                 &state,
@@ -250,6 +256,7 @@ pub(crate) async fn login(
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => return internal(e),
         Err(PoolError::Busy) => {
+            state.metrics.sign_in(SignIn::Busy);
             let mut response = message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Busy",
@@ -263,6 +270,7 @@ pub(crate) async fn login(
         Err(e) => return internal(e),
     };
     if !ok {
+        state.metrics.sign_in(SignIn::WrongPassword);
         tracing::info!(owner = %name, %address, "sign-in refused");
         let failed = {
             let name = name.clone();
@@ -299,6 +307,7 @@ pub(crate) async fn login(
         Ok(s) => s,
         Err(response) => return response,
     };
+    state.metrics.sign_in(SignIn::Ok);
     tracing::info!(owner = %name, %address, "signed in");
     let mut response = super::see_other(&next);
     add_cookie(

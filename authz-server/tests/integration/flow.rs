@@ -7,7 +7,7 @@ use crate::{
     signer,
 };
 
-fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
+pub(crate) fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
     let url = format!("{}/oauth/request_token", server.base);
     let auth = signer(&s.key, &s.secret, None, SignatureMethod::HmacSha1)
         .sign_http(
@@ -31,7 +31,7 @@ fn request_token(server: &Server, s: &Setup, scope: &str) -> (String, String) {
 }
 
 /// Signs in as alice and answers the authorize page; returns the redirect.
-fn answer(server: &Server, token: &str, decision: &str) -> Answer {
+pub(crate) fn answer(server: &Server, token: &str, decision: &str) -> Answer {
     let next = format!("/oauth/authorize?oauth_token={token}");
     let cookie = sign_in(server, &next);
     let page = http(&server.addr, "GET", &next, &[("Cookie", &cookie)], "");
@@ -52,7 +52,12 @@ fn answer(server: &Server, token: &str, decision: &str) -> Answer {
     )
 }
 
-fn access_token(server: &Server, s: &Setup, temp: (&str, &str), verifier: &str) -> Answer {
+pub(crate) fn access_token(
+    server: &Server,
+    s: &Setup,
+    temp: (&str, &str),
+    verifier: &str,
+) -> Answer {
     let url = format!("{}/oauth/access_token", server.base);
     let auth = signer(&s.key, &s.secret, Some(temp), SignatureMethod::HmacSha1)
         .sign_http("POST", &url, &[], &[("oauth_verifier", verifier)])
@@ -66,7 +71,7 @@ fn access_token(server: &Server, s: &Setup, temp: (&str, &str), verifier: &str) 
     )
 }
 
-fn verifier_of(location: &str) -> String {
+pub(crate) fn verifier_of(location: &str) -> String {
     location
         .split("oauth_verifier=")
         .nth(1)

@@ -7,6 +7,7 @@ mod connections;
 mod flow;
 mod hostile;
 mod interop;
+mod metrics;
 mod provision;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -81,6 +82,8 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     pub(crate) addr: String,
+    /// Where its metrics are served (`host:port`), when started with `--metrics-listen`.
+    pub(crate) metrics: Option<String>,
     /// Where its standard error goes.
     stderr: tempfile::NamedTempFile,
 }
@@ -103,20 +106,29 @@ impl Server {
             .stderr(stderr.reopen().unwrap())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let base = line
             .trim()
             .strip_prefix("listening on ")
             .expect(&line)
             .to_owned();
         let addr = base.trim_start_matches("http://").to_owned();
+        let metrics = extra.contains(&"--metrics-listen").then(|| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix("metrics on http://")
+                .and_then(|l| l.strip_suffix("/metrics"))
+                .expect(&line)
+                .to_owned()
+        });
         Self {
             child,
             base,
             addr,
+            metrics,
             stderr,
         }
     }

@@ -23,6 +23,7 @@ use tokio::time::timeout;
 mod audit;
 mod catchup;
 mod cli;
+mod metrics;
 mod service;
 
 const SECRET: &str = "fake-server-secret";

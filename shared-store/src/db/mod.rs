@@ -16,6 +16,10 @@
 //! - [`Database::atomic`] runs statements that are each atomic by themselves (the nonce
 //!   check's insert-or-take-over, single lookups) outside any transaction: each commits, or
 //!   reads its own snapshot, alone, without waiting for the writers' lock.
+//!
+//! An [`Observer`] given with [`Database::with_observer`] is told how long each of these
+//! calls took (and each commit of a group), which is how both programs measure their store
+//! latency.
 
 mod location;
 pub(crate) mod migrations;
@@ -47,12 +51,44 @@ pub enum Engine {
     Postgres,
 }
 
+/// Which kind of call an [`Observer`] is told the duration of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// [`Database::read`].
+    Read,
+    /// [`Database::write`] (a savepoint within a group).
+    Write,
+    /// [`Database::atomic`].
+    Atomic,
+    /// [`Database::end_group`]: the commit of a group.
+    GroupCommit,
+}
+
+impl Operation {
+    /// Its name as a metric label: `read`, `write`, `atomic`, `group-commit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Atomic => "atomic",
+            Self::GroupCommit => "group-commit",
+        }
+    }
+}
+
+/// Told how long each store call took, from the call to its return (waiting for the
+/// connection included). It runs on the caller's thread, so it must be quick (a histogram's
+/// `observe`).
+pub type Observer = std::sync::Arc<dyn Fn(Operation, std::time::Duration) + Send + Sync>;
+
 /// An open database: one connection, used by one call at a time.
 pub struct Database {
     conn: Conn,
     location: Location,
     /// Whether a group commit is open ([`Database::begin_group`]).
     grouped: std::sync::atomic::AtomicBool,
+    /// Told the duration of each call, if any.
+    observer: Option<Observer>,
 }
 
 enum Conn {
@@ -97,7 +133,26 @@ impl Database {
             conn,
             location: location.clone(),
             grouped: std::sync::atomic::AtomicBool::new(false),
+            observer: None,
         })
+    }
+
+    /// The same database telling `observer` how long each [`Database::read`],
+    /// [`Database::write`], [`Database::atomic`] and [`Database::end_group`] took.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Runs `f`, telling the observer (if any) how long it took as `operation`.
+    fn timed<T>(&self, operation: Operation, f: impl FnOnce() -> T) -> T {
+        let Some(observer) = &self.observer else {
+            return f();
+        };
+        let start = std::time::Instant::now();
+        let out = f();
+        observer(operation, start.elapsed());
+        out
     }
 
     /// Where it is.
@@ -119,13 +174,13 @@ impl Database {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        match &self.conn {
+        self.timed(Operation::Write, || match &self.conn {
             Conn::Sqlite(c) if self.in_group() => sqlite::savepoint(&mut lock(c), f),
             Conn::Sqlite(c) => {
                 sqlite::transaction(&mut lock(c), rusqlite::TransactionBehavior::Immediate, f)
             }
             Conn::Postgres(c) => lock(c).transaction(pg::Mode::Write, f),
-        }
+        })
     }
 
     fn in_group(&self) -> bool {
@@ -154,6 +209,10 @@ impl Database {
     /// Commits the group begun by [`Database::begin_group`]. When that fails, the whole
     /// group is rolled back: none of its writes happened.
     pub fn end_group(&self) -> Result<(), BackendError> {
+        self.timed(Operation::GroupCommit, || self.commit_group())
+    }
+
+    fn commit_group(&self) -> Result<(), BackendError> {
         match &self.conn {
             Conn::Sqlite(c) => {
                 let c = lock(c);
@@ -174,14 +233,14 @@ impl Database {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        match &self.conn {
+        self.timed(Operation::Read, || match &self.conn {
             // In a group, reads see the group's transaction.
             Conn::Sqlite(c) if self.in_group() => f(&Tx::sqlite(&lock(c))),
             Conn::Sqlite(c) => {
                 sqlite::transaction(&mut lock(c), rusqlite::TransactionBehavior::Deferred, f)
             }
             Conn::Postgres(c) => lock(c).transaction(pg::Mode::Read, f),
-        }
+        })
     }
 
     /// Runs `f`, whose statements are each atomic by themselves, outside any transaction:
@@ -190,10 +249,10 @@ impl Database {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        match &self.conn {
+        self.timed(Operation::Atomic, || match &self.conn {
             Conn::Sqlite(c) => f(&Tx::sqlite(&lock(c))),
             Conn::Postgres(c) => lock(c).transaction(pg::Mode::Atomic, f),
-        }
+        })
     }
 
     /// Runs `f` while this process holds the fleet's sweeper lock; `None` without running it

@@ -173,3 +173,32 @@ fn a_postgres_database_can_be_dropped_on_an_async_runtime() {
         .unwrap();
     runtime.block_on(async move { drop(db) });
 }
+
+#[test]
+fn the_observer_is_told_each_call_and_each_group_commit() {
+    for (_dir, location) in each_engine("db_observer") {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let observer: Observer = {
+            let seen = std::sync::Arc::clone(&seen);
+            std::sync::Arc::new(move |op, _took| lock(&seen).push(op))
+        };
+        let db = Database::open(&location).unwrap().with_observer(observer);
+        table(&db);
+        db.read(|tx| tx.query_opt("SELECT k FROM t", &[], |_| Ok(())))
+            .unwrap();
+        db.atomic(|tx| tx.execute("DELETE FROM t", &[])).unwrap();
+        let grouped = db.begin_group().unwrap();
+        db.write(|tx| tx.execute("DELETE FROM t", &[])).unwrap();
+        db.end_group().unwrap();
+        assert_eq!(grouped, db.engine() == Engine::Sqlite);
+        let expected = vec![
+            Operation::Write,
+            Operation::Read,
+            Operation::Atomic,
+            Operation::Write,
+            Operation::GroupCommit,
+        ];
+        assert_eq!(*lock(&seen), expected);
+        assert_eq!(Operation::GroupCommit.as_str(), "group-commit");
+    }
+}

@@ -272,6 +272,15 @@ pub enum PageFrom {
     Index(u32),
 }
 
+/// How many nodes and subscriptions the storage holds ([`Storage::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Nodes, open and protected.
+    pub nodes: u64,
+    /// Subscriptions, to any node.
+    pub subscriptions: u64,
+}
+
 /// One page of a node's items.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -428,4 +437,8 @@ pub trait Storage: Send {
     fn change_cursor(&self) -> Result<i64>;
     /// Records the last change-log sequence number handled.
     fn set_change_cursor(&self, seq: i64) -> Result<()>;
+
+    /// How many nodes and subscriptions there are (two `COUNT`s, one snapshot: call it
+    /// seldom, a million subscriptions take tens of milliseconds to count).
+    fn totals(&self) -> Result<Totals>;
 }

@@ -7,7 +7,7 @@ use crate::db::{Database, Engine, Location, Row, Tx, Value, migrations};
 use super::schema::{MIGRATIONS, POSTGRES};
 use super::{
     Access, ArchiveFrom, ArchivePage, ArchiveQuery, History, Item, Node, Page, PageFrom, Published,
-    Result, Storage, StorageError, Subscription, SubscriptionFilter, Visibility,
+    Result, Storage, StorageError, Subscription, SubscriptionFilter, Totals, Visibility,
 };
 
 /// The guard's state in the database it shares with the authorization server.
@@ -950,6 +950,20 @@ impl Storage for DbStorage {
     fn set_change_cursor(&self, seq: i64) -> Result<()> {
         self.db.atomic(|tx| set_state(tx, &self.cursor_key, seq))
     }
+
+    fn totals(&self) -> Result<Totals> {
+        self.db.read(|tx| {
+            let count = |table: &str| -> Result<u64> {
+                let n: i64 =
+                    tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[], |r| r.get(0))?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            Ok(Totals {
+                nodes: count("guard_nodes")?,
+                subscriptions: count("guard_subscriptions")?,
+            })
+        })
+    }
 }
 
 fn select_subscriptions(tx: &Tx<'_>, node: Option<&str>) -> Result<Vec<Subscription>> {
@@ -1044,6 +1058,28 @@ mod tests {
             assert_eq!(s.delete_node("/location/alice").unwrap(), Some(vec![]));
             assert_eq!(s.delete_node("/location/alice").unwrap(), None);
             assert_eq!(s.node("/location/alice").unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn totals_count_nodes_and_subscriptions() {
+        on_each_engine("guard_totals_count_nodes_and_subscriptions", |s| {
+            assert_eq!(s.totals().unwrap(), Totals::default());
+            s.create_node(&node("/location/alice")).unwrap();
+            s.create_node(&node("/location/bob")).unwrap();
+            s.subscribe(&subscription("a@x/r", "t1")).unwrap();
+            s.subscribe(&subscription("b@x/r", "t1")).unwrap();
+            // The same bare JID again replaces its subscription.
+            s.subscribe(&subscription("b@x/other", "t2")).unwrap();
+            assert_eq!(
+                s.totals().unwrap(),
+                Totals {
+                    nodes: 2,
+                    subscriptions: 2
+                }
+            );
+            assert_eq!(s.end_token("t1", 10).unwrap().len(), 1);
+            assert_eq!(s.totals().unwrap().subscriptions, 1);
         });
     }
 
