@@ -1399,31 +1399,8 @@ impl Service {
     /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4). Returns how
     /// many it ended.
     fn end_token(&mut self, token: &str, out: Sink<'_>) -> usize {
-        let mut count = 0;
-        loop {
-            let ended = match self.storage.end_token(token, SUBSCRIBERS_PAGE) {
-                Ok(ended) => ended,
-                Err(e) => {
-                    warn!("cannot end the subscriptions of a revoked token: {e}");
-                    return count;
-                }
-            };
-            count += ended.len();
-            let more = ended.len() == SUBSCRIBERS_PAGE;
-            for s in ended {
-                info!(
-                    jid = s.jid,
-                    node = s.node,
-                    consumer = s.consumer_key.as_deref().unwrap_or("-"),
-                    "subscription ended: access revoked or expired"
-                );
-                let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
-                out(self.event_message(&s.jid, none));
-            }
-            if !more {
-                return count;
-            }
-        }
+        let take = |storage: &dyn Storage| storage.end_token(token, SUBSCRIBERS_PAGE);
+        self.end_pages("access revoked or expired", take, out)
     }
 
     /// Ends the subscriptions an admin ended ([`ChangeKind::SubscriptionsEnded`]: of the
@@ -1442,27 +1419,41 @@ impl Service {
             );
             return;
         }
+        let take = |storage: &dyn Storage| storage.end_matching(&filter, SUBSCRIBERS_PAGE);
+        self.end_pages("ended by an admin", take, out);
+    }
+
+    /// Ends subscriptions a page at a time, as `take` removes them from storage (until a page
+    /// is short), and tells each subscriber; returns how many. `why` is for the log.
+    fn end_pages(
+        &mut self,
+        why: &str,
+        take: impl Fn(&dyn Storage) -> Result<Vec<Subscription>, StorageError>,
+        out: Sink<'_>,
+    ) -> usize {
+        let mut count = 0;
         loop {
-            let ended = match self.storage.end_matching(&filter, SUBSCRIBERS_PAGE) {
+            let ended = match take(&*self.storage) {
                 Ok(ended) => ended,
                 Err(e) => {
-                    warn!("cannot end the subscriptions an admin ended: {e}");
-                    return;
+                    warn!("cannot end subscriptions ({why}): {e}");
+                    return count;
                 }
             };
+            count += ended.len();
             let more = ended.len() == SUBSCRIBERS_PAGE;
             for s in ended {
                 info!(
                     jid = s.jid,
                     node = s.node,
                     consumer = s.consumer_key.as_deref().unwrap_or("-"),
-                    "subscription ended by an admin"
+                    "subscription ended: {why}"
                 );
                 let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
                 out(self.event_message(&s.jid, none));
             }
             if !more {
-                return;
+                return count;
             }
         }
     }
