@@ -74,7 +74,8 @@ impl EntryKind {
     }
 }
 
-/// An entry to append: [`append`] gives it its position, time and hash.
+/// An entry to append ([`crate::Store::record`]): the ledger gives it its position, time and
+/// hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEntry {
     /// What it records.
