@@ -301,12 +301,14 @@ impl OwnerSession {
         let page = self.get("/apps").await?;
         let csrf = hidden_value(&page.body, "csrf")
             .ok_or_else(|| FlowError::Missing("no form on the applications page".into()))?;
-        let cell = format!("<td class=\"app\">{}</td>", escape_html(app));
+        // One <section class="grant"> per grant, headed by the application's name.
+        let heading = format!("<h2 class=\"app\">{}</h2>", escape_html(app));
         let ids: Vec<String> = page
             .body
-            .split("<tr>")
-            .filter(|row| row.contains(&cell))
-            .filter_map(|row| hidden_value(row, "id"))
+            .split("<section class=\"grant\"")
+            .skip(1)
+            .filter(|grant| grant.contains(&heading))
+            .filter_map(|grant| hidden_value(grant, "id"))
             .collect();
         for id in &ids {
             let answer = self
