@@ -296,8 +296,9 @@ impl OwnerSession {
     }
 
     /// On the owner's applications page, presses Revoke on every grant to the application
-    /// named `app`. Returns how many.
-    pub async fn revoke_app(&self, app: &str) -> Result<usize, FlowError> {
+    /// named `app`. Returns how many, and what the page said after the last (when that
+    /// grant's last delivery was), as text.
+    pub async fn revoke_app(&self, app: &str) -> Result<(usize, Option<String>), FlowError> {
         let page = self.get("/apps").await?;
         let csrf = hidden_value(&page.body, "csrf")
             .ok_or_else(|| FlowError::Missing("no form on the applications page".into()))?;
@@ -310,6 +311,7 @@ impl OwnerSession {
             .filter(|grant| grant.contains(&heading))
             .filter_map(|grant| hidden_value(grant, "id"))
             .collect();
+        let mut notice = None;
         for id in &ids {
             let answer = self
                 .post("/apps/revoke", &[("csrf", &csrf), ("id", id)])
@@ -321,8 +323,12 @@ impl OwnerSession {
                     body: answer.body,
                 });
             }
+            if let Some(location) = answer.header("Location") {
+                let page = self.get(location).await?;
+                notice = text_of_id(&page.body, "revoked");
+            }
         }
-        Ok(ids.len())
+        Ok((ids.len(), notice))
     }
 }
 
@@ -362,8 +368,25 @@ fn attribute_after(html: &str, marker: &str, attribute: &str) -> Option<String> 
 fn text_of_id(html: &str, id: &str) -> Option<String> {
     let marker = format!("id=\"{id}\">");
     let start = html.find(&marker)? + marker.len();
-    let len = html[start..].find('<')?;
-    Some(unescape_html(&html[start..start + len]))
+    // The element's name, from its start tag, and its text up to its end tag, inner tags
+    // dropped (an element of the same name inside it is not expected on these pages).
+    let tag = &html[html[..start].rfind('<')? + 1..];
+    let name: String = tag
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    let len = html[start..].find(&format!("</{name}>"))?;
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html[start..start + len].chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    Some(unescape_html(&text))
 }
 
 fn escape_html(text: &str) -> String {
@@ -396,6 +419,12 @@ mod tests {
             Some("/location/alice")
         );
         assert_eq!(text_of_id(html, "verifier").as_deref(), Some("v-123"));
+        let notice = "<p class=\"notice\" id=\"revoked\">You revoked <span class=\"app\">A&amp;B\
+                      </span>. It never received anything.</p>";
+        assert_eq!(
+            text_of_id(notice, "revoked").as_deref(),
+            Some("You revoked A&B. It never received anything.")
+        );
         assert_eq!(hidden_value(html, "id"), None);
     }
 }

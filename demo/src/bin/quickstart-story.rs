@@ -241,6 +241,7 @@ async fn play(args: &Args) -> Result<(), String> {
         .revoke_app(&args.app_name)
         .await
         .map_err(|e| e.to_string())?;
+    let (revoked, notice) = revoked;
     if revoked == 0 {
         return Err(format!("{} had no grant to revoke", args.app_name));
     }
@@ -248,6 +249,10 @@ async fn play(args: &Args) -> Result<(), String> {
         "    -> POST {}/apps/revoke (as {}, from the page's Revoke button) <- 303",
         args.authz_url, args.owner
     ));
+    match notice {
+        Some(notice) => say(&format!("  the page says: {notice}")),
+        None => return Err("the applications page said nothing about the revocation".into()),
+    }
     let ended = loop {
         let Some(message) = consumer.next_message(WAIT).await else {
             return Err("no notice that the subscription ended".into());
