@@ -114,10 +114,8 @@ pub fn grant_ledger(
     say: &mut dyn FnMut(String),
 ) -> Result<(), String> {
     let token = store
-        .access_tokens(None, None)
+        .access_token(id)
         .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|t| t.id == id)
         .ok_or_else(|| format!("no access token with id {id}"))?;
     let state = match (token.revoked_at, token.expires_at) {
         (Some(at), _) => format!("revoked at {}", datetime::format(at)),

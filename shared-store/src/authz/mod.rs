@@ -631,26 +631,25 @@ impl Store {
         self.read(|tx| {
             // PostgreSQL cannot tell the type of a parameter that is only tested for NULL.
             Ok(tx.query_map(
-                "SELECT t.id, t.token, t.consumer_key, c.name, t.owner, t.scope, t.created_at,
-                        t.expires_at, t.revoked_at
-                 FROM access_tokens t JOIN consumers c ON c.key = t.consumer_key
-                 WHERE (CAST(?1 AS TEXT) IS NULL OR t.owner = ?1)
-                   AND (CAST(?2 AS TEXT) IS NULL OR t.consumer_key = ?2)
-                 ORDER BY t.id",
+                &format!(
+                    "{ACCESS_TOKEN_SELECT}
+                     WHERE (CAST(?1 AS TEXT) IS NULL OR t.owner = ?1)
+                       AND (CAST(?2 AS TEXT) IS NULL OR t.consumer_key = ?2)
+                     ORDER BY t.id"
+                ),
                 args![owner, consumer_key],
-                |r| {
-                    Ok(AccessToken {
-                        id: r.get(0)?,
-                        token: r.get(1)?,
-                        consumer_key: r.get(2)?,
-                        consumer_name: r.get(3)?,
-                        owner: r.get(4)?,
-                        scope: Scope::parse(&r.get::<String>(5)?),
-                        created_at: r.get(6)?,
-                        expires_at: r.get(7)?,
-                        revoked_at: r.get(8)?,
-                    })
-                },
+                access_token_row,
+            )?)
+        })
+    }
+
+    /// The access token `id`, if there is one (revoked or expired ones too).
+    pub fn access_token(&self, id: i64) -> Result<Option<AccessToken>> {
+        self.read_each(|tx| {
+            Ok(tx.query_opt(
+                &format!("{ACCESS_TOKEN_SELECT} WHERE t.id = ?1"),
+                args![id],
+                access_token_row,
             )?)
         })
     }
@@ -1051,6 +1050,26 @@ fn live_grant_in(tx: &Tx<'_>, id: i64, now: u64) -> Result<Option<Grant>> {
             })
         },
     )?)
+}
+
+/// The columns [`access_token_row`] reads, with the consumer's name.
+const ACCESS_TOKEN_SELECT: &str =
+    "SELECT t.id, t.token, t.consumer_key, c.name, t.owner, t.scope, t.created_at,
+            t.expires_at, t.revoked_at
+     FROM access_tokens t JOIN consumers c ON c.key = t.consumer_key";
+
+fn access_token_row(r: &Row) -> Result<AccessToken, BackendError> {
+    Ok(AccessToken {
+        id: r.get(0)?,
+        token: r.get(1)?,
+        consumer_key: r.get(2)?,
+        consumer_name: r.get(3)?,
+        owner: r.get(4)?,
+        scope: Scope::parse(&r.get::<String>(5)?),
+        created_at: r.get(6)?,
+        expires_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+    })
 }
 
 const CONSUMER_SELECT: &str =
