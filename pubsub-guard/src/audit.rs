@@ -15,10 +15,12 @@ use crate::ns;
 use crate::refusal::Refusal;
 use crate::stanza::ElementRef;
 
-/// The deliveries counted since the last [`Deliveries::flush`], per (token, node).
+/// The deliveries counted since the last [`Deliveries::flush`], by node then token: a
+/// notification to a node's thousands of subscribers looks each up by reference, and only a
+/// new (node, token) allocates.
 #[derive(Debug, Default)]
 pub(crate) struct Deliveries {
-    counts: HashMap<(String, String), (u64, u64)>,
+    counts: HashMap<String, HashMap<String, (u64, u64)>>,
 }
 
 impl Deliveries {
@@ -35,9 +37,14 @@ impl Deliveries {
     }
 
     fn entry(&mut self, token: &str, node: &str) -> &mut (u64, u64) {
-        self.counts
-            .entry((token.to_owned(), node.to_owned()))
-            .or_default()
+        if !self.counts.contains_key(node) {
+            self.counts.insert(node.to_owned(), HashMap::new());
+        }
+        let tokens = self.counts.get_mut(node).expect("inserted above");
+        if !tokens.contains_key(token) {
+            tokens.insert(token.to_owned(), (0, 0));
+        }
+        tokens.get_mut(token).expect("inserted above")
     }
 
     /// Adds what was counted to the store, and forgets it. A failure is logged: the items
@@ -46,16 +53,17 @@ impl Deliveries {
         if self.counts.is_empty() {
             return;
         }
-        let batch: Vec<Delivered> = self
-            .counts
-            .drain()
-            .map(|((token, node), (pushed, fetched))| Delivered {
-                token,
-                node,
-                pushed,
-                fetched,
-            })
-            .collect();
+        let mut batch = Vec::new();
+        for (node, tokens) in self.counts.drain() {
+            for (token, (pushed, fetched)) in tokens {
+                batch.push(Delivered {
+                    token,
+                    node: node.clone(),
+                    pushed,
+                    fetched,
+                });
+            }
+        }
         if let Err(e) = store.add_deliveries(&batch) {
             warn!(
                 grants = batch.len(),

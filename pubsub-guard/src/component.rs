@@ -539,8 +539,8 @@ const GROUP_MAX: usize = 64;
 
 /// The worker thread: handles stanzas in arrival order and follows the change log. It waits
 /// (blocks) whenever the outbound queue is full, and stops when either queue closes. With
-/// `counting`, it counts the nodes and subscriptions for the metrics every
-/// [`TOTALS_EVERY`].
+/// `counting` (metrics are served), it counts the stanzas it sends, and the nodes and
+/// subscriptions every [`TOTALS_EVERY`].
 fn worker(
     mut service: Service,
     mut work: mpsc::Receiver<Work>,
@@ -551,7 +551,10 @@ fn worker(
     let mut open = true;
     let mut send = |stanza: Element| {
         if open {
-            metrics.sent(&stanza);
+            // Each stanza sent is looked into (what kind it is): only when someone scrapes.
+            if counting {
+                metrics.sent(&stanza);
+            }
             if out.blocking_send(stanza).is_err() {
                 open = false;
             }
