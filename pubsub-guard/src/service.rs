@@ -1360,7 +1360,7 @@ impl Service {
                             if !live {
                                 // The change log will say so too; ending it now means
                                 // nothing slips through.
-                                self.end_token(token, out);
+                                self.end_token(token, None, out);
                             }
                             live
                         }
@@ -1396,11 +1396,11 @@ impl Service {
     }
 
     /// Ends every subscription backed by `token` and tells each subscriber
-    /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4). Returns how
-    /// many it ended.
-    fn end_token(&mut self, token: &str, out: Sink<'_>) -> usize {
+    /// (`<subscription subscription='none'/>`, XEP-0060 §6.1.2 / profile N4). `logged_ms`:
+    /// when the change log recorded the revocation or expiry, for the metrics' latency.
+    fn end_token(&mut self, token: &str, logged_ms: Option<u64>, out: Sink<'_>) {
         let take = |storage: &dyn Storage| storage.end_token(token, SUBSCRIBERS_PAGE);
-        self.end_pages("access revoked or expired", take, out)
+        self.end_pages("access revoked or expired", logged_ms, take, out);
     }
 
     /// Ends the subscriptions an admin ended ([`ChangeKind::SubscriptionsEnded`]: of the
@@ -1420,27 +1420,28 @@ impl Service {
             return;
         }
         let take = |storage: &dyn Storage| storage.end_matching(&filter, SUBSCRIBERS_PAGE);
-        self.end_pages("ended by an admin", take, out);
+        self.end_pages("ended by an admin", None, take, out);
     }
 
     /// Ends subscriptions a page at a time, as `take` removes them from storage (until a page
-    /// is short), and tells each subscriber; returns how many. `why` is for the log.
+    /// is short), and tells each subscriber. `why` is for the log; with `logged_ms` (when the
+    /// change that ended them was logged), the metrics observe each one's latency as its
+    /// notice is handed over.
     fn end_pages(
         &mut self,
         why: &str,
+        logged_ms: Option<u64>,
         take: impl Fn(&dyn Storage) -> Result<Vec<Subscription>, StorageError>,
         out: Sink<'_>,
-    ) -> usize {
-        let mut count = 0;
+    ) {
         loop {
             let ended = match take(&*self.storage) {
                 Ok(ended) => ended,
                 Err(e) => {
                     warn!("cannot end subscriptions ({why}): {e}");
-                    return count;
+                    return;
                 }
             };
-            count += ended.len();
             let more = ended.len() == SUBSCRIBERS_PAGE;
             for s in ended {
                 info!(
@@ -1450,10 +1451,15 @@ impl Service {
                     "subscription ended: {why}"
                 );
                 let none = subscription_element(ns::PUBSUB_EVENT, &s, "none");
-                out(self.event_message(&s.jid, none));
+                let message = self.event_message(&s.jid, none);
+                if let Some(at_ms) = logged_ms {
+                    let ms = shared_store::authz::now_ms().saturating_sub(at_ms);
+                    self.metrics.revocation_ended(ms as f64 / 1e3);
+                }
+                out(message);
             }
             if !more {
-                return count;
+                return;
             }
         }
     }
@@ -1557,11 +1563,7 @@ impl Service {
             if change.kind == ChangeKind::SubscriptionsEnded {
                 self.end_matching(change, out);
             } else if let Some(token) = &change.token {
-                let ended = self.end_token(token, out);
-                if let Some(at_ms) = change.at_ms {
-                    let secs = shared_store::authz::now_ms().saturating_sub(at_ms) as f64 / 1e3;
-                    (0..ended).for_each(|_| self.metrics.revocation_ended(secs));
-                }
+                self.end_token(token, change.at_ms, out);
             }
         }
         self.cursor = Some(last);
