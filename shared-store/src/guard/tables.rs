@@ -140,7 +140,8 @@ impl DbStorage {
         after: Option<&Subscription>,
         limit: usize,
     ) -> Result<Vec<Subscription>> {
-        let mut values = matching_args(filter, limit);
+        let mut values = matching_args(filter);
+        values.push(limit.into());
         let (after_node, after_bare) = after.map_or(("", ""), |s| {
             (s.node.as_str(), xmpp_component::jid::bare(&s.jid))
         });
@@ -161,11 +162,10 @@ impl DbStorage {
 
     /// How many subscriptions `filter` selects.
     pub fn count_matching(&self, filter: &SubscriptionFilter) -> Result<u64> {
-        let values = matching_args(filter, 0);
         self.db.read(|tx| {
             Ok(tx.query_one(
                 &format!("SELECT COUNT(*) FROM guard_subscriptions WHERE {MATCHING}"),
-                &values[..3],
+                &matching_args(filter),
                 |r| r.get(0),
             )?)
         })
@@ -193,19 +193,18 @@ impl DbStorage {
 
 const SUBSCRIPTION_COLUMNS: &str = "node, jid, subid, token, consumer_key, created_at";
 
-/// The subscriptions a [`SubscriptionFilter`] selects, with [`matching_args`] (PostgreSQL
-/// cannot tell the type of a parameter that is only tested for NULL).
+/// The subscriptions a [`SubscriptionFilter`] selects, with [`matching_args`] as `?1` to `?3`
+/// (PostgreSQL cannot tell the type of a parameter that is only tested for NULL).
 const MATCHING: &str = "(CAST(?1 AS TEXT) IS NULL OR node = ?1)
     AND (CAST(?2 AS TEXT) IS NULL OR consumer_key = ?2)
     AND (CAST(?3 AS TEXT) IS NULL
          OR node IN (SELECT name FROM guard_nodes WHERE owner = ?3))";
 
-fn matching_args(filter: &SubscriptionFilter, limit: usize) -> Vec<Value> {
+fn matching_args(filter: &SubscriptionFilter) -> Vec<Value> {
     vec![
         filter.node.as_deref().into(),
         filter.consumer_key.as_deref().into(),
         filter.owner.as_deref().into(),
-        limit.into(),
     ]
 }
 
@@ -702,7 +701,7 @@ impl Storage for DbStorage {
                          (SELECT node, bare FROM guard_subscriptions WHERE {MATCHING} LIMIT ?4)
                      RETURNING {SUBSCRIPTION_COLUMNS}"
                 ),
-                &matching_args(filter, limit),
+                &[matching_args(filter), vec![limit.into()]].concat(),
                 subscription_row,
             )?)
         })
@@ -1058,6 +1057,72 @@ mod tests {
             assert_eq!(s.delete_node("/location/alice").unwrap(), Some(vec![]));
             assert_eq!(s.delete_node("/location/alice").unwrap(), None);
             assert_eq!(s.node("/location/alice").unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn an_admins_filters_select_page_and_end_subscriptions() {
+        on_each_engine("guard_admins_filters", |s| {
+            s.create_node(&node("/location/alice")).unwrap();
+            let mut bobs = node("/location/bob");
+            bobs.owner = Some("bob".into());
+            s.create_node(&bobs).unwrap();
+            for (node, jid, consumer) in [
+                ("/location/alice", "a@x/r", "k1"),
+                ("/location/alice", "b@x/r", "k2"),
+                ("/location/bob", "a@x/r", "k1"),
+            ] {
+                let mut sub = subscription(jid, "t");
+                sub.node = node.into();
+                sub.consumer_key = Some(consumer.into());
+                s.subscribe(&sub).unwrap();
+            }
+            let filter = |node: Option<&str>, consumer: Option<&str>, owner: Option<&str>| {
+                SubscriptionFilter {
+                    node: node.map(str::to_owned),
+                    consumer_key: consumer.map(str::to_owned),
+                    owner: owner.map(str::to_owned),
+                }
+            };
+            let listed = |f: &SubscriptionFilter| -> Vec<(String, String)> {
+                // A page of one at a time: the paging goes on from the last one shown.
+                let mut all = Vec::new();
+                let mut after: Option<Subscription> = None;
+                loop {
+                    let page = s.matching_subscriptions(f, after.as_ref(), 1).unwrap();
+                    let Some(last) = page.into_iter().next() else {
+                        return all;
+                    };
+                    all.push((last.node.clone(), last.jid.clone()));
+                    after = Some(last);
+                }
+            };
+            let pair = |n: &str, j: &str| (n.to_owned(), j.to_owned());
+            let everyone = filter(None, None, None);
+            assert_eq!(
+                listed(&everyone),
+                [
+                    pair("/location/alice", "a@x/r"),
+                    pair("/location/alice", "b@x/r"),
+                    pair("/location/bob", "a@x/r")
+                ]
+            );
+            assert_eq!(s.count_matching(&everyone).unwrap(), 3);
+            let bob = filter(None, None, Some("bob"));
+            assert_eq!(listed(&bob), [pair("/location/bob", "a@x/r")]);
+            let k1_at_alice = filter(None, Some("k1"), Some("alice"));
+            assert_eq!(listed(&k1_at_alice), [pair("/location/alice", "a@x/r")]);
+            assert_eq!(
+                s.count_matching(&filter(Some("/nowhere"), None, None))
+                    .unwrap(),
+                0
+            );
+            // Ended a page at a time.
+            let k1 = filter(None, Some("k1"), None);
+            assert_eq!(s.end_matching(&k1, 1).unwrap().len(), 1);
+            assert_eq!(s.end_matching(&k1, 1).unwrap().len(), 1);
+            assert!(s.end_matching(&k1, 1).unwrap().is_empty());
+            assert_eq!(listed(&everyone), [pair("/location/alice", "b@x/r")]);
         });
     }
 
