@@ -417,10 +417,7 @@ impl Service {
             return;
         };
         let owner = node.and_then(|name| match self.storage.node(name) {
-            Ok(Some(node)) => node.owner,
-            Ok(None) => Template::first_match(&self.templates, name)
-                .map(|(_, owner)| owner)
-                .filter(|owner| !owner.is_empty()),
+            Ok(stored) => self.owner_of(name, stored.as_ref()),
             Err(_) => None,
         });
         let consumer = audit::named_consumer(payload);
@@ -709,6 +706,17 @@ impl Service {
             })
     }
 
+    /// The owner of the node `name`: the stored `node`'s, or for a missing one the owner the
+    /// first template matching the name would give it.
+    fn owner_of(&self, name: &str, node: Option<&Node>) -> Option<String> {
+        match node {
+            Some(node) => node.owner.clone(),
+            None => Template::first_match(&self.templates, name)
+                .map(|(_, owner)| owner)
+                .filter(|owner| !owner.is_empty()),
+        }
+    }
+
     /// Verifies the request's `<oauth/>` for the protected or missing node `name` (profile
     /// checks O1–O7). The answer depends on the name, the token and the templates, never on
     /// whether the node exists (profile N6): a token that its owner did not grant for `name`
@@ -729,12 +737,7 @@ impl Service {
             }
             Refusal::oauth(&e)
         })?;
-        let owner = match &node {
-            Some(node) => node.owner.clone(),
-            None => Template::first_match(&self.templates, name)
-                .map(|(_, owner)| owner)
-                .filter(|owner| !owner.is_empty()),
-        };
+        let owner = self.owner_of(name, node.as_ref());
         let owner = owner.filter(|owner| verified.owner() == Some(owner.as_str()));
         let Some(owner) = owner else {
             return Err(Refusal::oauth(&VerifyError::OutOfScope(format!(
