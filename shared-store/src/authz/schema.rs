@@ -109,7 +109,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 /// `hash` chains it to the one before, see `ledger`), each grant's deliveries per node,
 /// and in the change log the millisecond of each change (the guard measures how long a
 /// revocation took to reach the subscribers) and the node of an admin's ending of
-/// subscriptions.
+/// subscriptions. The owner's page reads an application's latest refusals through
+/// `audit_ledger_owner` without sorting them (a client refused all day makes many).
 const AUDIT_SQLITE: &str = "CREATE TABLE audit_ledger (
         seq          INTEGER PRIMARY KEY,
         at_ms        INTEGER NOT NULL,
@@ -123,7 +124,7 @@ const AUDIT_SQLITE: &str = "CREATE TABLE audit_ledger (
         hash         TEXT NOT NULL
     ) STRICT;
     CREATE INDEX audit_ledger_token ON audit_ledger(token_id);
-    CREATE INDEX audit_ledger_owner ON audit_ledger(owner, consumer_key);
+    CREATE INDEX audit_ledger_owner ON audit_ledger(owner, consumer_key, kind, seq);
     CREATE TRIGGER audit_ledger_no_update BEFORE UPDATE ON audit_ledger
         BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
     CREATE TRIGGER audit_ledger_no_delete BEFORE DELETE ON audit_ledger
@@ -154,7 +155,7 @@ const AUDIT_POSTGRES: &str = r#"CREATE TABLE audit_ledger (
         hash         TEXT NOT NULL
     );
     CREATE INDEX audit_ledger_token ON audit_ledger(token_id);
-    CREATE INDEX audit_ledger_owner ON audit_ledger(owner, consumer_key);
+    CREATE INDEX audit_ledger_owner ON audit_ledger(owner, consumer_key, kind, seq);
     CREATE FUNCTION audit_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION 'the audit ledger is append-only';
