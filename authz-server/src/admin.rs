@@ -86,21 +86,11 @@ pub fn show(
 
 /// Reads an entry kind as `audit show --kind` takes it.
 pub fn parse_kind(text: &str) -> Result<EntryKind, String> {
-    const KINDS: [EntryKind; 8] = [
-        EntryKind::Granted,
-        EntryKind::Narrowed,
-        EntryKind::Denied,
-        EntryKind::Revoked,
-        EntryKind::Expired,
-        EntryKind::ConsumerRevoked,
-        EntryKind::SubscriptionsEnded,
-        EntryKind::Refused,
-    ];
-    KINDS
+    EntryKind::ALL
         .into_iter()
         .find(|k| k.as_str() == text)
         .ok_or_else(|| {
-            let names: Vec<&str> = KINDS.iter().map(|k| k.as_str()).collect();
+            let names: Vec<&str> = EntryKind::ALL.iter().map(|k| k.as_str()).collect();
             format!("--kind {text:?}: one of {}", names.join(", "))
         })
 }

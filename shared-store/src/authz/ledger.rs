@@ -59,6 +59,18 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Every kind, in the order the documentation lists them.
+    pub const ALL: [Self; 8] = [
+        Self::Granted,
+        Self::Narrowed,
+        Self::Denied,
+        Self::Revoked,
+        Self::Expired,
+        Self::ConsumerRevoked,
+        Self::SubscriptionsEnded,
+        Self::Refused,
+    ];
+
     /// The word stored.
     pub fn as_str(self) -> &'static str {
         match self {
